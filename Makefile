@@ -1,0 +1,37 @@
+# Two commands: `make run` (app with demo data on SQLite) and `make test` (whole suite, SQLite
+# and PostgreSQL). Both set everything up from a machine with only Python 3.11+.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FLASK := $(BIN)/flask --app webapp
+export FLASK_APP := webapp
+
+.PHONY: run test install lint bench bench-quick soak clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+instance/config.py:
+	mkdir -p instance
+	$(BIN)/python -c "import secrets; print('# Local settings (git-ignored).\nSECRET_KEY = %r\n# Served over plain http on 127.0.0.1 by make run.\nSESSION_COOKIE_SECURE = False' % secrets.token_hex(32))" > $@
+
+run: install instance/config.py
+	$(FLASK) db upgrade
+	$(FLASK) demo seed --if-empty
+	$(FLASK) demo users
+	$(BIN)/gunicorn --bind 127.0.0.1:5000 --workers 2 --access-logfile - 'webapp:create_app()'
+
+test: install
+	bash .ci/ensure-services.sh
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check webapp tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

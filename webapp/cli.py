@@ -1,0 +1,165 @@
+"""Flask commands: demo seed, user create, api-key create, ledger verify (db comes from
+Flask-Migrate: ``flask --app webapp db upgrade``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask import Flask
+
+from .errors import DomainError
+from .models import ROLES
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(demo)
+    app.cli.add_command(user)
+    app.cli.add_command(api_key)
+    app.cli.add_command(ledger)
+
+
+def _fail(exc: DomainError) -> None:
+    click.echo(f"error ({exc.code}): {exc.message}", err=True)
+    sys.exit(1)
+
+
+@click.group(help="Demo data.")
+def demo() -> None:
+    pass
+
+
+@demo.command("seed", help="Add demo customers, wallets and usage history over the last 60 days.")
+@click.option("--customers", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--events", default=5000, show_default=True, type=click.IntRange(0, 100_000_000))
+@click.option("--seed", "rng_seed", default=42, show_default=True, help="Random seed.")
+@click.option("--if-empty", is_flag=True, help="Do nothing when customers already exist.")
+def demo_seed(customers: int, events: int, rng_seed: int, if_empty: bool) -> None:
+    from sqlalchemy import func, select
+
+    from .extensions import db
+    from .models import Customer
+    from .services import demo as demo_service
+
+    if if_empty and db.session.scalar(select(func.count()).select_from(Customer)):
+        click.echo("Customers already exist; demo seed skipped.")
+        return
+    with click.progressbar(length=customers, label="Seeding customers", file=sys.stderr) as bar:
+        stats = demo_service.seed(customers, events, rng_seed=rng_seed, progress=bar.update)
+    click.echo(
+        f"Seeded {stats.customers} customers, {stats.events} usage events, "
+        f"{stats.ledger_entries} ledger entries ({stats.skipped} events over a limit skipped)."
+    )
+
+
+@demo.command("users", help="Create one demo user per role (once) and print their passwords.")
+def demo_users() -> None:
+    import secrets
+
+    from flask import current_app
+
+    from .services import auth
+    from .services.actors import SYSTEM
+
+    path = os.path.join(current_app.instance_path, "demo-users.txt")
+    saved: dict[str, str] = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            saved = dict(line.split(maxsplit=1) for line in fh.read().split("\n") if line.strip())
+    for role in ROLES:
+        email = f"{role.replace('_', '-')}@demo.example"
+        if email in saved:
+            continue
+        password = secrets.token_urlsafe(12)
+        try:
+            auth.create_user(SYSTEM, email=email, role=role, password=password)
+        except DomainError as exc:
+            if exc.code != "conflict":
+                _fail(exc)
+            continue
+        saved[email] = password
+    with open(path, "w") as fh:
+        fh.write("".join(f"{email} {pw}\n" for email, pw in saved.items()))
+    os.chmod(path, 0o600)
+    click.echo("Demo users (also in instance/demo-users.txt):")
+    for email, password in saved.items():
+        click.echo(f"  {email:32} {password}")
+
+
+@click.group(help="Dashboard users.")
+def user() -> None:
+    pass
+
+
+@user.command("create", help="Create a dashboard user (password from WEBAPP_PASSWORD or a prompt).")
+@click.argument("email")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+def user_create(email: str, role: str) -> None:
+    from .services import auth
+    from .services.actors import SYSTEM
+
+    password = os.environ.get("WEBAPP_PASSWORD") or click.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
+    try:
+        created = auth.create_user(SYSTEM, email=email, role=role, password=password)
+    except DomainError as exc:
+        _fail(exc)
+    click.echo(f"Created {created.role} {created.email}.")
+
+
+@click.group("api-key", help="API keys.")
+def api_key() -> None:
+    pass
+
+
+@api_key.command("create", help="Create an API key; the key is printed once, on the last line.")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), default="admin", show_default=True,
+              help="What the key may do (admin keys may also configure the catalog).")
+def api_key_create(name: str, role: str) -> None:
+    from .services import auth
+    from .services.actors import SYSTEM
+
+    try:
+        new = auth.create_api_key(SYSTEM, name=name, role=role)
+    except DomainError as exc:
+        _fail(exc)
+    click.echo(f"Created {role} API key {new.key.name!r} ({new.key.prefix}…). "
+               "Store it now: it is not shown again.")
+    click.echo(new.secret)
+
+
+@api_key.command("revoke", help="Revoke an API key by its id.")
+@click.argument("key_id", type=int)
+def api_key_revoke(key_id: int) -> None:
+    from .services import auth
+    from .services.actors import SYSTEM
+
+    try:
+        key = auth.revoke_api_key(SYSTEM, key_id)
+    except DomainError as exc:
+        _fail(exc)
+    click.echo(f"Revoked {key.prefix}….")
+
+
+@click.group(help="The credit ledger.")
+def ledger() -> None:
+    pass
+
+
+@ledger.command("verify", help="Check every invariant of the domain over the whole database.")
+def ledger_verify() -> None:
+    from .services.verify import verify_ledger
+
+    report = verify_ledger()
+    for check in report.checks:
+        status = "ok" if not check.violations else f"{len(check.violations)} VIOLATION(S)"
+        click.echo(f"[{status:>14}] {check.name} ({check.checked} checked)")
+        for violation in check.violations:
+            click.echo(f"    - {violation}")
+    if not report.ok:
+        click.echo("Ledger verification FAILED.", err=True)
+        sys.exit(1)
+    click.echo("Ledger verified: every invariant holds.")

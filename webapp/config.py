@@ -1,0 +1,54 @@
+"""Configuration: these defaults, then ``instance/config.py``, then ``WEBAPP_*`` environment
+variables (``WEBAPP_SECRET_KEY=...`` sets ``SECRET_KEY``); ``DATABASE_URL`` picks the database."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+DEV_SECRET_KEY = "dev-only-insecure-secret-key"
+
+
+class Defaults:
+    SECRET_KEY = DEV_SECRET_KEY
+    SQLALCHEMY_DATABASE_URI: str | None = None  # set from DATABASE_URL or instance/ in create_app
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
+    SQLITE_BUSY_TIMEOUT_MS = 5000
+    MAX_CONTENT_LENGTH = 1024 * 1024
+    WTF_CSRF_TIME_LIMIT = None  # token lives as long as the session
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    RATELIMIT_ENABLED = True
+    RATELIMIT_STORAGE_URI = "memory://"
+    API_RATE_LIMIT = "6000 per minute"
+    LOGIN_RATE_LIMIT = "10 per minute"
+    BENCH_MODE = False
+    PAGE_SIZE = 50
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``WEBAPP_FOO=value`` -> ``{"FOO": value}``; JSON values (numbers, true/false) are decoded."""
+    environ = dict(os.environ if environ is None else environ)
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("WEBAPP_") or name == "WEBAPP_PASSWORD":
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[name.removeprefix("WEBAPP_")] = value
+    if environ.get("DATABASE_URL"):
+        out["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(environ["DATABASE_URL"])
+    return out
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the usual ``postgres://`` / ``postgresql://`` spellings and use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,266 @@
+"""Typed models. No queries, no commits, no url_for: the services do that.
+
+Credits and quantities are ``*_micros`` integers (millionths). Times are stored as naive UTC and
+returned as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .extensions import db
+
+# BIGINT primary keys on PostgreSQL; SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+ROLES = ("account_manager", "support", "finance", "admin")
+FEATURE_TYPES = ("consumable", "persistent", "boolean")
+RESET_PERIODS = ("never", "day", "week", "month", "year")
+OVERAGE_POLICIES = ("block", "allow")
+LEDGER_TYPES = ("topup", "usage", "adjustment")
+TOPUP_KINDS = ("purchased", "granted")
+CUSTOMER_STATUSES = ("active", "archived")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python, naive UTC in the database (the same on SQLite and PG)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class User(db.Model):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(default=True)
+    # Bumped on logout-everywhere, password change and role change: old sessions stop working.
+    session_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(db.Model):
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(32), default="admin")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(300))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Customer(db.Model):
+    __tablename__ = "customers"
+    __table_args__ = (CheckConstraint(_in("status", CUSTOMER_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+    email: Mapped[str | None] = mapped_column(String(254), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    extra: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Feature(db.Model):
+    __tablename__ = "features"
+    __table_args__ = (CheckConstraint(_in("type", FEATURE_TYPES), name="type"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(16))
+    event_name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CreditSystem(db.Model):
+    __tablename__ = "credit_systems"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    unit_singular: Mapped[str] = mapped_column(String(50), default="credit")
+    unit_plural: Mapped[str] = mapped_column(String(50), default="credits")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CreditCost(db.Model):
+    """A feature is credit-based when it has one: 1 unit of the feature costs ``cost_micros``."""
+
+    __tablename__ = "credit_costs"
+    __table_args__ = (CheckConstraint("cost_micros > 0", name="cost_positive"),)
+
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id"), primary_key=True)
+    credit_system_id: Mapped[int] = mapped_column(ForeignKey("credit_systems.id"), index=True)
+    cost_micros: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Entitlement(db.Model):
+    __tablename__ = "entitlements"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "feature_id"),
+        CheckConstraint(_in("reset_period", RESET_PERIODS), name="reset_period"),
+        CheckConstraint(_in("overage", OVERAGE_POLICIES), name="overage"),
+        CheckConstraint("allowance_micros IS NULL OR allowance_micros >= 0", name="allowance"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id"), index=True)
+    allowance_micros: Mapped[int | None] = mapped_column(BigInteger)  # None = unlimited
+    reset_period: Mapped[str] = mapped_column(String(8), default="never")
+    overage: Mapped[str] = mapped_column(String(8), default="block")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Wallet(db.Model):
+    __tablename__ = "wallets"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "credit_system_id"),
+        CheckConstraint("balance_micros >= 0", name="balance_not_negative"),
+        Index("ix_wallets_balance", "balance_micros"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    credit_system_id: Mapped[int] = mapped_column(ForeignKey("credit_systems.id"), index=True)
+    balance_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    low_balance_threshold_micros: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageEvent(db.Model):
+    """One immutable RecordUsage. The ``*_after`` columns keep the first result for replays."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "event_id"),
+        CheckConstraint("amount_micros <> 0", name="amount_not_zero"),
+        Index("ix_usage_events_customer_ts", "customer_id", "timestamp"),
+        Index("ix_usage_events_counter", "customer_id", "feature_id", "period_start"),
+        Index("ix_usage_events_timestamp", "timestamp"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id"))
+    event_id: Mapped[str] = mapped_column(String(200))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    extra: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    credits_micros: Mapped[int | None] = mapped_column(BigInteger)
+    overage_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_after_micros: Mapped[int] = mapped_column(BigInteger)
+    allowance_micros: Mapped[int | None] = mapped_column(BigInteger)
+    balance_after_micros: Mapped[int | None] = mapped_column(BigInteger)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(300))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageCounter(db.Model):
+    """Used units of one feature by one customer in one reset period (period_start of the
+    entitlement's reset period; 1970-01-01 for ``never`` and for persistent features)."""
+
+    __tablename__ = "usage_counters"
+
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), primary_key=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id"), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    used_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LedgerEntry(db.Model):
+    """An immutable wallet transaction; the wallet balance is the sum of these."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint(_in("type", LEDGER_TYPES), name="type"),
+        CheckConstraint("balance_after_micros >= 0", name="balance_after_not_negative"),
+        CheckConstraint("amount_micros <> 0", name="amount_not_zero"),
+        UniqueConstraint("usage_event_id"),
+        UniqueConstraint("customer_id", "idempotency_key"),
+        Index("ix_ledger_entries_wallet", "wallet_id", "id"),
+        Index("ix_ledger_entries_customer", "customer_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    type: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str | None] = mapped_column(String(16))  # topups: purchased / granted
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    balance_after_micros: Mapped[int] = mapped_column(BigInteger)
+    usage_event_id: Mapped[int | None] = mapped_column(ForeignKey("usage_events.id"))
+    reference: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditLog(db.Model):
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_customer", "customer_key", "id"),
+        Index("ix_audit_log_actor", "actor", "id"),
+        Index("ix_audit_log_action", "action", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(64))
+    customer_key: Mapped[str | None] = mapped_column(String(200))
+    target: Mapped[str | None] = mapped_column(String(300))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -1,0 +1,196 @@
+"""Dashboard users and API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select, update
+
+from ..errors import Conflict, NotFound, Unauthorized, ValidationError
+from ..extensions import db
+from ..models import ROLES, ApiKey, User, utcnow
+from . import audit, validation
+from .actors import ADMIN, Actor, require
+from .tx import transactional, write_transaction
+
+# argon2id with the RFC 9106 "low memory" profile (t=3, m=64 MiB, p=4), above OWASP's minimum.
+_hasher = PasswordHasher()
+# Verified against when the email is unknown, so that both paths take the same time.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+MIN_PASSWORD = 10
+KEY_PREFIX = "mk_"
+LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
+def user_actor(user: User) -> Actor:
+    return Actor(kind="user", id=user.id, name=user.email, role=user.role)
+
+
+def key_actor(key: ApiKey) -> Actor:
+    return Actor(kind="api_key", id=key.id, name=key.prefix, role=key.role)
+
+
+def _password(value: object) -> str:
+    if not isinstance(value, str) or len(value) < MIN_PASSWORD:
+        raise ValidationError(f"The password needs at least {MIN_PASSWORD} characters.",
+                              field="password")
+    if len(value) > 1000:
+        raise ValidationError("The password is too long.", field="password")
+    return value
+
+
+@transactional
+def create_user(actor: Actor, *, email: object, role: object, password: object) -> User:
+    require(actor, ADMIN)
+    address = validation.email(email, required=True)
+    role_value = validation.choice(role, ROLES, field="role")
+    secret = _password(password)
+    if db.session.scalar(select(User.id).where(func.lower(User.email) == address)) is not None:
+        raise Conflict(f"A user with email {address!r} already exists.", field="email")
+    user = User(email=address, role=role_value, password_hash=_hasher.hash(secret))
+    db.session.add(user)
+    db.session.flush()
+    audit.record(actor, "user.created", target=f"user:{address}", details={"role": role_value})
+    return user
+
+
+def authenticate(email: object, password: object) -> User | None:
+    """The active user with these credentials, or None (same time either way)."""
+    if not isinstance(email, str) or not isinstance(password, str) or len(password) > 1000:
+        return None
+    user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None or not user.active:
+        return None
+    return user
+
+
+def get_user(user_id: int) -> User | None:
+    return db.session.get(User, user_id)
+
+
+def list_users() -> list[User]:
+    return list(db.session.scalars(select(User).order_by(User.email)))
+
+
+@transactional
+def set_user_role(actor: Actor, user_id: int, role: object) -> User:
+    require(actor, ADMIN)
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.", field="user")
+    role_value = validation.choice(role, ROLES, field="role")
+    if user.role != role_value:
+        user.role = role_value
+        user.session_version += 1  # a role change ends the user's sessions
+        audit.record(actor, "user.role_changed", target=f"user:{user.email}",
+                     details={"role": role_value})
+    return user
+
+
+@transactional
+def set_password(actor: Actor, user_id: int, password: object) -> User:
+    if actor.id != user_id or actor.kind != "user":
+        require(actor, ADMIN)
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.", field="user")
+    user.password_hash = _hasher.hash(_password(password))
+    user.session_version += 1  # other logged-in copies end
+    audit.record(actor, "user.password_changed", target=f"user:{user.email}")
+    return user
+
+
+@transactional
+def end_sessions(actor: Actor, user_id: int) -> None:
+    """Log a user out everywhere."""
+    db.session.execute(
+        update(User).where(User.id == user_id).values(session_version=User.session_version + 1)
+    )
+    audit.record(actor, "user.logged_out")
+
+
+# ---------------------------------------------------------------- API keys
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    key: ApiKey
+    secret: str  # shown once, never stored
+
+
+def _hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@transactional
+def create_api_key(actor: Actor, *, name: object, role: object = "admin") -> NewApiKey:
+    require(actor, ADMIN)
+    label = validation.text(name, field="name", max_len=100)
+    role_value = validation.choice(role, ROLES, field="role")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        name=label,
+        prefix=secret[:11],
+        key_hash=_hash_key(secret),
+        role=role_value,
+        created_by=actor.label,
+    )
+    db.session.add(key)
+    db.session.flush()
+    audit.record(actor, "api_key.created", target=f"api_key:{key.prefix}",
+                 details={"name": label, "role": role_value})
+    return NewApiKey(key, secret)
+
+
+def authenticate_api_key(secret: object) -> ApiKey:
+    """The live API key with this secret, or Unauthorized. The secret's SHA-256 is looked up by
+    its unique index and compared in constant time; revocation takes effect at once."""
+    if not isinstance(secret, str) or not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+        raise Unauthorized("Send a valid API key as `Authorization: Bearer <key>`.")
+    digest = _hash_key(secret)
+    key = db.session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    if key is None or not hmac.compare_digest(key.key_hash, digest) or key.revoked_at:
+        raise Unauthorized("This API key is not valid or has been revoked.")
+    return key
+
+
+def touch_api_key(key: ApiKey) -> None:
+    """Keep ``last_used_at`` to the minute: at most one write per key per minute, not per call."""
+    now = utcnow()
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_GRANULARITY:
+        return
+    with write_transaction():
+        db.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key.id)
+            .where(
+                ApiKey.last_used_at.is_(None) | (ApiKey.last_used_at < now - LAST_USED_GRANULARITY)
+            )
+            .values(last_used_at=now)
+        )
+
+
+def list_api_keys() -> list[ApiKey]:
+    return list(db.session.scalars(select(ApiKey).order_by(ApiKey.id.desc())))
+
+
+@transactional
+def revoke_api_key(actor: Actor, key_id: int) -> ApiKey:
+    require(actor, ADMIN)
+    key = db.session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound("No such API key.", field="key")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        audit.record(actor, "api_key.revoked", target=f"api_key:{key.prefix}")
+    return key

@@ -1,0 +1,385 @@
+"""Customers, features, credit systems, credit costs and entitlements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+
+from ..errors import (
+    Conflict,
+    CustomerNotFound,
+    FeatureNotFound,
+    FeatureNotRecordable,
+    NotFound,
+    ValidationError,
+)
+from ..extensions import db
+from ..models import (
+    FEATURE_TYPES,
+    OVERAGE_POLICIES,
+    RESET_PERIODS,
+    CreditCost,
+    CreditSystem,
+    Customer,
+    Entitlement,
+    Feature,
+    LedgerEntry,
+    UsageCounter,
+    UsageEvent,
+    Wallet,
+    utcnow,
+)
+from . import audit, validation
+from .actors import ADMIN, Actor, require
+from .money import format_micros, parse_micros
+from .periods import period_start
+from .tx import transactional
+
+# ---------------------------------------------------------------- lookups (read-only)
+
+
+def get_customer(key: object) -> Customer:
+    key = validation.lookup_key(key, field="customer_key")
+    customer = db.session.scalar(select(Customer).where(Customer.key == key))
+    if customer is None:
+        raise CustomerNotFound(f"No customer with key {key!r}.", field="customer_key")
+    return customer
+
+
+def get_feature(feature_key: object = None, event_name: object = None) -> Feature:
+    """The feature named by exactly one of ``feature_key`` and ``event_name``."""
+    if (feature_key is None) == (event_name is None):
+        raise ValidationError(
+            "Name the feature with exactly one of `feature_key` and `event_name`.",
+            field="feature_key",
+        )
+    if feature_key is not None:
+        fkey = validation.lookup_key(feature_key, field="feature_key")
+        feature = db.session.scalar(select(Feature).where(Feature.key == fkey))
+        if feature is None:
+            raise FeatureNotFound(f"No feature with key {fkey!r}.", field="feature_key")
+        return feature
+    name = validation.lookup_key(event_name, field="event_name")
+    feature = db.session.scalar(select(Feature).where(Feature.event_name == name))
+    if feature is None:
+        raise FeatureNotFound(f"No feature with event name {name!r}.", field="event_name")
+    return feature
+
+
+def get_credit_system(key: object, *, field: str = "credit_system") -> CreditSystem:
+    key = validation.lookup_key(key, field=field)
+    system = db.session.scalar(select(CreditSystem).where(CreditSystem.key == key))
+    if system is None:
+        raise NotFound(f"No credit system with key {key!r}.", field=field)
+    return system
+
+
+def list_features() -> list[tuple[Feature, CreditCost | None, CreditSystem | None]]:
+    rows = db.session.execute(
+        select(Feature, CreditCost, CreditSystem)
+        .outerjoin(CreditCost, CreditCost.feature_id == Feature.id)
+        .outerjoin(CreditSystem, CreditSystem.id == CreditCost.credit_system_id)
+        .order_by(Feature.key)
+    ).all()
+    return [(f, c, s) for f, c, s in rows]
+
+
+def list_credit_systems() -> list[CreditSystem]:
+    return list(db.session.scalars(select(CreditSystem).order_by(CreditSystem.key)))
+
+
+# ---------------------------------------------------------------- customers
+
+
+@transactional
+def create_customer(
+    actor: Actor,
+    *,
+    key: object,
+    name: object,
+    email: object = None,
+    metadata: object = None,
+) -> Customer:
+    require(actor, ADMIN)
+    key = validation.key(key, field="key")
+    name = validation.text(name, field="name", max_len=300)
+    email_value = validation.email(email)
+    extra = validation.metadata(metadata)
+    if db.session.scalar(select(Customer.id).where(Customer.key == key)) is not None:
+        raise Conflict(f"A customer with key {key!r} already exists.", field="key")
+    customer = Customer(key=key, name=name, email=email_value, status="active", extra=extra)
+    db.session.add(customer)
+    db.session.flush()
+    audit.record(actor, "customer.created", customer_key=key, details={"name": name})
+    return customer
+
+
+_UNSET: Any = object()
+
+
+@transactional
+def update_customer(
+    actor: Actor,
+    key: object,
+    *,
+    name: object = _UNSET,
+    email: object = _UNSET,
+    metadata: object = _UNSET,
+) -> Customer:
+    require(actor, ADMIN)
+    customer = get_customer(key)
+    changes: dict[str, Any] = {}
+    if name is not _UNSET:
+        customer.name = changes["name"] = validation.text(name, field="name", max_len=300)
+    if email is not _UNSET:
+        customer.email = changes["email"] = validation.email(email)
+    if metadata is not _UNSET:
+        customer.extra = validation.metadata(metadata)
+        changes["metadata"] = True
+    audit.record(actor, "customer.updated", customer_key=customer.key, details=changes)
+    return customer
+
+
+@transactional
+def set_customer_status(actor: Actor, key: object, status: str) -> Customer:
+    require(actor, ADMIN)
+    customer = get_customer(key)
+    status = validation.choice(status, ("active", "archived"), field="status")
+    if customer.status != status:
+        customer.status = status
+        action = "customer.archived" if status == "archived" else "customer.unarchived"
+        audit.record(actor, action, customer_key=customer.key)
+    return customer
+
+
+@transactional
+def delete_customer(actor: Actor, key: object) -> None:
+    """Only a customer with no usage and no ledger history can be deleted; archive the others."""
+    require(actor, ADMIN)
+    customer = get_customer(key)
+    has_history = db.session.scalar(
+        select(func.count()).select_from(UsageEvent).where(UsageEvent.customer_id == customer.id)
+    ) or db.session.scalar(
+        select(func.count()).select_from(LedgerEntry).where(LedgerEntry.customer_id == customer.id)
+    )
+    if has_history:
+        raise Conflict(
+            f"Customer {customer.key!r} has usage or ledger history, which is never deleted; "
+            "archive the customer instead.",
+            field="key",
+        )
+    for model in (UsageCounter, Entitlement, Wallet):
+        db.session.execute(delete(model).where(model.customer_id == customer.id))
+    db.session.delete(customer)
+    audit.record(actor, "customer.deleted", customer_key=customer.key)
+
+
+# ---------------------------------------------------------------- features and credit systems
+
+
+@transactional
+def create_feature(
+    actor: Actor, *, key: object, name: object, type: object, event_name: object = None
+) -> Feature:
+    require(actor, ADMIN)
+    key = validation.key(key, field="key", pattern=validation.FEATURE_KEY_RE)
+    name = validation.text(name, field="name", max_len=200)
+    ftype = validation.choice(type, FEATURE_TYPES, field="type")
+    event = validation.key(
+        key if event_name in (None, "") else event_name,
+        field="event_name",
+        pattern=validation.EVENT_NAME_RE,
+    )
+    taken = db.session.scalar(
+        select(Feature).where(or_(Feature.key == key, Feature.event_name == event))
+    )
+    if taken is not None:
+        field = "key" if taken.key == key else "event_name"
+        raise Conflict(f"A feature with this {field} already exists.", field=field)
+    feature = Feature(key=key, name=name, type=ftype, event_name=event)
+    db.session.add(feature)
+    db.session.flush()
+    audit.record(
+        actor, "feature.created", target=f"feature:{key}",
+        details={"type": ftype, "event_name": event},
+    )
+    return feature
+
+
+@transactional
+def update_feature(actor: Actor, key: object, *, name: object) -> Feature:
+    require(actor, ADMIN)
+    feature = get_feature(feature_key=key)
+    feature.name = validation.text(name, field="name", max_len=200)
+    audit.record(actor, "feature.updated", target=f"feature:{feature.key}",
+                 details={"name": feature.name})
+    return feature
+
+
+@transactional
+def create_credit_system(
+    actor: Actor,
+    *,
+    key: object,
+    name: object,
+    unit_singular: object = None,
+    unit_plural: object = None,
+) -> CreditSystem:
+    require(actor, ADMIN)
+    key = validation.key(key, field="key", pattern=validation.FEATURE_KEY_RE)
+    name = validation.text(name, field="name", max_len=200)
+    singular = validation.text(unit_singular, field="unit_singular", max_len=50, required=False)
+    plural = validation.text(unit_plural, field="unit_plural", max_len=50, required=False)
+    if db.session.scalar(select(CreditSystem.id).where(CreditSystem.key == key)) is not None:
+        raise Conflict(f"A credit system with key {key!r} already exists.", field="key")
+    system = CreditSystem(
+        key=key, name=name, unit_singular=singular or "credit", unit_plural=plural or "credits"
+    )
+    db.session.add(system)
+    db.session.flush()
+    audit.record(actor, "credit_system.created", target=f"credit_system:{key}")
+    return system
+
+
+@transactional
+def set_credit_cost(
+    actor: Actor, feature_key: object, *, credit_system: object, cost: object
+) -> CreditCost:
+    """Make a feature credit-based: each unit costs ``cost`` credits of ``credit_system``."""
+    require(actor, ADMIN)
+    feature = get_feature(feature_key=feature_key)
+    if feature.type == "boolean":
+        raise FeatureNotRecordable(
+            f"Feature {feature.key!r} is boolean: it is never recorded, so it has no credit cost.",
+            field="feature_key",
+        )
+    system = get_credit_system(credit_system)
+    cost_micros = parse_micros(cost, field="cost")
+    if cost_micros <= 0:
+        raise ValidationError("`cost` must be greater than zero.", field="cost")
+    row = db.session.get(CreditCost, feature.id)
+    if row is None:
+        row = CreditCost(feature_id=feature.id)
+        db.session.add(row)
+    row.credit_system_id = system.id
+    row.cost_micros = cost_micros
+    row.updated_at = utcnow()
+    audit.record(
+        actor, "credit_cost.set", target=f"feature:{feature.key}",
+        details={"credit_system": system.key, "cost": format_micros(cost_micros)},
+    )
+    return row
+
+
+@transactional
+def remove_credit_cost(actor: Actor, feature_key: object) -> None:
+    require(actor, ADMIN)
+    feature = get_feature(feature_key=feature_key)
+    row = db.session.get(CreditCost, feature.id)
+    if row is None:
+        raise NotFound(f"Feature {feature.key!r} has no credit cost.", field="feature_key")
+    db.session.delete(row)
+    audit.record(actor, "credit_cost.removed", target=f"feature:{feature.key}")
+
+
+# ---------------------------------------------------------------- entitlements
+
+
+@transactional
+def set_entitlement(
+    actor: Actor,
+    customer_key: object,
+    feature_key: object,
+    *,
+    allowance: object = None,
+    reset_period: object = "never",
+    overage: object = "block",
+) -> Entitlement:
+    """Create or change what a customer may use of a feature (allowance None = unlimited).
+
+    An allowance under what is already used in the current period, with the `block` policy, is
+    refused (reclaim first), so that `used <= allowance` stays true; so is a new reset period while
+    the current period already has usage, since the counter would mix two kinds of period."""
+    require(actor, ADMIN)
+    customer = get_customer(customer_key)
+    feature = get_feature(feature_key=feature_key)
+    period = validation.choice(reset_period or "never", RESET_PERIODS, field="reset_period")
+    policy = validation.choice(overage or "block", OVERAGE_POLICIES, field="overage")
+    allowance_micros = None if allowance is None else parse_micros(allowance, field="allowance")
+    if allowance_micros is not None and allowance_micros < 0:
+        raise ValidationError("`allowance` may not be negative.", field="allowance")
+    if feature.type != "consumable" and period != "never":
+        raise ValidationError(
+            f"A {feature.type} feature has no reset period; use `never`.", field="reset_period"
+        )
+    if feature.type == "boolean" and allowance_micros is not None:
+        raise ValidationError("A boolean feature has no allowance.", field="allowance")
+    if feature.type == "persistent" and allowance_micros is not None and (
+        allowance_micros % 1_000_000
+    ):
+        raise ValidationError("A persistent feature's allowance is a whole number.",
+                              field="allowance")
+    entitlement = db.session.scalar(
+        select(Entitlement).where(
+            Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
+        )
+    )
+    now = utcnow()
+    if entitlement is not None and feature.type != "boolean":
+        old_start = period_start(now, entitlement.reset_period)
+        used = _used(customer.id, feature.id, old_start)
+        if period != entitlement.reset_period and used:
+            raise ValidationError(
+                "The reset period can change only while the current period has no usage.",
+                field="reset_period",
+            )
+        if policy == "block" and allowance_micros is not None and used > allowance_micros:
+            raise ValidationError(
+                f"{format_micros(used)} already used this period: the allowance cannot be lower "
+                "while overage is blocked.",
+                field="allowance",
+            )
+    if entitlement is None:
+        entitlement = Entitlement(customer_id=customer.id, feature_id=feature.id)
+        db.session.add(entitlement)
+    entitlement.allowance_micros = allowance_micros
+    entitlement.reset_period = period
+    entitlement.overage = policy
+    entitlement.updated_at = now
+    audit.record(
+        actor, "entitlement.set", customer_key=customer.key, target=f"feature:{feature.key}",
+        details={
+            "allowance": None if allowance_micros is None else format_micros(allowance_micros),
+            "reset_period": period,
+            "overage": policy,
+        },
+    )
+    return entitlement
+
+
+@transactional
+def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) -> None:
+    require(actor, ADMIN)
+    customer = get_customer(customer_key)
+    feature = get_feature(feature_key=feature_key)
+    entitlement = db.session.scalar(
+        select(Entitlement).where(
+            Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
+        )
+    )
+    if entitlement is None:
+        raise NotFound("The customer has no entitlement to this feature.", field="feature_key")
+    db.session.delete(entitlement)
+    audit.record(actor, "entitlement.removed", customer_key=customer.key,
+                 target=f"feature:{feature.key}")
+
+
+def _used(customer_id: int, feature_id: int, start: Any) -> int:
+    return db.session.scalar(
+        select(UsageCounter.used_micros).where(
+            UsageCounter.customer_id == customer_id,
+            UsageCounter.feature_id == feature_id,
+            UsageCounter.period_start == start,
+        )
+    ) or 0

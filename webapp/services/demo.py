@@ -1,0 +1,285 @@
+"""Demo data: a realistic catalog, customers, wallets and 60 days of usage history.
+
+Written with bulk inserts (not one service call per event) but by the same rules: every event is
+judged against its entitlement, counter and wallet in time order, so that `ledger verify` is clean
+afterwards."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, text
+
+from ..extensions import db
+from ..models import (
+    AuditLog,
+    Customer,
+    Entitlement,
+    Feature,
+    LedgerEntry,
+    UsageCounter,
+    UsageEvent,
+    Wallet,
+    utcnow,
+)
+from . import catalog
+from .actors import SYSTEM, Actor
+from .money import MICROS, credit_cost_micros, parse_micros
+from .periods import effective_period, period_start
+from .usage import _fingerprint
+
+FEATURES = [
+    # key, name, type, event_name, credit cost (credits per unit) or None
+    ("api_calls", "API calls", "consumable", "api.call", "0.02"),
+    ("candidates", "Candidates sourced", "consumable", "candidate.sourced", "0.02"),
+    ("image_generations", "Image generations", "consumable", "image.generated", "0.5"),
+    ("seats", "Seats", "persistent", "seat.assigned", None),
+    ("sso", "Single sign-on", "boolean", "sso", None),
+]
+FIRST = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Tyrell",
+         "Cyberdyne", "Soylent", "Wonka", "Gringotts", "Oscorp", "Aperture", "Massive", "Pied",
+         "Dunder", "Prestige", "Monarch", "Nakatomi", "Zorg", "Virtucon", "Bluth", "Sirius"]
+SECOND = ["Labs", "Corp", "Systems", "Analytics", "Health", "Robotics", "Media", "Logistics",
+          "Foods", "Bank", "Studios", "Energy", "Cloud", "Piper", "Industries", "Paper", "Works"]
+ENDPOINTS = ["/v1/search", "/v1/profiles", "/v1/enrich", "/v1/export"]
+CHUNK = 20_000
+
+
+@dataclass
+class SeedStats:
+    customers: int = 0
+    events: int = 0
+    ledger_entries: int = 0
+    skipped: int = 0
+
+
+def ensure_catalog(actor: Actor = SYSTEM) -> dict[str, Feature]:
+    if not catalog.list_credit_systems():
+        catalog.create_credit_system(actor, key="credits", name="Credits")
+    existing = {f.key: f for f, _, _ in catalog.list_features()}
+    for key, name, ftype, event_name, cost in FEATURES:
+        if key not in existing:
+            existing[key] = catalog.create_feature(
+                actor, key=key, name=name, type=ftype, event_name=event_name
+            )
+            if cost is not None:
+                catalog.set_credit_cost(actor, key, credit_system="credits", cost=cost)
+    return existing
+
+
+def seed(
+    customers: int = 50,
+    events: int = 5000,
+    *,
+    rng_seed: int = 42,
+    progress: Callable[[int], None] | None = None,
+    actor: Actor = SYSTEM,
+) -> SeedStats:
+    """Add ``customers`` customers and about ``events`` usage events over the last 60 days."""
+    rng = random.Random(rng_seed)
+    features = ensure_catalog(actor)
+    cs_id = db.session.scalar(text("SELECT id FROM credit_systems WHERE key = 'credits'"))
+    costs = {key: None if cost is None else parse_micros(cost) for key, *_, cost in FEATURES}
+    now = utcnow().replace(microsecond=0)
+    start = now - timedelta(days=60)
+    stats = SeedStats()
+    ids = _next_ids()
+    existing_keys = set(db.session.scalars(select(Customer.key)))
+    buf = _Buffers()
+    per_customer = max(events // max(customers, 1), 0)
+    remainder = events - per_customer * customers
+    for n in range(customers):
+        key = "cust-6d11ca90" if n == 0 else f"cust-{rng.getrandbits(32):08x}"
+        while key in existing_keys:
+            key = f"cust-{rng.getrandbits(32):08x}"
+        existing_keys.add(key)
+        cid = ids["customers"]
+        ids["customers"] += 1
+        name = f"{rng.choice(FIRST)} {rng.choice(SECOND)}"
+        domain = name.lower().replace(" ", "") + ".example"
+        buf.customers.append({
+            "id": cid, "key": key, "name": name, "email": f"billing@{domain}",
+            "status": "active", "metadata": {}, "created_at": start - timedelta(days=30),
+        })
+        stats.customers += 1
+        count = per_customer + (1 if n < remainder else 0)
+        _seed_customer(rng, cid, key, count, features, costs, cs_id, ids, buf, stats, start,
+                       now, actor)
+        if buf.size() >= CHUNK:
+            buf.flush()
+        if progress is not None:
+            progress(1)
+    buf.flush()
+    db.session.add(AuditLog(at=utcnow(), actor=actor.label, action="demo.seeded",
+                            details={"customers": stats.customers, "events": stats.events}))
+    _reset_sequences()
+    db.session.commit()
+    return stats
+
+
+class _Buffers:
+    def __init__(self) -> None:
+        self.customers: list[dict[str, Any]] = []
+        self.entitlements: list[dict[str, Any]] = []
+        self.wallets: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.ledger: list[dict[str, Any]] = []
+        self.counters: list[dict[str, Any]] = []
+
+    def size(self) -> int:
+        return len(self.events) + len(self.ledger)
+
+    def flush(self) -> None:
+        session = db.session
+        for model, rows in (
+            (Customer, self.customers),
+            (Entitlement, self.entitlements),
+            (Wallet, self.wallets),
+            (UsageEvent, self.events),
+            (LedgerEntry, self.ledger),
+            (UsageCounter, self.counters),
+        ):
+            if rows:
+                session.execute(insert(model.__table__), rows)
+                rows.clear()
+        session.commit()
+
+
+def _seed_customer(rng, cid, key, count, features, costs, cs_id, ids, buf, stats, start, now,
+                   actor):
+    label = actor.label
+    plan = rng.random()
+    big = plan > 0.7
+    ents = {
+        "api_calls": (("month", 200_000 if big else 50_000), "allow" if big else "block"),
+        "candidates": (("month", 2_000 if big else 500), "block"),
+        "image_generations": (("month", 1_000 if big else 200), "block"),
+        "seats": (("never", rng.choice([10, 20, 50] if big else [3, 5, 10])), "block"),
+    }
+    if big or rng.random() < 0.3:
+        ents["sso"] = (("never", None), "block")
+    for fkey, ((period, allowance), overage) in ents.items():
+        buf.entitlements.append({
+            "customer_id": cid, "feature_id": features[fkey].id,
+            "allowance_micros": None if allowance is None else allowance * MICROS,
+            "reset_period": period, "overage": overage, "updated_at": start,
+        })
+    wallet_id = ids["wallets"]
+    ids["wallets"] += 1
+    balance = 0
+    ledger_rows: list[dict[str, Any]] = []
+
+    def post(kind_type, amount, at, **extra):
+        nonlocal balance
+        balance += amount
+        row = {
+            "id": ids["ledger_entries"], "wallet_id": wallet_id, "customer_id": cid,
+            "type": kind_type, "kind": extra.get("kind"), "amount_micros": amount,
+            "balance_after_micros": balance, "usage_event_id": extra.get("event"),
+            "reference": extra.get("reference"), "note": extra.get("note"),
+            "idempotency_key": None, "fingerprint": None, "actor": label, "created_at": at,
+        }
+        ids["ledger_entries"] += 1
+        ledger_rows.append(row)
+
+    opening = (3000 if big else 800) * MICROS
+    post("topup", opening, start, kind="granted", reference="DEMO-OPENING", note="Opening grant")
+    times = sorted(start + timedelta(seconds=rng.uniform(60, 60 * 86400 - 600))
+                   for _ in range(count))
+    counters: dict[tuple[int, datetime], int] = {}
+    seat_cap = ents["seats"][0][1] * MICROS
+    next_invoice = start + timedelta(days=rng.uniform(15, 30))
+    invoice_no = rng.randint(1000, 9000)
+    for at in times:
+        if at >= next_invoice:
+            invoice_no += 1
+            post("topup", (1000 if big else 300) * MICROS, at, kind="purchased",
+                 reference=f"INV-{invoice_no}")
+            next_invoice = at + timedelta(days=rng.uniform(15, 30))
+        roll = rng.random()
+        if roll < 0.6:
+            fkey, amount = "api_calls", rng.randint(1, 40) * MICROS
+        elif roll < 0.8:
+            fkey, amount = "candidates", rng.randint(1, 3) * MICROS
+        elif roll < 0.92:
+            fkey, amount = "image_generations", rng.randint(1, 4) * MICROS
+        else:
+            fkey, amount = "seats", MICROS
+        feature = features[fkey]
+        (period, _), overage_policy = ents[fkey]
+        allowance = ents[fkey][0][1] * MICROS
+        pstart = period_start(at, effective_period(feature.type, period))
+        used = counters.get((feature.id, pstart), 0)
+        if fkey == "seats" and used >= seat_cap:
+            amount = -MICROS  # reclaim a seat
+        elif fkey == "seats" and used > MICROS and rng.random() < 0.25:
+            amount = -MICROS
+        used_after = used + amount
+        overage = 0
+        if amount > 0 and used_after > allowance:
+            if overage_policy == "block":
+                stats.skipped += 1
+                continue
+            overage = min(amount, used_after - allowance)
+        cost = costs[fkey]
+        credits = None
+        if cost is not None:
+            credits = credit_cost_micros(amount, cost) if amount > 0 else 0
+            if credits > balance:
+                stats.skipped += 1
+                continue
+        event_pk = ids["usage_events"]
+        ids["usage_events"] += 1
+        counters[(feature.id, pstart)] = used_after
+        metadata = {"endpoint": rng.choice(ENDPOINTS)} if fkey == "api_calls" else {}
+        event_id = f"demo-{event_pk}"
+        if credits:
+            post("usage", -credits, at, event=event_pk, reference=f"{fkey}:{event_id}")
+        buf.events.append({
+            "id": event_pk, "customer_id": cid, "feature_id": feature.id, "event_id": event_id,
+            "amount_micros": amount, "timestamp": at, "period_start": pstart,
+            "metadata": metadata or None, "credits_micros": credits, "overage_micros": overage,
+            "used_after_micros": used_after, "allowance_micros": allowance,
+            "balance_after_micros": balance if cost is not None else None,
+            "fingerprint": _fingerprint(feature.id, amount, metadata),
+            "actor": label, "recorded_at": at,
+        })
+        stats.events += 1
+    buf.wallets.append({
+        "id": wallet_id, "customer_id": cid, "credit_system_id": cs_id,
+        "balance_micros": balance, "low_balance_threshold_micros": 50 * MICROS,
+        "created_at": start, "updated_at": now,
+    })
+    buf.ledger.extend(ledger_rows)
+    stats.ledger_entries += len(ledger_rows)
+    for (fid, pstart), used in counters.items():
+        buf.counters.append({"customer_id": cid, "feature_id": fid, "period_start": pstart,
+                             "used_micros": used})
+
+
+_TABLES = ("customers", "wallets", "usage_events", "ledger_entries")
+
+
+def _next_ids() -> dict[str, int]:
+    models = {"customers": Customer, "wallets": Wallet, "usage_events": UsageEvent,
+              "ledger_entries": LedgerEntry}
+    return {
+        name: (db.session.scalar(select(func.max(model.id))) or 0) + 1
+        for name, model in models.items()
+    }
+
+
+def _reset_sequences() -> None:
+    """Explicit ids were inserted: move PostgreSQL's sequences past them."""
+    if db.engine.dialect.name != "postgresql":
+        return
+    for table in _TABLES:
+        db.session.execute(text(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f"COALESCE((SELECT MAX(id) FROM {table}), 1))"
+        ))
+

@@ -1,0 +1,343 @@
+"""Read models for the dashboard and the API: customer summary, events, ledger, customers.
+
+Lists use keyset pagination over ``id`` (newest first) with an opaque cursor, so a page costs the
+same at the millionth row as at the first."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, or_, select
+
+from ..errors import ValidationError
+from ..extensions import db
+from ..models import (
+    CreditCost,
+    CreditSystem,
+    Customer,
+    Entitlement,
+    Feature,
+    LedgerEntry,
+    UsageCounter,
+    UsageEvent,
+    Wallet,
+    utcnow,
+)
+from . import validation
+from .actors import VIEW, Actor, require
+from .catalog import get_credit_system, get_customer, get_feature
+from .periods import effective_period, next_reset, period_start
+
+T = TypeVar("T")
+MAX_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if cursor in (None, ""):
+        return None
+    assert isinstance(cursor, str)
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = text.partition(":")
+        if prefix != "v1":
+            raise ValueError
+        last_id = int(value)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise ValidationError("`cursor` is not a cursor this server gave out.",
+                              field="cursor") from None
+    return last_id
+
+
+def parse_limit(limit: object, default: int = 50) -> int:
+    if limit in (None, ""):
+        return default
+    try:
+        value = int(str(limit))
+    except ValueError:
+        raise ValidationError("`limit` must be a whole number.", field="limit") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise ValidationError(f"`limit` must be between 1 and {MAX_LIMIT}.", field="limit")
+    return value
+
+
+def _keyset(stmt: Select[Any], id_column: Any, cursor: str | None, limit: int) -> tuple[Any, int]:
+    after = decode_cursor(cursor)
+    if after is not None:
+        stmt = stmt.where(id_column < after)
+    return stmt.order_by(id_column.desc()).limit(limit + 1), limit
+
+
+def _page(rows: list[Any], limit: int, last_id: Any) -> Page[Any]:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, encode_cursor(last_id(rows[-1])) if more and rows else None)
+
+
+# ---------------------------------------------------------------- customer summary
+
+
+@dataclass(frozen=True)
+class EntitlementView:
+    feature_key: str
+    feature_name: str
+    event_name: str
+    feature_type: str
+    allowance_micros: int | None
+    used_micros: int
+    reset_period: str
+    overage: str
+    reset_at: datetime | None
+    credit_system: str | None
+    cost_micros: int | None
+
+    @property
+    def available_micros(self) -> int | None:
+        return None if self.allowance_micros is None else self.allowance_micros - self.used_micros
+
+
+@dataclass(frozen=True)
+class WalletView:
+    credit_system: str
+    name: str
+    unit_singular: str
+    unit_plural: str
+    balance_micros: int
+    wallet_id: int
+    credit_system_id: int
+    low_balance_threshold_micros: int | None
+
+
+@dataclass(frozen=True)
+class CustomerSummary:
+    customer: Customer
+    entitlements: list[EntitlementView]
+    wallets: list[WalletView]
+
+
+def customer_summary(actor: Actor, key: object, *, now: datetime | None = None) -> CustomerSummary:
+    """The customer with every entitlement's used / allowance / available / reset time and every
+    wallet balance; four queries whatever the history size."""
+    require(actor, VIEW)
+    customer = get_customer(key)
+    now = now or utcnow()
+    rows = db.session.execute(
+        select(Entitlement, Feature, CreditCost, CreditSystem.key)
+        .join(Feature, Feature.id == Entitlement.feature_id)
+        .outerjoin(CreditCost, CreditCost.feature_id == Feature.id)
+        .outerjoin(CreditSystem, CreditSystem.id == CreditCost.credit_system_id)
+        .where(Entitlement.customer_id == customer.id)
+        .order_by(Feature.key)
+    ).all()
+    starts = {
+        (ent.feature_id, period_start(now, effective_period(f.type, ent.reset_period)))
+        for ent, f, _, _ in rows
+    }
+    used: dict[tuple[int, datetime], int] = {}
+    if starts:
+        for fid, start, micros in db.session.execute(
+            select(UsageCounter.feature_id, UsageCounter.period_start, UsageCounter.used_micros)
+            .where(UsageCounter.customer_id == customer.id)
+            .where(or_(*[
+                (UsageCounter.feature_id == fid) & (UsageCounter.period_start == start)
+                for fid, start in sorted(starts)
+            ]))
+        ):
+            used[(fid, start)] = micros
+    entitlements = []
+    for ent, feature, cost, system_key in rows:
+        period = effective_period(feature.type, ent.reset_period)
+        start = period_start(now, period)
+        entitlements.append(
+            EntitlementView(
+                feature_key=feature.key,
+                feature_name=feature.name,
+                event_name=feature.event_name,
+                feature_type=feature.type,
+                allowance_micros=ent.allowance_micros,
+                used_micros=used.get((feature.id, start), 0),
+                reset_period=ent.reset_period,
+                overage=ent.overage,
+                reset_at=next_reset(now, period) if feature.type == "consumable" else None,
+                credit_system=system_key,
+                cost_micros=None if cost is None else cost.cost_micros,
+            )
+        )
+    return CustomerSummary(customer, entitlements, wallets_of(customer.id))
+
+
+def wallets_of(customer_id: int) -> list[WalletView]:
+    return [
+        WalletView(
+            credit_system=system.key,
+            name=system.name,
+            unit_singular=system.unit_singular,
+            unit_plural=system.unit_plural,
+            balance_micros=wallet.balance_micros,
+            wallet_id=wallet.id,
+            credit_system_id=system.id,
+            low_balance_threshold_micros=wallet.low_balance_threshold_micros,
+        )
+        for wallet, system in db.session.execute(
+            select(Wallet, CreditSystem)
+            .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+            .where(Wallet.customer_id == customer_id)
+            .order_by(CreditSystem.key)
+        )
+    ]
+
+
+# ---------------------------------------------------------------- lists
+
+
+@dataclass(frozen=True)
+class EventView:
+    id: int
+    event_id: str
+    customer_key: str
+    feature_key: str
+    event_name: str
+    feature_type: str
+    amount_micros: int
+    timestamp: datetime
+    metadata: dict[str, Any] | None
+    credits_micros: int | None
+    overage_micros: int
+    actor: str
+    recorded_at: datetime
+
+
+def list_events(
+    actor: Actor,
+    customer_key: object,
+    *,
+    feature_key: object = None,
+    since: object = None,
+    until: object = None,
+    cursor: str | None = None,
+    limit: object = None,
+) -> Page[EventView]:
+    require(actor, VIEW)
+    customer = get_customer(customer_key)
+    size = parse_limit(limit)
+    stmt = (
+        select(UsageEvent, Feature)
+        .join(Feature, Feature.id == UsageEvent.feature_id)
+        .where(UsageEvent.customer_id == customer.id)
+    )
+    if feature_key not in (None, ""):
+        stmt = stmt.where(UsageEvent.feature_id == get_feature(feature_key=feature_key).id)
+    if since not in (None, ""):
+        stmt = stmt.where(UsageEvent.timestamp >= validation.parse_time(since, field="since"))
+    if until not in (None, ""):
+        stmt = stmt.where(UsageEvent.timestamp < validation.parse_time(until, field="until"))
+    stmt, size = _keyset(stmt, UsageEvent.id, cursor, size)
+    rows = db.session.execute(stmt).all()
+    page = _page(rows, size, lambda row: row[0].id)
+    return Page(
+        [
+            EventView(
+                id=e.id,
+                event_id=e.event_id,
+                customer_key=customer.key,
+                feature_key=f.key,
+                event_name=f.event_name,
+                feature_type=f.type,
+                amount_micros=e.amount_micros,
+                timestamp=e.timestamp,
+                metadata=e.extra,
+                credits_micros=e.credits_micros,
+                overage_micros=e.overage_micros,
+                actor=e.actor,
+                recorded_at=e.recorded_at,
+            )
+            for e, f in page.items
+        ],
+        page.next_cursor,
+    )
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    id: int
+    credit_system: str
+    type: str
+    kind: str | None
+    amount_micros: int
+    balance_after_micros: int
+    reference: str | None
+    note: str | None
+    event_id: str | None
+    actor: str
+    created_at: datetime
+
+
+def list_ledger(
+    actor: Actor,
+    customer_key: object,
+    *,
+    credit_system: object = None,
+    cursor: str | None = None,
+    limit: object = None,
+) -> Page[LedgerView]:
+    require(actor, VIEW)
+    customer = get_customer(customer_key)
+    size = parse_limit(limit)
+    stmt = (
+        select(LedgerEntry, CreditSystem.key, UsageEvent.event_id)
+        .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
+        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+        .outerjoin(UsageEvent, UsageEvent.id == LedgerEntry.usage_event_id)
+        .where(LedgerEntry.customer_id == customer.id)
+    )
+    if credit_system not in (None, ""):
+        stmt = stmt.where(Wallet.credit_system_id == get_credit_system(credit_system).id)
+    stmt, size = _keyset(stmt, LedgerEntry.id, cursor, size)
+    page = _page(db.session.execute(stmt).all(), size, lambda row: row[0].id)
+    return Page(
+        [
+            LedgerView(
+                id=entry.id,
+                credit_system=system_key,
+                type=entry.type,
+                kind=entry.kind,
+                amount_micros=entry.amount_micros,
+                balance_after_micros=entry.balance_after_micros,
+                reference=entry.reference,
+                note=entry.note,
+                event_id=event_id,
+                actor=entry.actor,
+                created_at=entry.created_at,
+            )
+            for entry, system_key, event_id in page.items
+        ],
+        page.next_cursor,
+    )
+
+
+def list_customers(
+    actor: Actor, *, cursor: str | None = None, limit: object = None, search: object = None
+) -> Page[Customer]:
+    require(actor, VIEW)
+    size = parse_limit(limit)
+    stmt = select(Customer)
+    if search not in (None, ""):
+        term = f"%{str(search)[:100].lower()}%"
+        stmt = stmt.where(
+            or_(Customer.key.ilike(term), Customer.name.ilike(term), Customer.email.ilike(term))
+        )
+    stmt, size = _keyset(stmt, Customer.id, cursor, size)
+    return _page(list(db.session.scalars(stmt)), size, lambda c: c.id)

@@ -1,0 +1,81 @@
+"""Write transactions: one commit per service call, BEGIN IMMEDIATE on SQLite, retries for the
+races PostgreSQL reports (a unique key taken by a concurrent insert, deadlock, serialization)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from ..db_setup import immediate_begin
+from ..errors import Conflict, ServiceUnavailable
+from ..extensions import db
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MAX_ATTEMPTS = 5
+_RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+
+
+@contextmanager
+def write_transaction() -> Iterator[None]:
+    session = db.session()  # the request's Session behind the scoped proxy
+    if session.in_transaction():
+        # End the read transaction the request may have opened (e.g. loading the user), so the
+        # write transaction starts fresh with BEGIN IMMEDIATE and sees the latest data.
+        session.commit()
+    # Objects loaded before this point may be stale: read them afresh inside the transaction.
+    session.expire_all()
+    token = immediate_begin.set(True)
+    try:
+        session.connection()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        immediate_begin.reset(token)
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """A database that is down, unreachable or locked past the busy timeout."""
+    if isinstance(exc, OperationalError):
+        return _sqlstate(exc) not in _RETRY_SQLSTATES
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def transactional(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` in one write transaction, retried from scratch when a concurrent writer won a
+    race; its DomainErrors roll everything back."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with write_transaction():
+                    return fn(*args, **kwargs)
+            except IntegrityError as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise Conflict("A concurrent change conflicted with this one; retry.") from exc
+            except OperationalError as exc:
+                if _sqlstate(exc) in _RETRY_SQLSTATES and attempt < MAX_ATTEMPTS:
+                    continue
+                raise ServiceUnavailable(
+                    "The database is unavailable or busy; retry shortly.", retry_after=1
+                ) from exc
+        raise AssertionError("unreachable")
+
+    return wrapper

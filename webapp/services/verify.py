@@ -1,0 +1,262 @@
+"""`ledger verify`: every invariant of domain.md, checked over the whole database with
+set-based SQL (a constant number of queries, whatever the size)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, func, literal, or_, select
+
+from ..extensions import db
+from ..models import (
+    Customer,
+    Entitlement,
+    Feature,
+    LedgerEntry,
+    UsageCounter,
+    UsageEvent,
+    Wallet,
+    utcnow,
+)
+from .money import format_micros
+from .periods import effective_period, period_start
+
+MAX_REPORTED = 20
+
+
+@dataclass
+class Check:
+    name: str
+    checked: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return not any(check.violations for check in self.checks)
+
+    @property
+    def violations(self) -> list[str]:
+        return [v for check in self.checks for v in check.violations]
+
+
+def verify_ledger() -> Report:
+    checks = [
+        _wallet_balances(),
+        _wallets_not_negative(),
+        _ledger_chain(),
+        _counters_match_events(),
+        _persistent_not_negative(),
+        _within_allowance(),
+        _usage_entries_point_at_events(),
+        _credit_events_have_entries(),
+    ]
+    return Report(checks)
+
+
+def _run(name: str, total_stmt, bad_stmt, describe: Callable[..., str]) -> Check:
+    check = Check(name)
+    check.checked = db.session.scalar(total_stmt) or 0
+    for row in db.session.execute(bad_stmt.limit(MAX_REPORTED)):
+        check.violations.append(describe(*row))
+    return check
+
+
+def _wallet_balances() -> Check:
+    sums = (
+        select(LedgerEntry.wallet_id, func.sum(LedgerEntry.amount_micros).label("total"))
+        .group_by(LedgerEntry.wallet_id)
+        .subquery()
+    )
+    return _run(
+        "wallet balance = sum of its ledger entries",
+        select(func.count()).select_from(Wallet),
+        select(Customer.key, Wallet.id, Wallet.balance_micros, func.coalesce(sums.c.total, 0))
+        .join(Customer, Customer.id == Wallet.customer_id)
+        .outerjoin(sums, sums.c.wallet_id == Wallet.id)
+        .where(Wallet.balance_micros != func.coalesce(sums.c.total, 0)),
+        lambda key, wid, bal, total: (
+            f"wallet {wid} of {key}: balance {format_micros(bal)} but its ledger sums to "
+            f"{format_micros(total)}"
+        ),
+    )
+
+
+def _wallets_not_negative() -> Check:
+    return _run(
+        "wallet balance >= 0",
+        select(func.count()).select_from(Wallet),
+        select(Wallet.id, Wallet.balance_micros).where(Wallet.balance_micros < 0),
+        lambda wid, bal: f"wallet {wid} is negative: {format_micros(bal)}",
+    )
+
+
+def _ledger_chain() -> Check:
+    """Each entry's balance_after is the running sum of its wallet's entries up to it."""
+    running = (
+        select(
+            LedgerEntry.id,
+            LedgerEntry.wallet_id,
+            LedgerEntry.balance_after_micros,
+            func.sum(LedgerEntry.amount_micros)
+            .over(partition_by=LedgerEntry.wallet_id, order_by=LedgerEntry.id)
+            .label("running"),
+        )
+        .subquery()
+    )
+    return _run(
+        "ledger balance_after = running sum, never negative",
+        select(func.count()).select_from(LedgerEntry),
+        select(running.c.id, running.c.wallet_id, running.c.balance_after_micros, running.c.running)
+        .where(
+            or_(
+                running.c.balance_after_micros != running.c.running,
+                running.c.balance_after_micros < 0,
+            )
+        ),
+        lambda eid, wid, after, run: (
+            f"ledger entry {eid} (wallet {wid}): balance_after {format_micros(after)}, "
+            f"running sum {format_micros(run)}"
+        ),
+    )
+
+
+def _counters_match_events() -> Check:
+    sums = (
+        select(
+            UsageEvent.customer_id,
+            UsageEvent.feature_id,
+            UsageEvent.period_start,
+            func.sum(UsageEvent.amount_micros).label("total"),
+        )
+        .group_by(UsageEvent.customer_id, UsageEvent.feature_id, UsageEvent.period_start)
+        .subquery()
+    )
+    c = UsageCounter
+    joined = and_(
+        sums.c.customer_id == c.customer_id,
+        sums.c.feature_id == c.feature_id,
+        sums.c.period_start == c.period_start,
+    )
+    # Counters whose events sum differently (or have none), and event groups with no counter.
+    mismatched = (
+        select(c.customer_id, c.feature_id, c.period_start, c.used_micros,
+               func.coalesce(sums.c.total, 0))
+        .outerjoin(sums, joined)
+        .where(c.used_micros != func.coalesce(sums.c.total, 0))
+    )
+    orphaned = (
+        select(sums.c.customer_id, sums.c.feature_id, sums.c.period_start, literal(None),
+               sums.c.total)
+        .outerjoin(c, joined)
+        .where(c.customer_id.is_(None))
+    )
+    check = _run(
+        "usage counter = sum of its period's event amounts",
+        select(func.count()).select_from(c),
+        mismatched,
+        lambda cid, fid, start, used, total: (
+            f"counter customer {cid} feature {fid} period {start:%Y-%m-%d}: used "
+            f"{format_micros(used)} but events sum to {format_micros(total)}"
+        ),
+    )
+    for cid, fid, start, _, total in db.session.execute(orphaned.limit(MAX_REPORTED)):
+        check.violations.append(
+            f"events of customer {cid} feature {fid} period {start:%Y-%m-%d} sum to "
+            f"{format_micros(total)} but there is no counter"
+        )
+    return check
+
+
+def _persistent_not_negative() -> Check:
+    return _run(
+        "usage counters are never negative",
+        select(func.count()).select_from(UsageCounter),
+        select(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.used_micros)
+        .where(UsageCounter.used_micros < 0),
+        lambda cid, fid, used: f"counter customer {cid} feature {fid} is {format_micros(used)}",
+    )
+
+
+def _within_allowance() -> Check:
+    """used <= allowance for `block` entitlements, in the current period (past periods were
+    judged against the allowance of their time)."""
+    now = utcnow()
+    check = Check("used <= allowance where overage is blocked (current period)")
+    rows = db.session.execute(
+        select(Entitlement, Feature.type, Feature.key, Customer.key)
+        .join(Feature, Feature.id == Entitlement.feature_id)
+        .join(Customer, Customer.id == Entitlement.customer_id)
+        .where(Entitlement.overage == "block", Entitlement.allowance_micros.is_not(None))
+    ).all()
+    by_start: dict[object, list] = {}
+    for ent, ftype, fkey, ckey in rows:
+        start = period_start(now, effective_period(ftype, ent.reset_period))
+        by_start.setdefault(start, []).append((ent, fkey, ckey))
+    for start, items in by_start.items():
+        lookup = {(e.customer_id, e.feature_id): (e, fk, ck) for e, fk, ck in items}
+        counters = db.session.execute(
+            select(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.used_micros)
+            .where(UsageCounter.period_start == start)
+        )
+        for cid, fid, used in counters:
+            hit = lookup.get((cid, fid))
+            if hit is None:
+                continue
+            check.checked += 1
+            ent, fkey, ckey = hit
+            if used > ent.allowance_micros and len(check.violations) < MAX_REPORTED:
+                check.violations.append(
+                    f"{ckey} uses {format_micros(used)} {fkey}, over its blocked allowance of "
+                    f"{format_micros(ent.allowance_micros)}"
+                )
+    return check
+
+
+def _usage_entries_point_at_events() -> Check:
+    return _run(
+        "every usage ledger entry points at exactly one matching event",
+        select(func.count()).select_from(LedgerEntry).where(LedgerEntry.type == "usage"),
+        select(LedgerEntry.id, LedgerEntry.usage_event_id)
+        .outerjoin(UsageEvent, UsageEvent.id == LedgerEntry.usage_event_id)
+        .where(LedgerEntry.type == "usage")
+        .where(
+            or_(
+                UsageEvent.id.is_(None),
+                UsageEvent.credits_micros.is_(None),
+                LedgerEntry.amount_micros != -UsageEvent.credits_micros,
+                LedgerEntry.customer_id != UsageEvent.customer_id,
+            )
+        ),
+        lambda eid, evid: f"usage ledger entry {eid} does not match an event (event {evid})",
+    )
+
+
+def _credit_events_have_entries() -> Check:
+    """Every event of a credit-based feature with a positive amount (and a cost that did not
+    round to zero) has exactly one usage entry; other events have none."""
+    entries = (
+        select(LedgerEntry.usage_event_id, func.count().label("n"))
+        .where(LedgerEntry.usage_event_id.is_not(None))
+        .group_by(LedgerEntry.usage_event_id)
+        .subquery()
+    )
+    n = func.coalesce(entries.c.n, 0)
+    needs_entry = and_(UsageEvent.amount_micros > 0, func.coalesce(UsageEvent.credits_micros, 0) > 0)
+    return _run(
+        "every charged usage event has exactly one usage ledger entry",
+        select(func.count()).select_from(UsageEvent),
+        select(UsageEvent.id, UsageEvent.event_id, n)
+        .outerjoin(entries, entries.c.usage_event_id == UsageEvent.id)
+        .where(or_(and_(needs_entry, n != 1), and_(~needs_entry, n != 0))),
+        lambda eid, event_id, count: (
+            f"usage event {eid} ({event_id}) has {count} usage ledger entries"
+        ),
+    )
+
+
