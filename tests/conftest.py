@@ -7,6 +7,7 @@ that is a failure."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -44,8 +45,12 @@ def _pg_available() -> str | None:
     url = make_url(pg_base_url())
     try:
         with psycopg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, dbname=url.database,
-            password=url.password, connect_timeout=3,
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            dbname=url.database,
+            password=url.password,
+            connect_timeout=3,
         ):
             return None
     except psycopg.Error as exc:
@@ -61,7 +66,9 @@ def pg_unavailable() -> str | None:
 
 
 def _worker() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+    """Unique per checkout and xdist worker, so that several checkouts can test at once."""
+    checkout = hashlib.sha1(str(Path(__file__).resolve().parent).encode()).hexdigest()[:8]
+    return f"{checkout}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 def migrate_to_head(url: str) -> None:
@@ -88,8 +95,12 @@ def pg_worker_url(pg_unavailable: str | None) -> Iterator[str]:
     base = make_url(pg_base_url())
     name = f"webapp_test_{_worker()}"
     admin = psycopg.connect(
-        host=base.host, port=base.port or 5432, user=base.username, dbname=base.database,
-        password=base.password, autocommit=True,
+        host=base.host,
+        port=base.port or 5432,
+        user=base.username,
+        dbname=base.database,
+        password=base.password,
+        autocommit=True,
     )
     with admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -100,15 +111,29 @@ def pg_worker_url(pg_unavailable: str | None) -> Iterator[str]:
 
 
 TABLES = [
-    "audit_log", "ledger_entries", "usage_counters", "usage_events", "wallets", "entitlements",
-    "credit_costs", "credit_systems", "features", "customers", "api_keys", "users",
+    "audit_log",
+    "ledger_entries",
+    "usage_counters",
+    "usage_events",
+    "wallets",
+    "entitlements",
+    "credit_costs",
+    "credit_systems",
+    "features",
+    "customers",
+    "api_keys",
+    "users",
 ]
 
 
 def _empty_pg(url: str) -> None:
     u = make_url(url)
     with psycopg.connect(
-        host=u.host, port=u.port or 5432, user=u.username, dbname=u.database, password=u.password,
+        host=u.host,
+        port=u.port or 5432,
+        user=u.username,
+        dbname=u.database,
+        password=u.password,
         autocommit=True,
     ) as conn:
         conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
@@ -173,5 +198,3 @@ def empty_database(url: str) -> None:
     if url.startswith("sqlite"):
         raise NotImplementedError
     _empty_pg(url)
-
-

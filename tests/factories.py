@@ -22,17 +22,29 @@ def make_catalog(
     topup: object | None = "10",
 ) -> Catalog:
     catalog.create_credit_system(SYSTEM, key="credits", name="Credits")
-    catalog.create_feature(SYSTEM, key="api_calls", name="API calls", type="consumable",
-                           event_name="api.call")
-    catalog.create_feature(SYSTEM, key="candidates", name="Candidates", type="consumable",
-                           event_name="candidate.sourced")
-    catalog.create_feature(SYSTEM, key="seats", name="Seats", type="persistent",
-                           event_name="seat.assigned")
+    catalog.create_feature(
+        SYSTEM, key="api_calls", name="API calls", type="consumable", event_name="api.call"
+    )
+    catalog.create_feature(
+        SYSTEM,
+        key="candidates",
+        name="Candidates",
+        type="consumable",
+        event_name="candidate.sourced",
+    )
+    catalog.create_feature(
+        SYSTEM, key="seats", name="Seats", type="persistent", event_name="seat.assigned"
+    )
     catalog.create_feature(SYSTEM, key="sso", name="SSO", type="boolean", event_name="sso")
     catalog.set_credit_cost(SYSTEM, "api_calls", credit_system="credits", cost="0.02")
     catalog.set_credit_cost(SYSTEM, "candidates", credit_system="credits", cost="0.02")
-    add_customer(customer, api_allowance=api_allowance, seat_allowance=seat_allowance,
-                 candidates_allowance=candidates_allowance, topup=topup)
+    add_customer(
+        customer,
+        api_allowance=api_allowance,
+        seat_allowance=seat_allowance,
+        candidates_allowance=candidates_allowance,
+        topup=topup,
+    )
     return Catalog(customer=customer)
 
 
@@ -46,10 +58,12 @@ def add_customer(
     reset_period: str = "month",
 ) -> str:
     catalog.create_customer(SYSTEM, key=key, name=f"Customer {key}", email=None)
-    catalog.set_entitlement(SYSTEM, key, "api_calls", allowance=api_allowance,
-                            reset_period=reset_period)
-    catalog.set_entitlement(SYSTEM, key, "candidates", allowance=candidates_allowance,
-                            reset_period=reset_period)
+    catalog.set_entitlement(
+        SYSTEM, key, "api_calls", allowance=api_allowance, reset_period=reset_period
+    )
+    catalog.set_entitlement(
+        SYSTEM, key, "candidates", allowance=candidates_allowance, reset_period=reset_period
+    )
     catalog.set_entitlement(SYSTEM, key, "seats", allowance=seat_allowance)
     catalog.set_entitlement(SYSTEM, key, "sso")
     if topup is not None:

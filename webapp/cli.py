@@ -116,8 +116,13 @@ def api_key() -> None:
 
 @api_key.command("create", help="Create an API key; the key is printed once, on the last line.")
 @click.argument("name")
-@click.option("--role", type=click.Choice(ROLES), default="admin", show_default=True,
-              help="What the key may do (admin keys may also configure the catalog).")
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="admin",
+    show_default=True,
+    help="What the key may do (admin keys may also configure the catalog).",
+)
 def api_key_create(name: str, role: str) -> None:
     from .services import auth
     from .services.actors import SYSTEM
@@ -126,8 +131,10 @@ def api_key_create(name: str, role: str) -> None:
         new = auth.create_api_key(SYSTEM, name=name, role=role)
     except DomainError as exc:
         _fail(exc)
-    click.echo(f"Created {role} API key {new.key.name!r} ({new.key.prefix}…). "
-               "Store it now: it is not shown again.")
+    click.echo(
+        f"Created {role} API key {new.key.name!r} ({new.key.prefix}…). "
+        "Store it now: it is not shown again."
+    )
     click.echo(new.secret)
 
 

@@ -35,8 +35,7 @@ def register(app: Flask) -> None:
         if not is_unavailable(exc):
             raise exc
         return domain_error(
-            ServiceUnavailable("The database is unavailable or busy; retry shortly.",
-                               retry_after=1)
+            ServiceUnavailable("The database is unavailable or busy; retry shortly.", retry_after=1)
         )
 
     @app.errorhandler(HTTPException)

@@ -29,8 +29,14 @@ def record(
     )
 
 
-def audit_row(actor: Actor, action: str, customer_key: str | None, target: str | None,
-              details: dict[str, Any] | None, at: Any) -> dict[str, Any]:
+def audit_row(
+    actor: Actor,
+    action: str,
+    customer_key: str | None,
+    target: str | None,
+    details: dict[str, Any] | None,
+    at: Any,
+) -> dict[str, Any]:
     """The same row as a plain dict, for bulk inserts."""
     return {
         "at": at,

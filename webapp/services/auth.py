@@ -38,8 +38,9 @@ def key_actor(key: ApiKey) -> Actor:
 
 def _password(value: object) -> str:
     if not isinstance(value, str) or len(value) < MIN_PASSWORD:
-        raise ValidationError(f"The password needs at least {MIN_PASSWORD} characters.",
-                              field="password")
+        raise ValidationError(
+            f"The password needs at least {MIN_PASSWORD} characters.", field="password"
+        )
     if len(value) > 1000:
         raise ValidationError("The password is too long.", field="password")
     return value
@@ -92,8 +93,9 @@ def set_user_role(actor: Actor, user_id: int, role: object) -> User:
     if user.role != role_value:
         user.role = role_value
         user.session_version += 1  # a role change ends the user's sessions
-        audit.record(actor, "user.role_changed", target=f"user:{user.email}",
-                     details={"role": role_value})
+        audit.record(
+            actor, "user.role_changed", target=f"user:{user.email}", details={"role": role_value}
+        )
     return user
 
 
@@ -147,8 +149,12 @@ def create_api_key(actor: Actor, *, name: object, role: object = "admin") -> New
     )
     db.session.add(key)
     db.session.flush()
-    audit.record(actor, "api_key.created", target=f"api_key:{key.prefix}",
-                 details={"name": label, "role": role_value})
+    audit.record(
+        actor,
+        "api_key.created",
+        target=f"api_key:{key.prefix}",
+        details={"name": label, "role": role_value},
+    )
     return NewApiKey(key, secret)
 
 

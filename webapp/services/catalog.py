@@ -201,7 +201,9 @@ def create_feature(
     db.session.add(feature)
     db.session.flush()
     audit.record(
-        actor, "feature.created", target=f"feature:{key}",
+        actor,
+        "feature.created",
+        target=f"feature:{key}",
         details={"type": ftype, "event_name": event},
     )
     return feature
@@ -212,8 +214,9 @@ def update_feature(actor: Actor, key: object, *, name: object) -> Feature:
     require(actor, ADMIN)
     feature = get_feature(feature_key=key)
     feature.name = validation.text(name, field="name", max_len=200)
-    audit.record(actor, "feature.updated", target=f"feature:{feature.key}",
-                 details={"name": feature.name})
+    audit.record(
+        actor, "feature.updated", target=f"feature:{feature.key}", details={"name": feature.name}
+    )
     return feature
 
 
@@ -266,7 +269,9 @@ def set_credit_cost(
     row.cost_micros = cost_micros
     row.updated_at = utcnow()
     audit.record(
-        actor, "credit_cost.set", target=f"feature:{feature.key}",
+        actor,
+        "credit_cost.set",
+        target=f"feature:{feature.key}",
         details={"credit_system": system.key, "cost": format_micros(cost_micros)},
     )
     return row
@@ -315,11 +320,14 @@ def set_entitlement(
         )
     if feature.type == "boolean" and allowance_micros is not None:
         raise ValidationError("A boolean feature has no allowance.", field="allowance")
-    if feature.type == "persistent" and allowance_micros is not None and (
-        allowance_micros % 1_000_000
+    if (
+        feature.type == "persistent"
+        and allowance_micros is not None
+        and (allowance_micros % 1_000_000)
     ):
-        raise ValidationError("A persistent feature's allowance is a whole number.",
-                              field="allowance")
+        raise ValidationError(
+            "A persistent feature's allowance is a whole number.", field="allowance"
+        )
     entitlement = db.session.scalar(
         select(Entitlement).where(
             Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
@@ -348,7 +356,10 @@ def set_entitlement(
     entitlement.overage = policy
     entitlement.updated_at = now
     audit.record(
-        actor, "entitlement.set", customer_key=customer.key, target=f"feature:{feature.key}",
+        actor,
+        "entitlement.set",
+        customer_key=customer.key,
+        target=f"feature:{feature.key}",
         details={
             "allowance": None if allowance_micros is None else format_micros(allowance_micros),
             "reset_period": period,
@@ -371,15 +382,19 @@ def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) 
     if entitlement is None:
         raise NotFound("The customer has no entitlement to this feature.", field="feature_key")
     db.session.delete(entitlement)
-    audit.record(actor, "entitlement.removed", customer_key=customer.key,
-                 target=f"feature:{feature.key}")
+    audit.record(
+        actor, "entitlement.removed", customer_key=customer.key, target=f"feature:{feature.key}"
+    )
 
 
 def _used(customer_id: int, feature_id: int, start: Any) -> int:
-    return db.session.scalar(
-        select(UsageCounter.used_micros).where(
-            UsageCounter.customer_id == customer_id,
-            UsageCounter.feature_id == feature_id,
-            UsageCounter.period_start == start,
+    return (
+        db.session.scalar(
+            select(UsageCounter.used_micros).where(
+                UsageCounter.customer_id == customer_id,
+                UsageCounter.feature_id == feature_id,
+                UsageCounter.period_start == start,
+            )
         )
-    ) or 0
+        or 0
+    )

@@ -40,11 +40,52 @@ FEATURES = [
     ("seats", "Seats", "persistent", "seat.assigned", None),
     ("sso", "Single sign-on", "boolean", "sso", None),
 ]
-FIRST = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Tyrell",
-         "Cyberdyne", "Soylent", "Wonka", "Gringotts", "Oscorp", "Aperture", "Massive", "Pied",
-         "Dunder", "Prestige", "Monarch", "Nakatomi", "Zorg", "Virtucon", "Bluth", "Sirius"]
-SECOND = ["Labs", "Corp", "Systems", "Analytics", "Health", "Robotics", "Media", "Logistics",
-          "Foods", "Bank", "Studios", "Energy", "Cloud", "Piper", "Industries", "Paper", "Works"]
+FIRST = [
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Vandelay",
+    "Stark",
+    "Wayne",
+    "Tyrell",
+    "Cyberdyne",
+    "Soylent",
+    "Wonka",
+    "Gringotts",
+    "Oscorp",
+    "Aperture",
+    "Massive",
+    "Pied",
+    "Dunder",
+    "Prestige",
+    "Monarch",
+    "Nakatomi",
+    "Zorg",
+    "Virtucon",
+    "Bluth",
+    "Sirius",
+]
+SECOND = [
+    "Labs",
+    "Corp",
+    "Systems",
+    "Analytics",
+    "Health",
+    "Robotics",
+    "Media",
+    "Logistics",
+    "Foods",
+    "Bank",
+    "Studios",
+    "Energy",
+    "Cloud",
+    "Piper",
+    "Industries",
+    "Paper",
+    "Works",
+]
 ENDPOINTS = ["/v1/search", "/v1/profiles", "/v1/enrich", "/v1/export"]
 CHUNK = 20_000
 
@@ -101,21 +142,35 @@ def seed(
         ids["customers"] += 1
         name = f"{rng.choice(FIRST)} {rng.choice(SECOND)}"
         domain = name.lower().replace(" ", "") + ".example"
-        buf.customers.append({
-            "id": cid, "key": key, "name": name, "email": f"billing@{domain}",
-            "status": "active", "metadata": {}, "created_at": start - timedelta(days=30),
-        })
+        buf.customers.append(
+            {
+                "id": cid,
+                "key": key,
+                "name": name,
+                "email": f"billing@{domain}",
+                "status": "active",
+                "metadata": {},
+                "created_at": start - timedelta(days=30),
+            }
+        )
         stats.customers += 1
         count = per_customer + (1 if n < remainder else 0)
-        _seed_customer(rng, cid, key, count, features, costs, cs_id, ids, buf, stats, start,
-                       now, actor)
+        _seed_customer(
+            rng, cid, key, count, features, costs, cs_id, ids, buf, stats, start, now, actor
+        )
         if buf.size() >= CHUNK:
             buf.flush()
         if progress is not None:
             progress(1)
     buf.flush()
-    db.session.add(AuditLog(at=utcnow(), actor=actor.label, action="demo.seeded",
-                            details={"customers": stats.customers, "events": stats.events}))
+    db.session.add(
+        AuditLog(
+            at=utcnow(),
+            actor=actor.label,
+            action="demo.seeded",
+            details={"customers": stats.customers, "events": stats.events},
+        )
+    )
     _reset_sequences()
     db.session.commit()
     return stats
@@ -149,8 +204,9 @@ class _Buffers:
         session.commit()
 
 
-def _seed_customer(rng, cid, key, count, features, costs, cs_id, ids, buf, stats, start, now,
-                   actor):
+def _seed_customer(
+    rng, cid, key, count, features, costs, cs_id, ids, buf, stats, start, now, actor
+):
     label = actor.label
     plan = rng.random()
     big = plan > 0.7
@@ -163,11 +219,16 @@ def _seed_customer(rng, cid, key, count, features, costs, cs_id, ids, buf, stats
     if big or rng.random() < 0.3:
         ents["sso"] = (("never", None), "block")
     for fkey, ((period, allowance), overage) in ents.items():
-        buf.entitlements.append({
-            "customer_id": cid, "feature_id": features[fkey].id,
-            "allowance_micros": None if allowance is None else allowance * MICROS,
-            "reset_period": period, "overage": overage, "updated_at": start,
-        })
+        buf.entitlements.append(
+            {
+                "customer_id": cid,
+                "feature_id": features[fkey].id,
+                "allowance_micros": None if allowance is None else allowance * MICROS,
+                "reset_period": period,
+                "overage": overage,
+                "updated_at": start,
+            }
+        )
     wallet_id = ids["wallets"]
     ids["wallets"] += 1
     balance = 0
@@ -177,19 +238,29 @@ def _seed_customer(rng, cid, key, count, features, costs, cs_id, ids, buf, stats
         nonlocal balance
         balance += amount
         row = {
-            "id": ids["ledger_entries"], "wallet_id": wallet_id, "customer_id": cid,
-            "type": kind_type, "kind": extra.get("kind"), "amount_micros": amount,
-            "balance_after_micros": balance, "usage_event_id": extra.get("event"),
-            "reference": extra.get("reference"), "note": extra.get("note"),
-            "idempotency_key": None, "fingerprint": None, "actor": label, "created_at": at,
+            "id": ids["ledger_entries"],
+            "wallet_id": wallet_id,
+            "customer_id": cid,
+            "type": kind_type,
+            "kind": extra.get("kind"),
+            "amount_micros": amount,
+            "balance_after_micros": balance,
+            "usage_event_id": extra.get("event"),
+            "reference": extra.get("reference"),
+            "note": extra.get("note"),
+            "idempotency_key": None,
+            "fingerprint": None,
+            "actor": label,
+            "created_at": at,
         }
         ids["ledger_entries"] += 1
         ledger_rows.append(row)
 
     opening = (3000 if big else 800) * MICROS
     post("topup", opening, start, kind="granted", reference="DEMO-OPENING", note="Opening grant")
-    times = sorted(start + timedelta(seconds=rng.uniform(60, 60 * 86400 - 600))
-                   for _ in range(count))
+    times = sorted(
+        start + timedelta(seconds=rng.uniform(60, 60 * 86400 - 600)) for _ in range(count)
+    )
     counters: dict[tuple[int, datetime], int] = {}
     seat_cap = ents["seats"][0][1] * MICROS
     next_invoice = start + timedelta(days=rng.uniform(15, 30))
@@ -197,8 +268,13 @@ def _seed_customer(rng, cid, key, count, features, costs, cs_id, ids, buf, stats
     for at in times:
         if at >= next_invoice:
             invoice_no += 1
-            post("topup", (1000 if big else 300) * MICROS, at, kind="purchased",
-                 reference=f"INV-{invoice_no}")
+            post(
+                "topup",
+                (1000 if big else 300) * MICROS,
+                at,
+                kind="purchased",
+                reference=f"INV-{invoice_no}",
+            )
             next_invoice = at + timedelta(days=rng.uniform(15, 30))
         roll = rng.random()
         if roll < 0.6:
@@ -239,34 +315,56 @@ def _seed_customer(rng, cid, key, count, features, costs, cs_id, ids, buf, stats
         event_id = f"demo-{event_pk}"
         if credits:
             post("usage", -credits, at, event=event_pk, reference=f"{fkey}:{event_id}")
-        buf.events.append({
-            "id": event_pk, "customer_id": cid, "feature_id": feature.id, "event_id": event_id,
-            "amount_micros": amount, "timestamp": at, "period_start": pstart,
-            "metadata": metadata or None, "credits_micros": credits, "overage_micros": overage,
-            "used_after_micros": used_after, "allowance_micros": allowance,
-            "balance_after_micros": balance if cost is not None else None,
-            "fingerprint": _fingerprint(feature.id, amount, metadata),
-            "actor": label, "recorded_at": at,
-        })
+        buf.events.append(
+            {
+                "id": event_pk,
+                "customer_id": cid,
+                "feature_id": feature.id,
+                "event_id": event_id,
+                "amount_micros": amount,
+                "timestamp": at,
+                "period_start": pstart,
+                "metadata": metadata or None,
+                "credits_micros": credits,
+                "overage_micros": overage,
+                "used_after_micros": used_after,
+                "allowance_micros": allowance,
+                "balance_after_micros": balance if cost is not None else None,
+                "fingerprint": _fingerprint(feature.id, amount, metadata),
+                "actor": label,
+                "recorded_at": at,
+            }
+        )
         stats.events += 1
-    buf.wallets.append({
-        "id": wallet_id, "customer_id": cid, "credit_system_id": cs_id,
-        "balance_micros": balance, "low_balance_threshold_micros": 50 * MICROS,
-        "created_at": start, "updated_at": now,
-    })
+    buf.wallets.append(
+        {
+            "id": wallet_id,
+            "customer_id": cid,
+            "credit_system_id": cs_id,
+            "balance_micros": balance,
+            "low_balance_threshold_micros": 50 * MICROS,
+            "created_at": start,
+            "updated_at": now,
+        }
+    )
     buf.ledger.extend(ledger_rows)
     stats.ledger_entries += len(ledger_rows)
     for (fid, pstart), used in counters.items():
-        buf.counters.append({"customer_id": cid, "feature_id": fid, "period_start": pstart,
-                             "used_micros": used})
+        buf.counters.append(
+            {"customer_id": cid, "feature_id": fid, "period_start": pstart, "used_micros": used}
+        )
 
 
 _TABLES = ("customers", "wallets", "usage_events", "ledger_entries")
 
 
 def _next_ids() -> dict[str, int]:
-    models = {"customers": Customer, "wallets": Wallet, "usage_events": UsageEvent,
-              "ledger_entries": LedgerEntry}
+    models = {
+        "customers": Customer,
+        "wallets": Wallet,
+        "usage_events": UsageEvent,
+        "ledger_entries": LedgerEntry,
+    }
     return {
         name: (db.session.scalar(select(func.max(model.id))) or 0) + 1
         for name, model in models.items()
@@ -278,8 +376,9 @@ def _reset_sequences() -> None:
     if db.engine.dialect.name != "postgresql":
         return
     for table in _TABLES:
-        db.session.execute(text(
-            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-            f"COALESCE((SELECT MAX(id) FROM {table}), 1))"
-        ))
-
+        db.session.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"COALESCE((SELECT MAX(id) FROM {table}), 1))"
+            )
+        )

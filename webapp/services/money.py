@@ -29,7 +29,7 @@ def parse_micros(value: object, *, field: str = "amount", error=ValidationError)
     elif isinstance(value, str):
         text = value.strip()
         if not text or len(text) > 40 or not _looks_decimal(text):
-            raise error(f"`{field}` must be a decimal number such as \"2\" or \"0.5\".", field=field)
+            raise error(f'`{field}` must be a decimal number such as "2" or "0.5".', field=field)
         try:
             dec = Decimal(text)
         except InvalidOperation:

@@ -57,8 +57,9 @@ def decode_cursor(cursor: str | None) -> int | None:
             raise ValueError
         last_id = int(value)
     except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise ValidationError("`cursor` is not a cursor this server gave out.",
-                              field="cursor") from None
+        raise ValidationError(
+            "`cursor` is not a cursor this server gave out.", field="cursor"
+        ) from None
     return last_id
 
 
@@ -151,10 +152,14 @@ def customer_summary(actor: Actor, key: object, *, now: datetime | None = None) 
         for fid, start, micros in db.session.execute(
             select(UsageCounter.feature_id, UsageCounter.period_start, UsageCounter.used_micros)
             .where(UsageCounter.customer_id == customer.id)
-            .where(or_(*[
-                (UsageCounter.feature_id == fid) & (UsageCounter.period_start == start)
-                for fid, start in sorted(starts)
-            ]))
+            .where(
+                or_(
+                    *[
+                        (UsageCounter.feature_id == fid) & (UsageCounter.period_start == start)
+                        for fid, start in sorted(starts)
+                    ]
+                )
+            )
         ):
             used[(fid, start)] = micros
     entitlements = []

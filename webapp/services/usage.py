@@ -340,8 +340,12 @@ def _load_state(parsed: Sequence[_Parsed], now: datetime, lock: bool) -> _State:
             wallet_keys.add((customer.id, cost.credit_system_id))
     if counter_keys:
         stmt = (
-            select(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start,
-                   UsageCounter.used_micros)
+            select(
+                UsageCounter.customer_id,
+                UsageCounter.feature_id,
+                UsageCounter.period_start,
+                UsageCounter.used_micros,
+            )
             .where(
                 tuple_(
                     UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start
@@ -422,9 +426,7 @@ def _judge(
         )
     ent = state.entitlements.get((customer.id, feature.id))
     at = p.timestamp or now
-    start = period_start(
-        at, effective_period(feature.type, ent.reset_period if ent else "never")
-    )
+    start = period_start(at, effective_period(feature.type, ent.reset_period if ent else "never"))
     ckey = (customer.id, feature.id, start)
     used = state.counters.get(ckey, 0)
     cost = state.costs.get(feature.id)
@@ -504,8 +506,12 @@ def _judge(
         },
     }
     audit = audit_row(
-        actor, "usage.recorded", customer.key, f"event:{event_id}",
-        {"feature": feature.key, "amount": format_micros(p.amount_micros)}, now,
+        actor,
+        "usage.recorded",
+        customer.key,
+        f"event:{event_id}",
+        {"feature": feature.key, "amount": format_micros(p.amount_micros)},
+        now,
     )
     pending.append(_Pending(index=index, event=event_row, ledger=ledger, audit=audit))
     return result
@@ -516,10 +522,14 @@ def _write(state: _State, pending: list[_Pending]) -> None:
         return
     session = db.session
     event_table = UsageEvent.__table__
-    ids = session.execute(
-        insert(event_table).returning(event_table.c.id, sort_by_parameter_order=True),
-        [p.event for p in pending],
-    ).scalars().all()
+    ids = (
+        session.execute(
+            insert(event_table).returning(event_table.c.id, sort_by_parameter_order=True),
+            [p.event for p in pending],
+        )
+        .scalars()
+        .all()
+    )
     ledger_rows = []
     for p, event_pk in zip(pending, ids, strict=True):
         if p.ledger is not None:
@@ -529,7 +539,12 @@ def _write(state: _State, pending: list[_Pending]) -> None:
         session.execute(insert(LedgerEntry.__table__), ledger_rows)
     counter_table = UsageCounter.__table__
     new_rows = [
-        {"customer_id": c, "feature_id": f, "period_start": s, "used_micros": state.counters[(c, f, s)]}
+        {
+            "customer_id": c,
+            "feature_id": f,
+            "period_start": s,
+            "used_micros": state.counters[(c, f, s)],
+        }
         for (c, f, s) in sorted(state.new_counters)
     ]
     if new_rows:
@@ -557,7 +572,9 @@ def _write(state: _State, pending: list[_Pending]) -> None:
         session.execute(
             update(wallet_table)
             .where(wallet_table.c.id == _bp("wid"))
-            .values(balance_micros=_bp("bal"), updated_at=_bp("now", wallet_table.c.updated_at.type)),
+            .values(
+                balance_micros=_bp("bal"), updated_at=_bp("now", wallet_table.c.updated_at.type)
+            ),
             [
                 {"wid": state.wallets[k][0], "bal": state.wallets[k][1], "now": utcnow()}
                 for k in sorted(state.dirty_wallets)
@@ -631,8 +648,9 @@ def check_entitlement(
     require(actor, VIEW)
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key, event_name=event_name)
-    amount_micros = parse_micros(1 if amount is None else amount, field="amount",
-                                 error=InvalidAmount)
+    amount_micros = parse_micros(
+        1 if amount is None else amount, field="amount", error=InvalidAmount
+    )
     if amount_micros == 0:
         raise InvalidAmount("`amount` may not be zero.", field="amount")
     now = utcnow()
@@ -644,13 +662,16 @@ def check_entitlement(
     )
     period = effective_period(feature.type, ent.reset_period if ent else "never")
     start = period_start(now, period)
-    used = session.scalar(
-        select(UsageCounter.used_micros).where(
-            UsageCounter.customer_id == customer.id,
-            UsageCounter.feature_id == feature.id,
-            UsageCounter.period_start == start,
+    used = (
+        session.scalar(
+            select(UsageCounter.used_micros).where(
+                UsageCounter.customer_id == customer.id,
+                UsageCounter.feature_id == feature.id,
+                UsageCounter.period_start == start,
+            )
         )
-    ) or 0
+        or 0
+    )
     cost = session.get(CreditCost, feature.id)
     balance = None
     system_key = None

@@ -98,22 +98,20 @@ def _wallets_not_negative() -> Check:
 
 def _ledger_chain() -> Check:
     """Each entry's balance_after is the running sum of its wallet's entries up to it."""
-    running = (
-        select(
-            LedgerEntry.id,
-            LedgerEntry.wallet_id,
-            LedgerEntry.balance_after_micros,
-            func.sum(LedgerEntry.amount_micros)
-            .over(partition_by=LedgerEntry.wallet_id, order_by=LedgerEntry.id)
-            .label("running"),
-        )
-        .subquery()
-    )
+    running = select(
+        LedgerEntry.id,
+        LedgerEntry.wallet_id,
+        LedgerEntry.balance_after_micros,
+        func.sum(LedgerEntry.amount_micros)
+        .over(partition_by=LedgerEntry.wallet_id, order_by=LedgerEntry.id)
+        .label("running"),
+    ).subquery()
     return _run(
         "ledger balance_after = running sum, never negative",
         select(func.count()).select_from(LedgerEntry),
-        select(running.c.id, running.c.wallet_id, running.c.balance_after_micros, running.c.running)
-        .where(
+        select(
+            running.c.id, running.c.wallet_id, running.c.balance_after_micros, running.c.running
+        ).where(
             or_(
                 running.c.balance_after_micros != running.c.running,
                 running.c.balance_after_micros < 0,
@@ -145,14 +143,20 @@ def _counters_match_events() -> Check:
     )
     # Counters whose events sum differently (or have none), and event groups with no counter.
     mismatched = (
-        select(c.customer_id, c.feature_id, c.period_start, c.used_micros,
-               func.coalesce(sums.c.total, 0))
+        select(
+            c.customer_id,
+            c.feature_id,
+            c.period_start,
+            c.used_micros,
+            func.coalesce(sums.c.total, 0),
+        )
         .outerjoin(sums, joined)
         .where(c.used_micros != func.coalesce(sums.c.total, 0))
     )
     orphaned = (
-        select(sums.c.customer_id, sums.c.feature_id, sums.c.period_start, literal(None),
-               sums.c.total)
+        select(
+            sums.c.customer_id, sums.c.feature_id, sums.c.period_start, literal(None), sums.c.total
+        )
         .outerjoin(c, joined)
         .where(c.customer_id.is_(None))
     )
@@ -177,8 +181,9 @@ def _persistent_not_negative() -> Check:
     return _run(
         "usage counters are never negative",
         select(func.count()).select_from(UsageCounter),
-        select(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.used_micros)
-        .where(UsageCounter.used_micros < 0),
+        select(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.used_micros).where(
+            UsageCounter.used_micros < 0
+        ),
         lambda cid, fid, used: f"counter customer {cid} feature {fid} is {format_micros(used)}",
     )
 
@@ -201,8 +206,9 @@ def _within_allowance() -> Check:
     for start, items in by_start.items():
         lookup = {(e.customer_id, e.feature_id): (e, fk, ck) for e, fk, ck in items}
         counters = db.session.execute(
-            select(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.used_micros)
-            .where(UsageCounter.period_start == start)
+            select(
+                UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.used_micros
+            ).where(UsageCounter.period_start == start)
         )
         for cid, fid, used in counters:
             hit = lookup.get((cid, fid))
@@ -247,7 +253,9 @@ def _credit_events_have_entries() -> Check:
         .subquery()
     )
     n = func.coalesce(entries.c.n, 0)
-    needs_entry = and_(UsageEvent.amount_micros > 0, func.coalesce(UsageEvent.credits_micros, 0) > 0)
+    needs_entry = and_(
+        UsageEvent.amount_micros > 0, func.coalesce(UsageEvent.credits_micros, 0) > 0
+    )
     return _run(
         "every charged usage event has exactly one usage ledger entry",
         select(func.count()).select_from(UsageEvent),
@@ -258,5 +266,3 @@ def _credit_events_have_entries() -> Check:
             f"usage event {eid} ({event_id}) has {count} usage ledger entries"
         ),
     )
-
-

@@ -101,15 +101,17 @@ def topup_wallet(
     system = get_credit_system(credit_system)
     amount_micros = parse_micros(amount, field="amount")
     if amount_micros <= 0:
-        raise ValidationError("A topup adds credits: `amount` must be greater than zero.",
-                              field="amount")
+        raise ValidationError(
+            "A topup adds credits: `amount` must be greater than zero.", field="amount"
+        )
     kind_value = validation.choice(kind or "purchased", TOPUP_KINDS, field="kind")
     ref = validation.text(reference, field="reference", max_len=200, required=False)
     note_value = validation.text(note, field="note", max_len=2000, required=False)
     key = None
     if idempotency_key is not None:
-        key = validation.key(idempotency_key, field="idempotency_key",
-                             pattern=validation.EVENT_ID_RE)
+        key = validation.key(
+            idempotency_key, field="idempotency_key", pattern=validation.EVENT_ID_RE
+        )
     fingerprint = hashlib.sha256(
         validation.canonical_json([system.id, amount_micros, kind_value, ref, note_value]).encode()
     ).hexdigest()
@@ -131,13 +133,28 @@ def topup_wallet(
     wallet = _locked_wallet(customer, system, create=True)
     assert wallet is not None
     entry = _post(
-        actor, wallet, customer, type="topup", amount_micros=amount_micros, kind=kind_value,
-        reference=ref, note=note_value, idempotency_key=key, fingerprint=fingerprint,
+        actor,
+        wallet,
+        customer,
+        type="topup",
+        amount_micros=amount_micros,
+        kind=kind_value,
+        reference=ref,
+        note=note_value,
+        idempotency_key=key,
+        fingerprint=fingerprint,
     )
     audit.record(
-        actor, "wallet.topup", customer_key=customer.key, target=f"ledger:{entry.id}",
-        details={"credit_system": system.key, "amount": format_micros(amount_micros),
-                 "kind": kind_value, "reference": ref},
+        actor,
+        "wallet.topup",
+        customer_key=customer.key,
+        target=f"ledger:{entry.id}",
+        details={
+            "credit_system": system.key,
+            "amount": format_micros(amount_micros),
+            "kind": kind_value,
+            "reference": ref,
+        },
     )
     return LedgerResult(False, entry, customer.key, system.key)
 
@@ -172,12 +189,23 @@ def adjust_wallet(
         )
     assert wallet is not None
     entry = _post(
-        actor, wallet, customer, type="adjustment", amount_micros=amount_micros,
-        reference=ref, note=reason_text,
+        actor,
+        wallet,
+        customer,
+        type="adjustment",
+        amount_micros=amount_micros,
+        reference=ref,
+        note=reason_text,
     )
     audit.record(
-        actor, "wallet.adjustment", customer_key=customer.key, target=f"ledger:{entry.id}",
-        details={"credit_system": system.key, "amount": format_micros(amount_micros),
-                 "reason": reason_text},
+        actor,
+        "wallet.adjustment",
+        customer_key=customer.key,
+        target=f"ledger:{entry.id}",
+        details={
+            "credit_system": system.key,
+            "amount": format_micros(amount_micros),
+            "reason": reason_text,
+        },
     )
     return LedgerResult(False, entry, customer.key, system.key)

@@ -5,9 +5,8 @@ Revises:
 Create Date: 2026-11-26 01:26:17.897339
 
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = 'cf63dc137016'
