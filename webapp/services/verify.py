@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, literal, or_, select
+from sqlalchemy import BigInteger, and_, cast, func, literal, or_, select
 
 from ..extensions import db
 from ..models import (
@@ -23,6 +23,11 @@ from .money import format_micros
 from .periods import effective_period, period_start
 
 MAX_REPORTED = 20
+
+
+def _sum(column):
+    # SUM(bigint) is NUMERIC on PostgreSQL: keep exact integers of micros on both databases.
+    return cast(func.sum(column), BigInteger)
 
 
 @dataclass
@@ -69,7 +74,7 @@ def _run(name: str, total_stmt, bad_stmt, describe: Callable[..., str]) -> Check
 
 def _wallet_balances() -> Check:
     sums = (
-        select(LedgerEntry.wallet_id, func.sum(LedgerEntry.amount_micros).label("total"))
+        select(LedgerEntry.wallet_id, _sum(LedgerEntry.amount_micros).label("total"))
         .group_by(LedgerEntry.wallet_id)
         .subquery()
     )
@@ -102,9 +107,12 @@ def _ledger_chain() -> Check:
         LedgerEntry.id,
         LedgerEntry.wallet_id,
         LedgerEntry.balance_after_micros,
-        func.sum(LedgerEntry.amount_micros)
-        .over(partition_by=LedgerEntry.wallet_id, order_by=LedgerEntry.id)
-        .label("running"),
+        cast(
+            func.sum(LedgerEntry.amount_micros).over(
+                partition_by=LedgerEntry.wallet_id, order_by=LedgerEntry.id
+            ),
+            BigInteger,
+        ).label("running"),
     ).subquery()
     return _run(
         "ledger balance_after = running sum, never negative",
@@ -130,7 +138,7 @@ def _counters_match_events() -> Check:
             UsageEvent.customer_id,
             UsageEvent.feature_id,
             UsageEvent.period_start,
-            func.sum(UsageEvent.amount_micros).label("total"),
+            _sum(UsageEvent.amount_micros).label("total"),
         )
         .group_by(UsageEvent.customer_id, UsageEvent.feature_id, UsageEvent.period_start)
         .subquery()
