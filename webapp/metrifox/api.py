@@ -16,7 +16,16 @@ from ..models import Customer
 from ..services import catalog, reads
 from ..services import metrifox as paged
 from ..services.reads import EntitlementView, WalletView
-from .common import actor, install, json_body, not_supported, num, respond
+from .common import (
+    PayloadTooLarge,
+    actor,
+    in_sdk_terms,
+    install,
+    json_body,
+    not_supported,
+    num,
+    respond,
+)
 
 bp = Blueprint("metrifox_api", __name__)
 install(bp)
@@ -24,6 +33,7 @@ install(bp)
 PROFILE_KEY = "metrifox"
 MAX_BULK = 1000
 NAME_FIELDS = ("display_name", "first_name", "middle_name", "last_name", "legal_name")
+SDK_NAMES = {"key": "customer_key", "email": "primary_email", "name": "display_name"}
 
 
 # ---------------------------------------------------------------- mapping
@@ -139,13 +149,16 @@ def entitlement_json(ent: EntitlementView) -> dict[str, Any]:
 def _create(body: dict[str, Any]) -> Customer:
     profile, user = _split(body)
     key = body.get("customer_key")
-    return catalog.create_customer(
-        actor(),
-        key=key,
-        name=_name(profile, key if isinstance(key, str) else ""),
-        email=body.get("primary_email"),
-        metadata=_metadata(profile, user),
-    )
+    try:
+        return catalog.create_customer(
+            actor(),
+            key=key,
+            name=_name(profile, key if isinstance(key, str) else ""),
+            email=body.get("primary_email"),
+            metadata=_metadata(profile, user),
+        )
+    except DomainError as exc:
+        raise in_sdk_terms(exc, SDK_NAMES) from exc
 
 
 @bp.post("/customers/new")
@@ -176,7 +189,10 @@ def update_customer(key: str) -> Response:
             fields["name"] = _name(profile, current.name)
     if "primary_email" in body:
         fields["email"] = body["primary_email"]
-    customer = catalog.update_customer(actor(), key, **fields)
+    try:
+        customer = catalog.update_customer(actor(), key, **fields)
+    except DomainError as exc:
+        raise in_sdk_terms(exc, SDK_NAMES) from exc
     return respond({"message": "Customer updated", "data": _one(customer)})
 
 
@@ -252,7 +268,7 @@ def bulk_create() -> Response:
     if not isinstance(items, list):
         raise ValidationError("Send `customers`: a list of customers.", field="customers")
     if len(items) > MAX_BULK:
-        raise ValidationError(
+        raise PayloadTooLarge(
             f"A bulk create holds at most {MAX_BULK} customers.", field="customers"
         )
     created, failed = [], []

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from ..errors import DomainError, ServiceUnavailable, Unauthorized, ValidationError
 from ..services import auth
@@ -42,6 +42,22 @@ class MalformedJson(DomainError):
 class NotImplementedByServer(DomainError):
     code = "not_implemented"
     status = 501
+
+
+class PayloadTooLarge(DomainError):
+    code = "payload_too_large"
+    status = 413
+
+
+def in_sdk_terms(exc: DomainError, names: dict[str, str]) -> DomainError:
+    """The same error, naming the SDK's fields (``quantity``) instead of ours (``amount``)."""
+    field = exc.details.get("field")
+    if field not in names:
+        return exc
+    message = exc.message.replace(f"`{field}`", f"`{names[field]}`")
+    renamed = type(exc)(message, **{**exc.details, "field": names[field]})
+    renamed.__cause__ = exc
+    return renamed
 
 
 # ---------------------------------------------------------------- numbers
@@ -182,13 +198,7 @@ def install(bp: Blueprint) -> None:
     def unknown(rest: str) -> Response:
         # Routing errors never reach a blueprint's handlers; this catch-all keeps them Metrifox
         # shaped (with `message`) for every path under the prefix.
-        return _http_error(_not_found(f"No Metrifox endpoint {request.method} /{rest} here."))
-
-
-def _not_found(message: str) -> HTTPException:
-    from werkzeug.exceptions import NotFound
-
-    return NotFound(message)
+        return _http_error(NotFound(f"No Metrifox endpoint {request.method} /{rest} here."))
 
 
 def not_supported(what: str) -> Response:

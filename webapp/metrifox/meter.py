@@ -7,11 +7,11 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import ValidationError
+from ..errors import DomainError, ValidationError
 from ..services import metrifox as paged
 from ..services import usage
 from ..services.reads import EventView
-from .common import actor, from_millis, install, json_body, millis, num, respond
+from .common import actor, from_millis, in_sdk_terms, install, json_body, millis, num, respond
 
 bp = Blueprint("metrifox_meter", __name__)
 install(bp)
@@ -43,16 +43,19 @@ def record_usage() -> Response:
     # `quantity` is the SDK's name; `amount` its deprecated alias (and our own API's name).
     quantity = body["quantity"] if "quantity" in body else body.get("amount", 1)
     # `credit_used` is accepted and ignored: credits follow the feature's credit cost only.
-    result = usage.record_usage(
-        actor(),
-        customer_key=body.get("customer_key"),
-        feature_key=body.get("feature_key"),
-        event_name=body.get("event_name"),
-        amount=quantity,
-        event_id=body.get("event_id"),
-        timestamp=from_millis(body.get("timestamp")),
-        metadata=_metadata(body),
-    )
+    try:
+        result = usage.record_usage(
+            actor(),
+            customer_key=body.get("customer_key"),
+            feature_key=body.get("feature_key"),
+            event_name=body.get("event_name"),
+            amount=quantity,
+            event_id=body.get("event_id"),
+            timestamp=from_millis(body.get("timestamp")),
+            metadata=_metadata(body),
+        )
+    except DomainError as exc:
+        raise in_sdk_terms(exc, {"amount": "quantity"}) from exc
     answer = {
         "message": "Usage recorded",
         "event_name": result.event_name,
@@ -80,13 +83,16 @@ def record_usage() -> Response:
 def check_access() -> Response:
     args = request.args
     quantity = args.get("quantity", args.get("requested_quantity"))
-    check = usage.check_entitlement(
-        actor(),
-        customer_key=args.get("customer_key"),
-        feature_key=args.get("feature_key") or None,
-        event_name=None if args.get("feature_key") else args.get("event_name"),
-        amount=quantity if quantity not in (None, "") else 1,
-    )
+    try:
+        check = usage.check_entitlement(
+            actor(),
+            customer_key=args.get("customer_key"),
+            feature_key=args.get("feature_key") or None,
+            event_name=None if args.get("feature_key") else args.get("event_name"),
+            amount=quantity if quantity not in (None, "") else 1,
+        )
+    except DomainError as exc:
+        raise in_sdk_terms(exc, {"amount": "quantity"}) from exc
     unlimited = check.entitled and check.allowance_micros is None
     if check.allowed:
         message = "Feature found"
