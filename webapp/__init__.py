@@ -71,6 +71,9 @@ def _register_blueprints(app: Flask) -> None:
     from .web import register as register_web
 
     register_web(app)
+    from .metrifox import register as register_metrifox
+
+    register_metrifox(app)
     try:
         from .api import register as register_api
     except ImportError:  # pragma: no cover - the API package lands in its own change

@@ -1,0 +1,161 @@
+"""The meter service of the Metrifox SDK (``meter_service_base_url``): record usage, check access,
+list usage events. Each route parses the SDK's fields, calls one service and shapes the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from ..errors import DomainError, ValidationError
+from ..services import metrifox as paged
+from ..services import usage
+from ..services.reads import EventView
+from .common import actor, from_millis, in_sdk_terms, install, json_body, millis, num, respond
+
+bp = Blueprint("metrifox_meter", __name__)
+install(bp)
+
+
+def _metadata(body: dict[str, Any]) -> object:
+    """The SDK's ``metadata`` with its ``properties`` kept under a "properties" key."""
+    metadata = body.get("metadata")
+    properties = body.get("properties")
+    if properties is None:
+        return metadata
+    if not isinstance(properties, dict):
+        raise ValidationError("`properties` must be a JSON object.", field="properties")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        return metadata  # the service explains what metadata must be
+    if "properties" in metadata:
+        raise ValidationError(
+            "Send `properties` either as a field or inside `metadata`, not both.",
+            field="properties",
+        )
+    return {**metadata, "properties": properties}
+
+
+@bp.post("/usage/events")
+def record_usage() -> Response:
+    body = json_body()
+    # `quantity` is the SDK's name; `amount` its deprecated alias (and our own API's name).
+    quantity = body["quantity"] if "quantity" in body else body.get("amount", 1)
+    # `credit_used` is accepted and ignored: credits follow the feature's credit cost only.
+    try:
+        result = usage.record_usage(
+            actor(),
+            customer_key=body.get("customer_key"),
+            feature_key=body.get("feature_key"),
+            event_name=body.get("event_name"),
+            amount=quantity,
+            event_id=body.get("event_id"),
+            timestamp=from_millis(body.get("timestamp")),
+            metadata=_metadata(body),
+        )
+    except DomainError as exc:
+        raise in_sdk_terms(exc, {"amount": "quantity"}) from exc
+    answer = {
+        "message": "Usage recorded",
+        "event_name": result.event_name,
+        "customer_key": result.customer_key,
+        "amount": num(result.amount_micros),
+        "quantity": num(result.amount_micros),
+        "feature_key": result.feature_key,
+        "event_id": result.event_id,
+        "timestamp": millis(result.timestamp),
+        "used": num(result.used_micros),
+        "allowance": num(result.allowance_micros),
+        "available": num(result.available_micros),
+        "overage": num(result.overage_micros),
+        "credit_used": num(result.credits_micros),
+        "wallet_balance": num(result.balance_micros),
+        "credit_system": result.credit_system,
+        "replayed": result.replayed,
+    }
+    if result.replayed:
+        return respond(answer, 200, {"Idempotent-Replayed": "true"})
+    return respond(answer, 201)
+
+
+@bp.get("/usage/access")
+def check_access() -> Response:
+    args = request.args
+    quantity = args.get("quantity", args.get("requested_quantity"))
+    try:
+        check = usage.check_entitlement(
+            actor(),
+            customer_key=args.get("customer_key"),
+            feature_key=args.get("feature_key") or None,
+            event_name=None if args.get("feature_key") else args.get("event_name"),
+            amount=quantity if quantity not in (None, "") else 1,
+        )
+    except DomainError as exc:
+        raise in_sdk_terms(exc, {"amount": "quantity"}) from exc
+    unlimited = check.entitled and check.allowance_micros is None
+    if check.allowed:
+        message = "Feature found"
+    else:
+        message = check.message or "Access denied"
+    data = {
+        "customer_key": check.customer_key,
+        "feature_key": check.feature_key,
+        "event_name": check.event_name,
+        "feature_type": check.feature_type,
+        "requested_quantity": num(check.amount_micros),
+        "can_access": check.allowed,
+        "unlimited": unlimited,
+        "balance": num(check.available_micros),
+        "used_quantity": num(check.used_micros),
+        "allowance": num(check.allowance_micros),
+        "entitlement_active": check.entitled,
+        "prepaid": check.credit_system is not None,
+        "wallet_balance": num(check.balance_micros),
+        "credits_required": num(check.credits_required_micros),
+        "credit_system": check.credit_system,
+        "reset_at": check.reset_at,
+        "reason": check.reason,
+        "message": message,
+    }
+    return respond({"data": data})
+
+
+def event_json(event: EventView) -> dict[str, Any]:
+    return {
+        "id": str(event.id),
+        "event_id": event.event_id,
+        "customer_key": event.customer_key,
+        "feature_key": event.feature_key,
+        "event_name": event.event_name,
+        "quantity": num(event.amount_micros),
+        "timestamp": millis(event.timestamp),
+        "credit_used": num(event.credits_micros),
+        "metadata": event.metadata or {},
+        "recorded_at": event.recorded_at,
+    }
+
+
+@bp.get("/usage/events")
+def list_events() -> Response:
+    args = request.args
+    page = paged.list_events_paged(
+        actor(),
+        customer_key=args.get("customer_key"),
+        feature_key=args.get("feature_key"),
+        page=args.get("page"),
+        per_page=args.get("per_page"),
+    )
+    return respond(
+        {
+            "data": [event_json(e) for e in page.items],
+            "meta": {
+                "current_page": page.page,
+                "prev_page": page.prev_page,
+                "next_page": page.next_page,
+                "total_count": page.total_count,
+                "total_pages": page.total_pages,
+                "per_page": page.per_page,
+            },
+        }
+    )
