@@ -229,7 +229,8 @@ def _num(micros: int) -> int | str:
 
 
 def _fingerprint(feature_id: int, amount_micros: int, metadata: dict[str, Any]) -> str:
-    text = validation.canonical_json([feature_id, amount_micros, metadata])
+    """What makes two RecordUsage the same (the timestamp is compared on its own)."""
+    text = f"{feature_id}:{amount_micros}:{validation.canonical_json(metadata) if metadata else ''}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -238,10 +239,11 @@ def _fingerprint(feature_id: int, amount_micros: int, metadata: dict[str, Any]) 
 
 @dataclass
 class _State:
-    customers: dict[str, Customer] = field(default_factory=dict)
-    features: dict[tuple[str, str], Feature] = field(default_factory=dict)
-    entitlements: dict[tuple[int, int], Entitlement] = field(default_factory=dict)
-    costs: dict[int, CreditCost] = field(default_factory=dict)
+    # Core rows of _CUSTOMERS / _FEATURES: the attributes the rules read, by name.
+    customers: dict[str, Any] = field(default_factory=dict)
+    features: dict[tuple[str, str], Any] = field(default_factory=dict)
+    entitlements: dict[tuple[int, int], Any] = field(default_factory=dict)
+    costs: dict[int, Any] = field(default_factory=dict)
     systems: dict[int, str] = field(default_factory=dict)
     counters: dict[tuple[int, int, datetime], int] = field(default_factory=dict)
     new_counters: set[tuple[int, int, datetime]] = field(default_factory=set)
@@ -250,7 +252,7 @@ class _State:
     dirty_wallets: set[tuple[int, int]] = field(default_factory=set)
     events: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
 
-    def feature(self, parsed: _Parsed) -> Feature:
+    def feature(self, parsed: _Parsed) -> Any:
         if parsed.feature_key is not None:
             found = self.features.get(("key", parsed.feature_key))
             if found is None:
@@ -266,127 +268,157 @@ class _State:
             )
         return found
 
-    def customer(self, key: str) -> Customer:
+    def customer(self, key: str) -> Any:
         found = self.customers.get(key)
         if found is None:
             raise CustomerNotFound(f"No customer with key {key!r}.", field="customer_key")
         return found
 
 
-def _load_state(parsed: Sequence[_Parsed], now: datetime, lock: bool) -> _State:
-    session = db.session
+# Statements of the hot path, built once: per call only their parameters change, so SQLAlchemy
+# neither rebuilds nor recompiles them. Rows are plain Core rows (attribute access by name).
+_CUSTOMERS = (
+    select(
+        Customer.id,
+        Customer.key,
+        Customer.status,
+        Entitlement.feature_id,
+        Entitlement.allowance_micros,
+        Entitlement.reset_period,
+        Entitlement.overage,
+    )
+    .outerjoin(Entitlement, Entitlement.customer_id == Customer.id)
+    .where(Customer.key.in_(bindparam("keys", expanding=True)))
+)
+_FEATURES = (
+    select(
+        Feature.id,
+        Feature.key,
+        Feature.type,
+        Feature.event_name,
+        CreditCost.cost_micros,
+        CreditCost.credit_system_id,
+        CreditSystem.key.label("credit_system_key"),
+    )
+    .outerjoin(CreditCost, CreditCost.feature_id == Feature.id)
+    .outerjoin(CreditSystem, CreditSystem.id == CreditCost.credit_system_id)
+    .where(
+        or_(
+            Feature.key.in_(bindparam("fkeys", expanding=True)),
+            Feature.event_name.in_(bindparam("enames", expanding=True)),
+        )
+    )
+)
+_EVENTS = select(
+    UsageEvent.id,
+    UsageEvent.customer_id,
+    UsageEvent.event_id,
+    UsageEvent.amount_micros,
+    UsageEvent.timestamp,
+    UsageEvent.credits_micros,
+    UsageEvent.overage_micros,
+    UsageEvent.used_after_micros,
+    UsageEvent.allowance_micros,
+    UsageEvent.balance_after_micros,
+    UsageEvent.fingerprint,
+    Feature.key.label("feature_key"),
+    Feature.event_name,
+    Feature.type.label("feature_type"),
+).join(Feature, Feature.id == UsageEvent.feature_id)
+_EVENTS_BY_PAIR = _EVENTS.where(
+    tuple_(UsageEvent.customer_id, UsageEvent.event_id).in_(bindparam("pairs", expanding=True))
+)
+_COUNTER_KEY = tuple_(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start)
+_COUNTERS = (
+    select(
+        UsageCounter.customer_id,
+        UsageCounter.feature_id,
+        UsageCounter.period_start,
+        UsageCounter.used_micros,
+    )
+    .where(_COUNTER_KEY.in_(bindparam("ckeys", expanding=True)))
+    .order_by(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start)
+    .with_for_update()
+)
+_WALLETS = (
+    select(Wallet.customer_id, Wallet.credit_system_id, Wallet.id, Wallet.balance_micros)
+    .where(
+        tuple_(Wallet.customer_id, Wallet.credit_system_id).in_(bindparam("wkeys", expanding=True))
+    )
+    .order_by(Wallet.id)
+    .with_for_update()
+)
+
+
+def _load_state(parsed: Sequence[_Parsed], now: datetime) -> _State:
+    """Everything the events touch, in at most five queries; counters and wallets locked in key
+    order (PostgreSQL; on SQLite, BEGIN IMMEDIATE already holds the write lock)."""
+    conn = db.session.connection()
     state = _State()
-    customer_keys = {p.customer_key for p in parsed}
-    for customer in session.scalars(select(Customer).where(Customer.key.in_(customer_keys))):
-        state.customers[customer.key] = customer
-    fkeys = {p.feature_key for p in parsed if p.feature_key is not None}
-    enames = {p.event_name for p in parsed if p.event_name is not None}
-    for feature in session.scalars(
-        select(Feature).where(or_(Feature.key.in_(fkeys), Feature.event_name.in_(enames)))
-    ):
-        state.features[("key", feature.key)] = feature
-        state.features[("event", feature.event_name)] = feature
+    for row in conn.execute(_CUSTOMERS, {"keys": sorted({p.customer_key for p in parsed})}):
+        state.customers[row.key] = row
+        if row.feature_id is not None:
+            state.entitlements[(row.id, row.feature_id)] = row
+    fkeys = sorted({p.feature_key for p in parsed if p.feature_key is not None})
+    enames = sorted({p.event_name for p in parsed if p.event_name is not None})
+    for row in conn.execute(_FEATURES, {"fkeys": fkeys, "enames": enames}):
+        state.features[("key", row.key)] = row
+        state.features[("event", row.event_name)] = row
+        if row.cost_micros is not None:
+            state.costs[row.id] = row
+            state.systems[row.credit_system_id] = row.credit_system_key
     if not state.customers or not state.features:
         return state
-    customer_ids = [c.id for c in state.customers.values()]
-    feature_ids = list({f.id for f in state.features.values()})
-    for ent in session.scalars(
-        select(Entitlement).where(
-            Entitlement.customer_id.in_(customer_ids), Entitlement.feature_id.in_(feature_ids)
-        )
-    ):
-        state.entitlements[(ent.customer_id, ent.feature_id)] = ent
-    for cost, system_key in session.execute(
-        select(CreditCost, CreditSystem.key)
-        .join(CreditSystem, CreditSystem.id == CreditCost.credit_system_id)
-        .where(CreditCost.feature_id.in_(feature_ids))
-    ):
-        state.costs[cost.feature_id] = cost
-        state.systems[cost.credit_system_id] = system_key
 
-    # Existing events for the given idempotency keys.
     pairs = set()
-    for p in parsed:
-        customer = state.customers.get(p.customer_key)
-        if customer is not None and p.event_id is not None:
-            pairs.add((customer.id, p.event_id))
-    if pairs:
-        rows = session.execute(
-            select(UsageEvent, Feature)
-            .join(Feature, Feature.id == UsageEvent.feature_id)
-            .where(tuple_(UsageEvent.customer_id, UsageEvent.event_id).in_(list(pairs)))
-        ).all()
-        for event, feature in rows:
-            state.events[(event.customer_id, event.event_id)] = _stored_event(event, feature)
-
-    # Counters and wallets the events may move, locked in key order (PostgreSQL).
     counter_keys: set[tuple[int, int, datetime]] = set()
     wallet_keys: set[tuple[int, int]] = set()
     for p in parsed:
         customer = state.customers.get(p.customer_key)
+        if customer is None:
+            continue
+        if p.event_id is not None:
+            pairs.add((customer.id, p.event_id))
         feature = state.features.get(
             ("key", p.feature_key) if p.feature_key is not None else ("event", p.event_name)
         )
-        if customer is None or feature is None:
+        ent = None if feature is None else state.entitlements.get((customer.id, feature.id))
+        if feature is None or ent is None:
             continue
-        ent = state.entitlements.get((customer.id, feature.id))
-        if ent is None:
-            continue
-        at = p.timestamp or now
-        start = period_start(at, effective_period(feature.type, ent.reset_period))
+        start = period_start(p.timestamp or now, effective_period(feature.type, ent.reset_period))
         counter_keys.add((customer.id, feature.id, start))
         cost = state.costs.get(feature.id)
         if cost is not None:
             wallet_keys.add((customer.id, cost.credit_system_id))
+    if pairs:
+        for row in conn.execute(_EVENTS_BY_PAIR, {"pairs": sorted(pairs)}):
+            state.events[(row.customer_id, row.event_id)] = _stored_event(row)
     if counter_keys:
-        stmt = (
-            select(
-                UsageCounter.customer_id,
-                UsageCounter.feature_id,
-                UsageCounter.period_start,
-                UsageCounter.used_micros,
-            )
-            .where(
-                tuple_(
-                    UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start
-                ).in_(sorted(counter_keys))
-            )
-            .order_by(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start)
-        )
-        if lock:
-            stmt = stmt.with_for_update()
-        for cid, fid, start, used in session.execute(stmt):
+        for cid, fid, start, used in conn.execute(_COUNTERS, {"ckeys": sorted(counter_keys)}):
             state.counters[(cid, fid, start)] = used
     if wallet_keys:
-        stmt = (
-            select(Wallet.customer_id, Wallet.credit_system_id, Wallet.id, Wallet.balance_micros)
-            .where(tuple_(Wallet.customer_id, Wallet.credit_system_id).in_(sorted(wallet_keys)))
-            .order_by(Wallet.id)
-        )
-        if lock:
-            stmt = stmt.with_for_update()
-        for cid, sid, wid, balance in session.execute(stmt):
+        for cid, sid, wid, balance in conn.execute(_WALLETS, {"wkeys": sorted(wallet_keys)}):
             state.wallets[(cid, sid)] = [wid, balance]
     return state
 
 
-def _stored_event(event: UsageEvent, feature: Feature) -> dict[str, Any]:
+def _stored_event(row: Any) -> dict[str, Any]:
     return {
-        "row_id": event.id,
-        "fingerprint": event.fingerprint,
-        "timestamp": event.timestamp,
+        "row_id": row.id,
+        "fingerprint": row.fingerprint,
+        "timestamp": row.timestamp,
         "result": dict(
-            event_id=event.event_id,
-            feature_key=feature.key,
-            event_name=feature.event_name,
-            feature_type=feature.type,
-            amount_micros=event.amount_micros,
-            timestamp=event.timestamp,
-            used_micros=event.used_after_micros,
-            allowance_micros=event.allowance_micros,
-            overage_micros=event.overage_micros,
-            credits_micros=event.credits_micros,
-            balance_micros=event.balance_after_micros,
+            event_id=row.event_id,
+            feature_key=row.feature_key,
+            event_name=row.event_name,
+            feature_type=row.feature_type,
+            amount_micros=row.amount_micros,
+            timestamp=row.timestamp,
+            used_micros=row.used_after_micros,
+            allowance_micros=row.allowance_micros,
+            overage_micros=row.overage_micros,
+            credits_micros=row.credits_micros,
+            balance_micros=row.balance_after_micros,
         ),
     }
 
@@ -396,7 +428,8 @@ class _Pending:
     index: int
     event: dict[str, Any]
     ledger: dict[str, Any] | None
-    audit: dict[str, Any]
+    customer_key: str
+    audit: tuple[str, str, str]  # event_id, feature_key, amount
 
 
 def _judge(
@@ -505,87 +538,103 @@ def _judge(
             if k not in ("replayed", "customer_key", "credit_system")
         },
     }
-    audit = audit_row(
-        actor,
-        "usage.recorded",
-        customer.key,
-        f"event:{event_id}",
-        {"feature": feature.key, "amount": format_micros(p.amount_micros)},
-        now,
+    pending.append(
+        _Pending(
+            index=index,
+            event=event_row,
+            ledger=ledger,
+            customer_key=customer.key,
+            audit=(event_id, feature.key, format_micros(p.amount_micros)),
+        )
     )
-    pending.append(_Pending(index=index, event=event_row, ledger=ledger, audit=audit))
     return result
 
 
-def _write(state: _State, pending: list[_Pending]) -> None:
+_event_table = UsageEvent.__table__
+_counter_table = UsageCounter.__table__
+_wallet_table = Wallet.__table__
+_INSERT_EVENTS = insert(_event_table).returning(_event_table.c.id, sort_by_parameter_order=True)
+_INSERT_LEDGER = insert(LedgerEntry.__table__)
+_INSERT_COUNTERS = insert(_counter_table)
+_INSERT_AUDIT = insert(AuditLog.__table__)
+_UPDATE_COUNTER = (
+    update(_counter_table)
+    .where(
+        _counter_table.c.customer_id == bindparam("c"),
+        _counter_table.c.feature_id == bindparam("f"),
+        _counter_table.c.period_start == bindparam("s", type_=_counter_table.c.period_start.type),
+    )
+    .values(used_micros=bindparam("u"))
+)
+_UPDATE_WALLET = (
+    update(_wallet_table)
+    .where(_wallet_table.c.id == bindparam("wid"))
+    .values(
+        balance_micros=bindparam("bal"),
+        updated_at=bindparam("now", type_=_wallet_table.c.updated_at.type),
+    )
+)
+
+
+def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
     if not pending:
         return
-    session = db.session
-    event_table = UsageEvent.__table__
-    ids = (
-        session.execute(
-            insert(event_table).returning(event_table.c.id, sort_by_parameter_order=True),
-            [p.event for p in pending],
-        )
-        .scalars()
-        .all()
-    )
+    conn = db.session.connection()
+    ids = conn.execute(_INSERT_EVENTS, [p.event for p in pending]).scalars().all()
     ledger_rows = []
     for p, event_pk in zip(pending, ids, strict=True):
         if p.ledger is not None:
             p.ledger["usage_event_id"] = event_pk
             ledger_rows.append(p.ledger)
     if ledger_rows:
-        session.execute(insert(LedgerEntry.__table__), ledger_rows)
-    counter_table = UsageCounter.__table__
-    new_rows = [
-        {
-            "customer_id": c,
-            "feature_id": f,
-            "period_start": s,
-            "used_micros": state.counters[(c, f, s)],
-        }
-        for (c, f, s) in sorted(state.new_counters)
-    ]
-    if new_rows:
+        conn.execute(_INSERT_LEDGER, ledger_rows)
+    if state.new_counters:
         # A concurrent first use of the same counter makes this fail on the unique key;
         # the transaction is then retried from the start and sees the other one's row.
-        session.execute(insert(counter_table), new_rows)
-    moved = [
-        {"c": c, "f": f, "s": s, "u": state.counters[(c, f, s)]}
-        for (c, f, s) in sorted(state.dirty_counters - state.new_counters)
-    ]
+        conn.execute(
+            _INSERT_COUNTERS,
+            [
+                {"customer_id": c, "feature_id": f, "period_start": s, "used_micros": used}
+                for (c, f, s) in sorted(state.new_counters)
+                for used in (state.counters[(c, f, s)],)
+            ],
+        )
+    moved = sorted(state.dirty_counters - state.new_counters)
     if moved:
-        session.execute(
-            update(counter_table)
-            .where(
-                counter_table.c.customer_id == _bp("c"),
-                counter_table.c.feature_id == _bp("f"),
-                counter_table.c.period_start == _bp("s", counter_table.c.period_start.type),
-            )
-            .values(used_micros=_bp("u")),
-            moved,
-            execution_options={"synchronize_session": False},
+        conn.execute(
+            _UPDATE_COUNTER,
+            [{"c": c, "f": f, "s": s, "u": state.counters[(c, f, s)]} for (c, f, s) in moved],
         )
     if state.dirty_wallets:
-        wallet_table = Wallet.__table__
-        session.execute(
-            update(wallet_table)
-            .where(wallet_table.c.id == _bp("wid"))
-            .values(
-                balance_micros=_bp("bal"), updated_at=_bp("now", wallet_table.c.updated_at.type)
-            ),
+        now = utcnow()
+        conn.execute(
+            _UPDATE_WALLET,
             [
-                {"wid": state.wallets[k][0], "bal": state.wallets[k][1], "now": utcnow()}
+                {"wid": state.wallets[k][0], "bal": state.wallets[k][1], "now": now}
                 for k in sorted(state.dirty_wallets)
             ],
-            execution_options={"synchronize_session": False},
         )
-    session.execute(insert(AuditLog.__table__), [p.audit for p in pending])
+    conn.execute(_INSERT_AUDIT, _audit_rows(actor, pending))
 
 
-def _bp(name: str, type_: Any = None) -> Any:
-    return bindparam(name, type_=type_)
+def _audit_rows(actor: Actor, pending: list[_Pending]) -> list[dict[str, Any]]:
+    """One audit row per customer per call: the event itself, or the list of a batch's events
+    (each event row also keeps its actor and time)."""
+    by_customer: dict[str, list[tuple[str, str, str]]] = {}
+    for p in pending:
+        by_customer.setdefault(p.customer_key, []).append(p.audit)
+    now = utcnow()
+    rows = []
+    for customer_key, events in by_customer.items():
+        if len(events) == 1:
+            ((event_id, feature_key, amount),) = events
+            target = f"event:{event_id}"
+            details: dict[str, Any] = {"feature": feature_key, "amount": amount}
+        else:
+            target = f"events:{len(events)}"
+            details = {"events": [list(e) for e in events]}
+        rows.append(audit_row(actor, "usage.recorded", customer_key, target, details, now))
+    return rows
 
 
 @transactional
@@ -598,7 +647,7 @@ def _record(actor: Actor, raws: Sequence[Mapping[str, Any]]) -> list[UsageResult
         except DomainError as exc:
             parsed.append(exc)
     valid = [p for p in parsed if isinstance(p, _Parsed)]
-    state = _load_state(valid, now, lock=True)
+    state = _load_state(valid, now)
     pending: list[_Pending] = []
     results: list[UsageResult | DomainError] = []
     for index, p in enumerate(parsed):
@@ -609,7 +658,7 @@ def _record(actor: Actor, raws: Sequence[Mapping[str, Any]]) -> list[UsageResult
             results.append(_judge(state, p, actor, now, pending, index))
         except DomainError as exc:
             results.append(exc)
-    _write(state, pending)
+    _write(state, pending, actor)
     return results
 
 
