@@ -11,6 +11,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 
 from ..errors import DomainError
+from ..models import ROLES
 from ..services import auth, catalog, reads
 from ..services.actors import ADMIN
 from .forms import (
@@ -26,6 +27,7 @@ from .forms import (
     RoleForm,
     UserForm,
     blank,
+    choices,
     show_error,
 )
 from .session import current_actor, requires
@@ -59,7 +61,7 @@ def _users_page(form: UserForm | None = None, status: int = 200, errors: dict | 
         "admin/users.html",
         users=users,
         form=form or UserForm(formdata=None),
-        role_form=RoleForm(formdata=None),
+        roles=ROLES,
         password_form=PasswordForm(formdata=None),
         action_form=ActionForm(formdata=None),
         errors=errors or {},
@@ -248,9 +250,9 @@ def customer_status(key: str):
 
 def _entitlements_page(key: str, form: EntitlementForm, status: int):
     summary = reads.customer_summary(current_actor(), key)
-    form.feature_key.choices = [
-        (f.key, f"{f.name} ({f.type})") for f, _, _ in catalog.list_features()
-    ]
+    form.feature_key.choices = choices(
+        [(f.key, f"{f.name} ({f.type})") for f, _, _ in catalog.list_features()]
+    )
     return render_template(
         "admin/entitlements.html",
         summary=summary,
@@ -347,8 +349,10 @@ def credit_systems():
 
 def _costs_page(form: CreditCostForm, status: int):
     features = catalog.list_features()
-    form.feature_key.choices = [(f.key, f.name) for f, _, _ in features if f.type != "boolean"]
-    form.credit_system.choices = [(s.key, s.name) for s in catalog.list_credit_systems()]
+    form.feature_key.choices = choices(
+        [(f.key, f.name) for f, _, _ in features if f.type != "boolean"]
+    )
+    form.credit_system.choices = choices([(s.key, s.name) for s in catalog.list_credit_systems()])
     return render_template(
         "admin/credit_costs.html",
         features=features,

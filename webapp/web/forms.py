@@ -16,14 +16,26 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Length, Optional, Regexp
 
+try:
+    from wtforms import SelectChoice
+except ImportError:  # pragma: no cover - WTForms < 3.3 takes (value, label) tuples
+    SelectChoice = None
+
 from ..errors import DomainError
 from ..models import OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS
 
 UNSIGNED = Regexp(r"^\s*\d+(\.\d+)?\s*$", message="Enter a positive number such as 1 or 2.5.")
 
 
-def _select(label: str, choices=(), **kwargs) -> SelectField:
-    return SelectField(label, choices=list(choices), validate_choice=False, **kwargs)
+def choices(pairs) -> list:
+    """(value, label) pairs as the installed WTForms wants them."""
+    if SelectChoice is None:  # pragma: no cover
+        return [(value, label) for value, label in pairs]
+    return [SelectChoice(value, label) for value, label in pairs]
+
+
+def _select(label: str, options=(), **kwargs) -> SelectField:
+    return SelectField(label, choices=choices(options), validate_choice=False, **kwargs)
 
 
 class PrefixedForm(FlaskForm):

@@ -14,7 +14,7 @@ from ..services import catalog, dashboard, reads
 from ..services.actors import VIEW
 from ..services.money import format_micros
 from .charts import bar_chart
-from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm
+from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
 from .htmx import target
 from .session import current_actor, requires
 
@@ -76,10 +76,10 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
     reclaim_form = forms.get("reclaim_form") or ReclaimSeatsForm(formdata=None)
     topup_form = forms.get("topup_form") or TopupForm(formdata=None)
     adjust_form = forms.get("adjust_form") or AdjustForm(formdata=None)
-    usage_form.feature_key.choices = recordable
-    reclaim_form.feature_key.choices = persistent
-    topup_form.credit_system.choices = systems
-    adjust_form.credit_system.choices = systems
+    usage_form.feature_key.choices = choices(recordable)
+    reclaim_form.feature_key.choices = choices(persistent)
+    topup_form.credit_system.choices = choices(systems)
+    adjust_form.credit_system.choices = choices(systems)
     return {
         "summary": summary,
         "customer": summary.customer,
