@@ -67,3 +67,14 @@ def count_queries() -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", before)
+
+
+def forget_user_between_requests(app) -> None:
+    """The ``app`` fixture holds one app context for the whole test, which every test-client
+    request reuses, so Flask-Login's per-request cache (``g._login_user``) would outlive the
+    request. Drop it at the start of each request, as a real server's fresh context does."""
+    from flask import g
+
+    @app.before_request
+    def forget() -> None:
+        g.pop("_login_user", None)
