@@ -59,7 +59,8 @@ def count_queries() -> Iterator[list[str]]:
     statements: list[str] = []
 
     def before(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
+        if statement.split(None, 1)[0].upper() not in {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"}:
+            statements.append(statement)
 
     engine = db.engine
     event.listen(engine, "before_cursor_execute", before)
