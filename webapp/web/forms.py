@@ -150,11 +150,12 @@ class EntitlementForm(FlaskForm):
 
 def show_error(form: FlaskForm, exc: DomainError) -> None:
     """Put a service's error next to the field it names, or above the form."""
+    message = exc.message.replace("`", "")  # API-style `field` quotes read badly on a page
     field = getattr(form, exc.field, None) if exc.field else None
     if field is not None and hasattr(field, "errors") and exc.field != "csrf_token":
-        field.errors = [*field.errors, exc.message]
+        field.errors = [*field.errors, message]
     else:
-        form.form_errors.append(exc.message)
+        form.form_errors.append(message)
 
 
 def blank(value: str | None) -> str | None:
