@@ -50,6 +50,7 @@ def test_overview_page_shows_the_numbers_and_a_chart(client, shop):
     signed_in(client, "account_manager")
     html = client.get("/").get_data(as_text=True)
     assert ">8<" in html and "of 30 allowed" in html
+    assert '<span class="stat-value num">3</span><span class="muted">3 active</span>' in html
     assert "12.78" in html  # credits outstanding, with decimals
     assert "<svg" in html and 'class="bar"' in html
 
