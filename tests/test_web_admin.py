@@ -1,0 +1,141 @@
+"""Admin pages: users and roles, API keys, customers, features, credit systems, costs and
+entitlements, each through its service; errors next to the field, nothing written."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from tests.factories import make_catalog
+from tests.web import row_counts, signed_in
+from webapp.extensions import db
+from webapp.models import ApiKey, Customer, User
+from webapp.services import auth, catalog, reads
+from webapp.services.actors import SYSTEM
+
+
+def test_admin_creates_a_user_and_changes_the_role(client, app):
+    signed_in(client, "admin")
+    response = client.post(
+        "/admin/users",
+        data={"email": "new@example.com", "role": "finance", "password": "long enough pw"},
+    )
+    assert response.status_code == 303
+    user = db.session.scalar(select(User).where(User.email == "new@example.com"))
+    assert user.role == "finance"
+    assert client.post(f"/admin/users/{user.id}/role", data={"role": "support"}).status_code == 303
+    db.session.expire_all()
+    assert auth.get_user(user.id).role == "support"
+    bad = client.post(f"/admin/users/{user.id}/role", data={"role": "owner"})
+    assert bad.status_code == 422 and b"role" in bad.data
+
+
+def test_a_duplicate_user_is_shown_next_to_email(client):
+    signed_in(client, "admin")
+    response = client.post(
+        "/admin/users",
+        data={"email": "admin@example.com", "role": "finance", "password": "long enough pw"},
+    )
+    assert response.status_code == 422
+    assert re.search(rb'id="email-error">A user with email', response.data)
+
+
+def test_a_new_api_key_is_shown_once_and_can_be_revoked(client):
+    signed_in(client, "admin")
+    response = client.post("/admin/api-keys", data={"name": "billing", "role": "support"})
+    assert response.status_code == 201
+    secret = re.search(rb'data-testid="new-api-key">(mk_[^<]+)<', response.data).group(1)
+    assert auth.authenticate_api_key(secret.decode()).name == "billing"
+    assert secret not in client.get("/admin/api-keys").data
+    key = db.session.scalar(select(ApiKey))
+    assert client.post(f"/admin/api-keys/{key.id}/revoke").status_code == 303
+    db.session.expire_all()
+    assert db.session.get(ApiKey, key.id).revoked_at is not None
+
+
+def test_admin_creates_edits_and_archives_a_customer(client, app):
+    make_catalog()
+    signed_in(client, "admin")
+    response = client.post(
+        "/admin/customers/new", data={"key": "cust-new", "name": "New Co", "email": ""}
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/admin/customers/cust-new/entitlements"
+    response = client.post(
+        "/admin/customers/cust-new/entitlements",
+        data={
+            "feature_key": "seats",
+            "allowance": "5",
+            "reset_period": "never",
+            "overage": "block",
+        },
+    )
+    assert response.status_code == 303
+    (ent,) = reads.customer_summary(SYSTEM, "cust-new").entitlements
+    assert ent.allowance_micros == 5_000_000
+    edit = client.post("/admin/customers/cust-new/edit", data={"name": "New Co Ltd"})
+    assert edit.status_code == 303
+    archive = client.post("/admin/customers/cust-new/status", data={"status": "archived"})
+    assert archive.status_code == 303
+    db.session.expire_all()
+    customer = db.session.scalar(select(Customer).where(Customer.key == "cust-new"))
+    assert (customer.name, customer.status) == ("New Co Ltd", "archived")
+
+
+def test_catalog_errors_are_shown_next_to_their_field_and_write_nothing(client):
+    make_catalog()
+    signed_in(client, "admin")
+    before = row_counts()
+    cases = [
+        ("/admin/customers/new", {"key": "cust-6d11ca90", "name": "Dup"}, "key"),
+        ("/admin/features", {"key": "Bad Key", "name": "x", "type": "consumable"}, "key"),
+        ("/admin/credit-systems", {"key": "credits", "name": "Again"}, "key"),
+        (
+            "/admin/credit-costs",
+            {"feature_key": "api_calls", "credit_system": "credits", "cost": "0"},
+            "cost",
+        ),
+        (
+            "/admin/customers/cust-6d11ca90/entitlements",
+            {
+                "feature_key": "seats",
+                "allowance": "1.5",
+                "reset_period": "never",
+                "overage": "block",
+            },
+            "allowance",
+        ),
+    ]
+    for url, data, field in cases:
+        response = client.post(url, data=data)
+        assert response.status_code == 422, url
+        assert re.search(rf'<p class="error" id="{field}-error">'.encode(), response.data), url
+    assert row_counts() == before
+
+
+def test_admin_sets_and_removes_a_credit_cost(client):
+    make_catalog()
+    signed_in(client, "admin")
+    data = {"feature_key": "seats", "credit_system": "credits", "cost": "1.25"}
+    assert client.post("/admin/credit-costs", data=data).status_code == 303
+    assert b"1.25" in client.get("/admin/credit-costs").data
+    assert client.post("/admin/credit-costs/seats/remove").status_code == 303
+    assert client.post("/admin/credit-costs/seats/remove").status_code == 422
+
+
+def test_admin_creates_a_feature_and_a_credit_system(client):
+    signed_in(client, "admin")
+    assert (
+        client.post(
+            "/admin/credit-systems", data={"key": "ai_tokens", "name": "AI tokens"}
+        ).status_code
+        == 303
+    )
+    response = client.post(
+        "/admin/features",
+        data={"key": "exports", "name": "Exports", "type": "consumable", "event_name": ""},
+    )
+    assert response.status_code == 303
+    assert [f.key for f, _, _ in catalog.list_features()] == ["exports"]
+    assert b"exports" in client.get("/features").data

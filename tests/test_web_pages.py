@@ -1,0 +1,175 @@
+"""The read-only pages: numbers, search, sort, pages, fragments, constant queries, CSV streams."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+
+import pytest
+
+from tests.factories import add_customer, make_catalog
+from tests.web import count_queries, signed_in
+from webapp.models import utcnow
+from webapp.services import dashboard, usage, wallets
+from webapp.services.actors import SYSTEM
+
+C = "cust-6d11ca90"
+
+
+@pytest.fixture
+def shop(app):
+    make_catalog()
+    add_customer("cust-acme", topup="3")
+    add_customer("cust-globex", topup=None)
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="seats", amount=3)
+    usage.record_usage(SYSTEM, customer_key="cust-acme", feature_key="seats", amount=5)
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=4)
+    # Last month's usage: not in this period's counter.
+    usage.record_usage(
+        SYSTEM,
+        customer_key="cust-acme",
+        feature_key="api_calls",
+        amount=7,
+        timestamp=(utcnow().replace(day=1) - timedelta(days=2)).isoformat(),
+    )
+
+
+def test_overview_counts_seats_credits_and_this_periods_usage(shop):
+    stats = dashboard.overview(SYSTEM)
+    assert (stats.customers, stats.active_customers) == (3, 3)
+    assert stats.seats_used_micros == 8_000_000
+    assert stats.seats_allowance_micros == 30_000_000
+    (credits,) = stats.credits
+    assert credits.balance_micros == 13_000_000 - 80_000 - 140_000
+    api = next(u for u in stats.usage if u.key == "api_calls")
+    assert api.used_micros == 4_000_000  # last month's 7 are another period
+
+
+def test_overview_page_shows_the_numbers_and_a_chart(client, shop):
+    signed_in(client, "account_manager")
+    html = client.get("/").get_data(as_text=True)
+    assert ">8<" in html and "of 30 allowed" in html
+    assert '<span class="stat-value num">3</span><span class="muted">3 active</span>' in html
+    assert "12.78" in html  # credits outstanding, with decimals
+    assert "<svg" in html and 'class="bar"' in html
+
+
+def test_daily_usage_has_thirty_days_and_sums_per_day(shop):
+    series = {s.feature_key: s for s in dashboard.daily_usage(SYSTEM)}
+    assert len(series["api_calls"].days) == 30
+    assert series["api_calls"].days[-1] == (utcnow().date(), 4_000_000)
+    mine = {s.feature_key: s for s in dashboard.daily_usage(SYSTEM, customer_key="cust-acme")}
+    assert mine["api_calls"].days[-1][1] == 0
+
+
+def test_customers_search_sort_and_htmx_fragment(client, shop):
+    signed_in(client, "account_manager")
+    page = client.get("/customers?q=ACME").get_data(as_text=True)
+    assert "cust-acme" in page and "cust-globex" not in page and "<!doctype" in page
+    fragment = client.get(
+        "/customers?q=globex", headers={"HX-Request": "true", "HX-Target": "results"}
+    )
+    html = fragment.get_data(as_text=True)
+    assert "HX-Request" in fragment.headers["Vary"]
+    assert html.lstrip().startswith('<section id="results">')
+    assert "cust-globex" in html and "cust-acme" not in html
+    listing = dashboard.list_customers(SYSTEM, sort="feature:seats", direction="desc")
+    assert [r.customer.key for r in listing.rows] == ["cust-acme", C, "cust-globex"]
+    assert listing.rows[0].usage["seats"] == (5_000_000, 10_000_000)
+    by_credits = dashboard.list_customers(SYSTEM, sort="credits:credits")
+    assert [r.customer.key for r in by_credits.rows][0] == "cust-globex"
+    one = dashboard.list_customers(SYSTEM, per_page=1, page=2)
+    assert (one.total, one.pages, [r.customer.key for r in one.rows]) == (3, 3, ["cust-acme"])
+
+
+def test_list_pages_run_a_constant_number_of_queries(client, shop):
+    signed_in(client, "account_manager")
+    urls = ["/", "/customers", f"/customers/{C}", "/wallets", "/features", "/audit"]
+
+    def counts() -> list[int]:
+        out = []
+        for url in urls:
+            with count_queries() as statements:
+                assert client.get(url).status_code == 200
+            out.append(len(statements))
+        return out
+
+    before = counts()
+    for i in range(12):
+        add_customer(f"cust-more-{i:02d}")
+        usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=1)
+    assert counts() == before
+
+
+def test_customer_page_shows_every_entitlement(client, shop):
+    signed_in(client, "account_manager")
+    html = client.get(f"/customers/{C}").get_data(as_text=True)
+    assert 'data-testid="used-seats">3<' in html
+    assert 'data-testid="used-api_calls">4<' in html
+    assert '<progress max="100" value="30"' in html  # 3 of 10 seats
+    assert "-01 00:00 UTC" in html  # the monthly consumables' next reset
+    assert 'data-testid="balance-credits">9.92<' in html
+    assert "access" in html  # the boolean sso entitlement
+
+
+def test_wallets_lowest_first(client, shop):
+    signed_in(client, "account_manager")
+    listing = dashboard.lowest_wallets(SYSTEM)
+    balances = [r.balance_micros for r in listing.rows]
+    assert balances == sorted(balances)
+    html = client.get("/wallets").get_data(as_text=True)
+    assert html.index("cust-acme") < html.index(C)
+
+
+def test_audit_filters(client, shop):
+    signed_in(client, "account_manager")
+    wallets.topup_wallet(SYSTEM, customer_key="cust-acme", credit_system="credits", amount="1")
+    page = dashboard.audit_log(SYSTEM, action="wallet.topup", customer_key="cust-acme")
+    assert [r.action for r in page.rows] == ["wallet.topup", "wallet.topup"]
+    html = client.get("/audit?action=wallet.topup&customer=cust-acme").get_data(as_text=True)
+    assert html.count("<code>wallet.topup</code>") == 2
+    assert dashboard.audit_log(SYSTEM, actor_label="user:nobody").rows == []
+    first = dashboard.audit_log(SYSTEM, per_page=2)
+    second = dashboard.audit_log(SYSTEM, per_page=2, before=first.next_before)
+    assert first.rows[-1].id > second.rows[0].id
+
+
+def test_csv_exports_stream_every_row_in_keyset_pages(client, shop):
+    signed_in(client, "account_manager")
+    events = [{"customer_key": C, "feature_key": "api_calls", "amount": "0.5"}] * 450
+    usage.record_usage_batch(SYSTEM, events[:300])
+    usage.record_usage_batch(SYSTEM, events[300:])
+    response = client.get(f"/customers/{C}/events.csv")
+    assert response.is_streamed
+    assert response.mimetype == "text/csv"
+    assert 'filename="cust-6d11ca90-events.csv"' in response.headers["Content-Disposition"]
+    with count_queries() as statements:
+        rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[0][:4] == ["id", "event_id", "customer_key", "feature_key"]
+    assert len(rows) == 1 + 452
+    assert len({r[0] for r in rows[1:]}) == 452
+    assert len(statements) >= 3  # pages of 200, read while streaming
+    assert rows[1][5] == "0.5" and rows[1][7] == "0.01"
+    ledger = client.get(f"/customers/{C}/ledger.csv").get_data(as_text=True)
+    lines = list(csv.reader(io.StringIO(ledger)))
+    assert len(lines) == 1 + 1 + 1 + 450  # header, topup, 4 api calls, 450 halves
+
+
+def test_unknown_customer_is_a_404_page(client, shop):
+    signed_in(client, "account_manager")
+    for url in ("/customers/nope", "/customers/nope/events.csv"):
+        response = client.get(url)
+        assert response.status_code == 404
+        assert b"No customer with key" in response.data
+
+
+def test_credits_always_show_their_decimals():
+    from webapp.web.filters import credits, qty
+
+    assert credits(12_500_000) == "12.50"
+    assert credits(80_000) == "0.08"
+    assert credits(1) == "0.000001"
+    assert credits(1_234_000_000) == "1,234.00"
+    assert credits(-1_500_000) == "-1.50"
+    assert qty(2_000_000) == "2" and qty(500_000) == "0.5" and qty(None) == "∞"

@@ -1,0 +1,123 @@
+"""Every route of the dashboard for every role, generated from the URL map: a new route that is
+not in EXPECTED fails here until someone decides who may use it."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from tests.factories import make_catalog
+from tests.web import ROLES, make_user, signed_in
+from webapp.services import auth
+from webapp.services.actors import ADMIN, MANAGE_WALLETS, PERMISSIONS, RECORD_USAGE, SYSTEM, VIEW
+
+PUBLIC = "public"
+SKIPPED_PREFIXES = ("/api/", "/metrifox/")  # token-authenticated; their owners test them
+
+EXPECTED: dict[str, str] = {
+    "static": PUBLIC,
+    "auth.login": PUBLIC,
+    "auth.logout": PUBLIC,
+    "auth.logout_everywhere": VIEW,
+    "auth.account": VIEW,
+    "pages.overview": VIEW,
+    "pages.customers": VIEW,
+    "pages.customer": VIEW,
+    "pages.customer_events": VIEW,
+    "pages.customer_ledger": VIEW,
+    "pages.export_events": VIEW,
+    "pages.export_ledger": VIEW,
+    "pages.features": VIEW,
+    "pages.wallets": VIEW,
+    "pages.audit": VIEW,
+    "actions.record_usage": RECORD_USAGE,
+    "actions.reclaim_seats": RECORD_USAGE,
+    "actions.topup": MANAGE_WALLETS,
+    "actions.adjust": MANAGE_WALLETS,
+    "admin.users": ADMIN,
+    "admin.user_role": ADMIN,
+    "admin.user_password": ADMIN,
+    "admin.user_logout": ADMIN,
+    "admin.api_keys": ADMIN,
+    "admin.revoke_api_key": ADMIN,
+    "admin.new_customer": ADMIN,
+    "admin.edit_customer": ADMIN,
+    "admin.customer_status": ADMIN,
+    "admin.entitlements": ADMIN,
+    "admin.remove_entitlement": ADMIN,
+    "admin.features": ADMIN,
+    "admin.credit_systems": ADMIN,
+    "admin.credit_costs": ADMIN,
+    "admin.remove_credit_cost": ADMIN,
+}
+# Routes that end the session they are called with: called last.
+ENDS_SESSION = ("auth.logout_everywhere", "auth.logout")
+
+
+def html_routes(app: Flask) -> list[tuple[str, str, str]]:
+    """(endpoint, method, rule) of every route outside the token-authenticated APIs."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(SKIPPED_PREFIXES):
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            routes.append((rule.endpoint, method, rule.rule))
+    return sorted(
+        routes,
+        key=lambda r: (
+            r[0] in ENDS_SESSION,
+            ENDS_SESSION.index(r[0]) if r[0] in ENDS_SESSION else 0,
+            r,
+        ),
+    )
+
+
+def test_every_route_has_an_expectation(app):
+    endpoints = {endpoint for endpoint, _, _ in html_routes(app)}
+    missing = endpoints - EXPECTED.keys()
+    assert not missing, f"routes without a role expectation (add them to EXPECTED): {missing}"
+    stale = EXPECTED.keys() - endpoints
+    assert not stale, f"EXPECTED names routes that no longer exist: {stale}"
+
+
+def _url(rule: str, ids: dict[str, object]) -> str:
+    url = rule
+    for name, value in ids.items():
+        for converter in ("", "int:", "path:"):
+            url = url.replace(f"<{converter}{name}>", str(value))
+    assert "<" not in url, f"no sample value for {rule}"
+    return url
+
+
+@pytest.mark.parametrize("role", ["anonymous", *ROLES])
+def test_role_route_matrix(app, client, role):
+    make_catalog()
+    victim = make_user("account_manager", "victim@example.com")
+    key = auth.create_api_key(SYSTEM, name="matrix").key
+    ids = {
+        "key": "cust-6d11ca90",
+        "feature_key": "api_calls",
+        "user_id": victim.id,
+        "key_id": key.id,
+        "filename": "css/app.css",
+    }
+    if role != "anonymous":
+        signed_in(client, role)
+    allowed = set() if role == "anonymous" else PERMISSIONS[role]
+    failures = []
+    for endpoint, method, rule in html_routes(app):
+        need = EXPECTED[endpoint]
+        url = _url(rule, ids)
+        response = client.open(url, method=method, data={})
+        status = response.status_code
+        if need == PUBLIC:
+            ok = status < 400 or (endpoint == "auth.login" and status == 422)
+        elif role == "anonymous":
+            ok = status == 302 and "/login" in response.headers.get("Location", "")
+        elif need in allowed:
+            ok = status in (200, 201, 303, 422) if method == "POST" else status == 200
+        else:
+            ok = status == 403
+        if not ok:
+            failures.append(f"{method} {url} as {role}: {status} (needs {need})")
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,138 @@
+"""HTMX forms of the customer page: record usage, reclaim seats (support, admin), top up and
+adjust wallets (finance, admin).
+
+One URL, two renderings: an HTMX post gets its form back plus out-of-band swaps of the rows,
+counters and balances that changed; a plain post gets a 303 to the customer page. A DomainError
+comes back next to its field with status 422, nothing written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, flash, redirect, render_template, url_for
+from flask_wtf import FlaskForm
+
+from ..errors import DomainError
+from ..services import usage, wallets
+from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
+from .filters import credits, qty
+from .forms import AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, blank, show_error
+from .htmx import is_htmx
+from .pages import customer_context
+from .session import current_actor, requires
+
+bp = Blueprint("actions", __name__)
+
+
+def _handle(key: str, name: str, form: FlaskForm, call: Callable[[], str]) -> Any:
+    if form.validate_on_submit():
+        try:
+            message = call()
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            if not is_htmx():
+                flash(message)
+                return redirect(url_for("pages.customer", key=key), 303)
+            return render_template(
+                "customers/_changed.html", form_name=name, message=message, **customer_context(key)
+            )
+    context = customer_context(key, **{name: form})
+    if is_htmx():
+        return render_template(f"customers/_{name}.html", **context), 422
+    return render_template("customers/detail.html", **context), 422
+
+
+@bp.post("/customers/<key>/usage")
+@requires(RECORD_USAGE)
+def record_usage(key: str):
+    form = RecordUsageForm()
+
+    def call() -> str:
+        result = usage.record_usage(
+            current_actor(),
+            customer_key=key,
+            feature_key=form.feature_key.data,
+            amount=form.amount.data.strip(),
+            event_id=blank(form.event_id.data),
+        )
+        if result.replayed:
+            return "Already recorded: this form was sent before, nothing changed."
+        text = f"Recorded {qty(result.amount_micros)} {result.feature_key}"
+        if result.credits_micros:
+            text += f" ({credits(result.credits_micros)} {result.credit_system})"
+        return text + "."
+
+    return _handle(key, "usage_form", form, call)
+
+
+@bp.post("/customers/<key>/seats/reclaim")
+@requires(RECORD_USAGE)
+def reclaim_seats(key: str):
+    form = ReclaimSeatsForm()
+
+    def call() -> str:
+        # Reclaiming n seats is usage of -n on the persistent feature (domain.md, rule 6).
+        result = usage.record_usage(
+            current_actor(),
+            customer_key=key,
+            feature_key=form.feature_key.data,
+            amount="-" + form.amount.data.strip(),
+            event_id=blank(form.event_id.data),
+        )
+        if result.replayed:
+            return "Already reclaimed: this form was sent before, nothing changed."
+        in_use = qty(result.used_micros)
+        of = "" if result.allowance_micros is None else f" of {qty(result.allowance_micros)}"
+        return f"Reclaimed {qty(-result.amount_micros)} {result.feature_key}: {in_use}{of} in use."
+
+    return _handle(key, "reclaim_form", form, call)
+
+
+@bp.post("/customers/<key>/topup")
+@requires(MANAGE_WALLETS)
+def topup(key: str):
+    form = TopupForm()
+
+    def call() -> str:
+        result = wallets.topup_wallet(
+            current_actor(),
+            customer_key=key,
+            credit_system=form.credit_system.data,
+            amount=form.amount.data.strip(),
+            kind=form.kind.data,
+            reference=blank(form.reference.data),
+            note=blank(form.note.data),
+            idempotency_key=blank(form.idempotency_key.data),
+        )
+        if result.replayed:
+            return "Already topped up: this form was sent before, nothing changed."
+        return (
+            f"Added {credits(result.entry.amount_micros)} {result.credit_system}; "
+            f"balance {credits(result.balance_micros)}."
+        )
+
+    return _handle(key, "topup_form", form, call)
+
+
+@bp.post("/customers/<key>/adjust")
+@requires(MANAGE_WALLETS)
+def adjust(key: str):
+    form = AdjustForm()
+
+    def call() -> str:
+        result = wallets.adjust_wallet(
+            current_actor(),
+            customer_key=key,
+            credit_system=form.credit_system.data,
+            amount=form.amount.data.strip(),
+            reason=form.reason.data,
+            reference=blank(form.reference.data),
+        )
+        return (
+            f"Adjusted {result.credit_system} by {credits(result.entry.amount_micros)}; "
+            f"balance {credits(result.balance_micros)}."
+        )
+
+    return _handle(key, "adjust_form", form, call)

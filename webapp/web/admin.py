@@ -1,0 +1,395 @@
+"""Admin pages: users and roles, API keys, customers, features, credit systems, credit costs and
+entitlements. Plain forms: success is a 303 back to the page, a DomainError a 422 with the
+message next to its field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+
+from ..errors import DomainError
+from ..models import ROLES
+from ..services import auth, catalog, reads
+from ..services.actors import ADMIN
+from .forms import (
+    ActionForm,
+    ApiKeyForm,
+    CreditCostForm,
+    CreditSystemForm,
+    CustomerEditForm,
+    CustomerForm,
+    EntitlementForm,
+    FeatureForm,
+    PasswordForm,
+    RoleForm,
+    UserForm,
+    blank,
+    choices,
+    show_error,
+)
+from .session import current_actor, requires
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def _submit(form: FlaskForm, call: Callable[[], str], back: str) -> Any | None:
+    """Run ``call`` for a valid post: a 303 to ``back`` on success, None (re-render) on error."""
+    if not form.validate_on_submit():
+        return None
+    try:
+        message = call()
+    except DomainError as exc:
+        show_error(form, exc)
+        return None
+    flash(message)
+    return redirect(back, 303)
+
+
+def _status() -> int:
+    return 422 if request.method == "POST" else 200
+
+
+# ---------------------------------------------------------------- users
+
+
+def _users_page(form: UserForm | None = None, status: int = 200, errors: dict | None = None):
+    users = auth.list_users()
+    return render_template(
+        "admin/users.html",
+        users=users,
+        form=form or UserForm(formdata=None),
+        roles=ROLES,
+        password_form=PasswordForm(formdata=None),
+        action_form=ActionForm(formdata=None),
+        errors=errors or {},
+    ), status
+
+
+@bp.route("/users", methods=["GET", "POST"])
+@requires(ADMIN)
+def users():
+    form = UserForm()
+
+    def call() -> str:
+        user = auth.create_user(
+            current_actor(), email=form.email.data, role=form.role.data, password=form.password.data
+        )
+        return f"Created {user.role} {user.email}."
+
+    return _submit(form, call, url_for("admin.users")) or _users_page(form, _status())
+
+
+def _user_action(user_id: int, form: FlaskForm, call: Callable[[], str]):
+    done = _submit(form, call, url_for("admin.users"))
+    if done:
+        return done
+    messages = [e for f in form for e in f.errors if f.name != "csrf_token"] + form.form_errors
+    return _users_page(status=422, errors={user_id: messages or ["Check the form."]})
+
+
+@bp.post("/users/<int:user_id>/role")
+@requires(ADMIN)
+def user_role(user_id: int):
+    form = RoleForm()
+
+    def call() -> str:
+        user = auth.set_user_role(current_actor(), user_id, form.role.data)
+        return f"{user.email} is now {user.role}; their sessions have ended."
+
+    return _user_action(user_id, form, call)
+
+
+@bp.post("/users/<int:user_id>/password")
+@requires(ADMIN)
+def user_password(user_id: int):
+    form = PasswordForm()
+
+    def call() -> str:
+        user = auth.set_password(current_actor(), user_id, form.password.data)
+        return f"Password of {user.email} changed; their sessions have ended."
+
+    return _user_action(user_id, form, call)
+
+
+@bp.post("/users/<int:user_id>/logout")
+@requires(ADMIN)
+def user_logout(user_id: int):
+    form = ActionForm()
+
+    def call() -> str:
+        auth.end_sessions(current_actor(), user_id)
+        return "Their sessions have ended."
+
+    return _user_action(user_id, form, call)
+
+
+# ---------------------------------------------------------------- API keys
+
+
+@bp.route("/api-keys", methods=["GET", "POST"])
+@requires(ADMIN)
+def api_keys():
+    form = ApiKeyForm()
+    new_key = None
+    status = 200
+    if form.validate_on_submit():
+        try:
+            new_key = auth.create_api_key(current_actor(), name=form.name.data, role=form.role.data)
+        except DomainError as exc:
+            show_error(form, exc)
+            status = 422
+        else:
+            # Shown once, in this response only: never put in the (signed, readable) session
+            # cookie that a redirect would need.
+            form = ApiKeyForm(formdata=None)
+            status = 201
+    elif request.method == "POST":
+        status = 422
+    return render_template(
+        "admin/api_keys.html",
+        keys=auth.list_api_keys(),
+        form=form,
+        new_key=new_key,
+        action_form=ActionForm(formdata=None),
+    ), status
+
+
+@bp.post("/api-keys/<int:key_id>/revoke")
+@requires(ADMIN)
+def revoke_api_key(key_id: int):
+    form = ActionForm()
+
+    def call() -> str:
+        key = auth.revoke_api_key(current_actor(), key_id)
+        return f"Revoked {key.prefix}… ({key.name})."
+
+    return _submit(form, call, url_for("admin.api_keys")) or (
+        render_template(
+            "admin/api_keys.html",
+            keys=auth.list_api_keys(),
+            form=ApiKeyForm(formdata=None),
+            new_key=None,
+            action_form=form,
+        ),
+        422,
+    )
+
+
+# ---------------------------------------------------------------- customers
+
+
+@bp.route("/customers/new", methods=["GET", "POST"])
+@requires(ADMIN)
+def new_customer():
+    form = CustomerForm()
+    key = form.key.data
+
+    def call() -> str:
+        customer = catalog.create_customer(
+            current_actor(), key=form.key.data, name=form.name.data, email=blank(form.email.data)
+        )
+        return f"Created customer {customer.key}."
+
+    back = url_for("admin.entitlements", key=key) if key else ""
+    return _submit(form, call, back) or (
+        render_template("admin/customer_form.html", form=form, customer=None),
+        _status(),
+    )
+
+
+@bp.route("/customers/<key>/edit", methods=["GET", "POST"])
+@requires(ADMIN)
+def edit_customer(key: str):
+    customer = catalog.get_customer(key)
+    form = CustomerEditForm(obj=customer)
+
+    def call() -> str:
+        catalog.update_customer(
+            current_actor(), key, name=form.name.data, email=blank(form.email.data)
+        )
+        return "Customer saved."
+
+    return _submit(form, call, url_for("pages.customer", key=key)) or (
+        render_template(
+            "admin/customer_form.html",
+            form=form,
+            customer=customer,
+            action_form=ActionForm(formdata=None),
+        ),
+        _status(),
+    )
+
+
+@bp.post("/customers/<key>/status")
+@requires(ADMIN)
+def customer_status(key: str):
+    form = ActionForm()
+    status = request.form.get("status", "")
+
+    def call() -> str:
+        customer = catalog.set_customer_status(current_actor(), key, status)
+        return f"Customer {customer.key} is {customer.status}."
+
+    customer = catalog.get_customer(key)
+    return _submit(form, call, url_for("pages.customer", key=key)) or (
+        render_template(
+            "admin/customer_form.html",
+            form=CustomerEditForm(formdata=None, obj=customer),
+            customer=customer,
+            action_form=form,
+        ),
+        422,
+    )
+
+
+# ---------------------------------------------------------------- entitlements
+
+
+def _entitlements_page(key: str, form: EntitlementForm, status: int):
+    summary = reads.customer_summary(current_actor(), key)
+    form.feature_key.choices = choices(
+        [(f.key, f"{f.name} ({f.type})") for f, _, _ in catalog.list_features()]
+    )
+    return render_template(
+        "admin/entitlements.html",
+        summary=summary,
+        customer=summary.customer,
+        form=form,
+        action_form=ActionForm(formdata=None),
+    ), status
+
+
+@bp.route("/customers/<key>/entitlements", methods=["GET", "POST"])
+@requires(ADMIN)
+def entitlements(key: str):
+    form = EntitlementForm()
+
+    def call() -> str:
+        catalog.set_entitlement(
+            current_actor(),
+            key,
+            form.feature_key.data,
+            allowance=blank(form.allowance.data),
+            reset_period=form.reset_period.data,
+            overage=form.overage.data,
+        )
+        return f"Entitlement to {form.feature_key.data} saved."
+
+    back = url_for("admin.entitlements", key=key)
+    return _submit(form, call, back) or _entitlements_page(key, form, _status())
+
+
+@bp.post("/customers/<key>/entitlements/<feature_key>/remove")
+@requires(ADMIN)
+def remove_entitlement(key: str, feature_key: str):
+    form = ActionForm()
+
+    def call() -> str:
+        catalog.remove_entitlement(current_actor(), key, feature_key)
+        return f"Entitlement to {feature_key} removed."
+
+    back = url_for("admin.entitlements", key=key)
+    done = _submit(form, call, back)
+    if done:
+        return done
+    page = EntitlementForm(formdata=None)
+    page.form_errors.extend(form.form_errors + [e for e in form.csrf_token.errors])
+    return _entitlements_page(key, page, 422)
+
+
+# ---------------------------------------------------------------- features, credit systems, costs
+
+
+@bp.route("/features", methods=["GET", "POST"])
+@requires(ADMIN)
+def features():
+    form = FeatureForm()
+
+    def call() -> str:
+        feature = catalog.create_feature(
+            current_actor(),
+            key=form.key.data,
+            name=form.name.data,
+            type=form.type.data,
+            event_name=blank(form.event_name.data),
+        )
+        return f"Created feature {feature.key}."
+
+    return _submit(form, call, url_for("admin.features")) or (
+        render_template("admin/features.html", features=catalog.list_features(), form=form),
+        _status(),
+    )
+
+
+@bp.route("/credit-systems", methods=["GET", "POST"])
+@requires(ADMIN)
+def credit_systems():
+    form = CreditSystemForm()
+
+    def call() -> str:
+        system = catalog.create_credit_system(
+            current_actor(),
+            key=form.key.data,
+            name=form.name.data,
+            unit_singular=blank(form.unit_singular.data),
+            unit_plural=blank(form.unit_plural.data),
+        )
+        return f"Created credit system {system.key}."
+
+    return _submit(form, call, url_for("admin.credit_systems")) or (
+        render_template(
+            "admin/credit_systems.html", systems=catalog.list_credit_systems(), form=form
+        ),
+        _status(),
+    )
+
+
+def _costs_page(form: CreditCostForm, status: int):
+    features = catalog.list_features()
+    form.feature_key.choices = choices(
+        [(f.key, f.name) for f, _, _ in features if f.type != "boolean"]
+    )
+    form.credit_system.choices = choices([(s.key, s.name) for s in catalog.list_credit_systems()])
+    return render_template(
+        "admin/credit_costs.html",
+        features=features,
+        form=form,
+        action_form=ActionForm(formdata=None),
+    ), status
+
+
+@bp.route("/credit-costs", methods=["GET", "POST"])
+@requires(ADMIN)
+def credit_costs():
+    form = CreditCostForm()
+
+    def call() -> str:
+        catalog.set_credit_cost(
+            current_actor(),
+            form.feature_key.data,
+            credit_system=form.credit_system.data,
+            cost=form.cost.data.strip(),
+        )
+        return f"Credit cost of {form.feature_key.data} saved."
+
+    return _submit(form, call, url_for("admin.credit_costs")) or _costs_page(form, _status())
+
+
+@bp.post("/credit-costs/<feature_key>/remove")
+@requires(ADMIN)
+def remove_credit_cost(feature_key: str):
+    form = ActionForm()
+
+    def call() -> str:
+        catalog.remove_credit_cost(current_actor(), feature_key)
+        return f"{feature_key} is no longer credit-based."
+
+    done = _submit(form, call, url_for("admin.credit_costs"))
+    if done:
+        return done
+    page = CreditCostForm(formdata=None)
+    page.form_errors.extend(form.form_errors)
+    return _costs_page(page, 422)

@@ -1,0 +1,73 @@
+"""Sign in and out; one's own password; logging out everywhere."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_user, logout_user
+
+from ..errors import DomainError
+from ..extensions import limiter
+from ..services import auth
+from ..services.actors import VIEW
+from .forms import ActionForm, LoginForm, PasswordForm, show_error
+from .session import SessionUser, current_actor, requires, safe_next
+
+bp = Blueprint("auth", __name__)
+
+
+def _login_limit() -> str:
+    return current_app.config["LOGIN_RATE_LIMIT"]
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(_login_limit, methods=["POST"])
+def login():
+    form = LoginForm()
+    next_url = safe_next(request.args.get("next"))
+    if current_user.is_authenticated and request.method == "GET":
+        return redirect(next_url or url_for("pages.overview"))
+    if form.validate_on_submit():
+        user = auth.authenticate(form.email.data, form.password.data)
+        if user is not None:
+            login_user(SessionUser(user))
+            return redirect(next_url or url_for("pages.overview"), 303)
+        form.form_errors.append("Wrong email or password.")
+    status = 422 if request.method == "POST" else 200
+    return render_template("auth/login.html", form=form, next=next_url), status
+
+
+@bp.post("/logout")
+def logout():
+    # Only the CSRF token matters here (checked by CSRFProtect); anonymous logout is harmless.
+    logout_user()
+    flash("Signed out.")
+    return redirect(url_for("auth.login"), 303)
+
+
+@bp.post("/logout/everywhere")
+@requires(VIEW)
+def logout_everywhere():
+    auth.end_sessions(current_actor(), current_user.id)
+    logout_user()
+    flash("Signed out on every device.")
+    return redirect(url_for("auth.login"), 303)
+
+
+@bp.route("/account", methods=["GET", "POST"])
+@requires(VIEW)
+def account():
+    form = PasswordForm()
+    status = 200
+    if form.validate_on_submit():
+        try:
+            user = auth.set_password(current_actor(), current_user.id, form.password.data)
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            # The new session version ended every session, this one included: sign in again.
+            login_user(SessionUser(user))
+            flash("Password changed; your other sessions have ended.")
+            return redirect(url_for("auth.account"), 303)
+    if request.method == "POST":
+        status = 422
+    return render_template("auth/account.html", form=form, logout_form=ActionForm()), status

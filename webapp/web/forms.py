@@ -1,0 +1,166 @@
+"""Forms check presence and shape only; every rule (amounts, choices, limits) is the services'.
+
+Select fields do not validate their choices for the same reason: the service names the error."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    EmailField,
+    HiddenField,
+    PasswordField,
+    SelectField,
+    StringField,
+)
+from wtforms.validators import DataRequired, Length, Optional, Regexp
+
+try:
+    from wtforms import SelectChoice
+except ImportError:  # pragma: no cover - WTForms < 3.3 takes (value, label) tuples
+    SelectChoice = None
+
+from ..errors import DomainError
+from ..models import OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS
+
+UNSIGNED = Regexp(r"^\s*\d+(\.\d+)?\s*$", message="Enter a positive number such as 1 or 2.5.")
+
+
+def choices(pairs) -> list:
+    """(value, label) pairs as the installed WTForms wants them."""
+    if SelectChoice is None:  # pragma: no cover
+        return [(value, label) for value, label in pairs]
+    return [SelectChoice(value, label) for value, label in pairs]
+
+
+def _select(label: str, options=(), **kwargs) -> SelectField:
+    return SelectField(label, choices=choices(options), validate_choice=False, **kwargs)
+
+
+class PrefixedForm(FlaskForm):
+    """Several of these share the customer page: a prefix keeps their field names and ids apart
+    (``usage-amount``, ``topup-amount``)."""
+
+    form_prefix = ""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("prefix", self.form_prefix)
+        super().__init__(*args, **kwargs)
+
+
+class ActionForm(FlaskForm):
+    """A button that posts: only the CSRF token."""
+
+
+class LoginForm(FlaskForm):
+    email = StringField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1000)])
+
+
+class PasswordForm(FlaskForm):
+    password = PasswordField("New password", validators=[DataRequired()])
+
+
+class RecordUsageForm(PrefixedForm):
+    form_prefix = "usage"
+    feature_key = _select("Feature", validators=[DataRequired()])
+    amount = StringField("Amount", default="1", validators=[DataRequired()])
+    # Idempotency key made when the form is shown: a double submit records once.
+    event_id = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+
+
+class ReclaimSeatsForm(PrefixedForm):
+    form_prefix = "reclaim"
+    feature_key = _select("Feature", validators=[DataRequired()])
+    amount = StringField("Seats to reclaim", default="1", validators=[DataRequired(), UNSIGNED])
+    event_id = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+
+
+class TopupForm(PrefixedForm):
+    form_prefix = "topup"
+    credit_system = _select("Credit system", validators=[DataRequired()])
+    amount = StringField("Amount", validators=[DataRequired()])
+    kind = _select("Kind", [(k, k) for k in TOPUP_KINDS], default="purchased")
+    reference = StringField("Reference (invoice)", validators=[Optional(), Length(max=200)])
+    note = StringField("Note", validators=[Optional(), Length(max=2000)])
+    idempotency_key = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+
+
+class AdjustForm(PrefixedForm):
+    form_prefix = "adjust"
+    credit_system = _select("Credit system", validators=[DataRequired()])
+    amount = StringField("Amount (+ or −)", validators=[DataRequired()])
+    reason = StringField("Reason", validators=[DataRequired(), Length(max=2000)])
+    reference = StringField("Reference", validators=[Optional(), Length(max=200)])
+
+
+class UserForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    role = _select("Role", [(r, r) for r in ROLES], default="account_manager")
+    password = PasswordField("Password", validators=[DataRequired()])
+
+
+class RoleForm(FlaskForm):
+    role = _select("Role", [(r, r) for r in ROLES])
+
+
+class ApiKeyForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=100)])
+    role = _select("Role", [(r, r) for r in ROLES], default="admin")
+
+
+class CustomerForm(FlaskForm):
+    key = StringField("Key", validators=[DataRequired(), Length(max=200)])
+    name = StringField("Name", validators=[DataRequired(), Length(max=300)])
+    email = StringField("Email", validators=[Optional(), Length(max=254)])
+
+
+class CustomerEditForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=300)])
+    email = StringField("Email", validators=[Optional(), Length(max=254)])
+
+
+class FeatureForm(FlaskForm):
+    key = StringField("Key", validators=[DataRequired(), Length(max=100)])
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    type = _select("Type", [(t, t) for t in ("consumable", "persistent", "boolean")])
+    event_name = StringField("Event name (default: the key)", validators=[Optional()])
+
+
+class CreditSystemForm(FlaskForm):
+    key = StringField("Key", validators=[DataRequired(), Length(max=100)])
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    unit_singular = StringField("Unit (singular)", validators=[Optional()])
+    unit_plural = StringField("Unit (plural)", validators=[Optional()])
+
+
+class CreditCostForm(FlaskForm):
+    feature_key = _select("Feature", validators=[DataRequired()])
+    credit_system = _select("Credit system", validators=[DataRequired()])
+    cost = StringField("Credits per unit", validators=[DataRequired()])
+
+
+class EntitlementForm(FlaskForm):
+    feature_key = _select("Feature", validators=[DataRequired()])
+    allowance = StringField("Allowance (empty: unlimited)", validators=[Optional()])
+    reset_period = _select("Reset period", [(p, p) for p in RESET_PERIODS], default="never")
+    overage = _select("Overage", [(p, p) for p in OVERAGE_POLICIES], default="block")
+
+
+def show_error(form: FlaskForm, exc: DomainError) -> None:
+    """Put a service's error next to the field it names, or above the form."""
+    message = exc.message.replace("`", "")  # API-style `field` quotes read badly on a page
+    field = getattr(form, exc.field, None) if exc.field else None
+    if field is not None and hasattr(field, "errors") and exc.field != "csrf_token":
+        field.errors = [*field.errors, message]
+    else:
+        form.form_errors.append(message)
+
+
+def blank(value: str | None) -> str | None:
+    """An empty text box means "not given"."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None

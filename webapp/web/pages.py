@@ -1,0 +1,279 @@
+"""Read-only pages: overview, customers, one customer, features, wallets, audit, CSV exports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
+
+from ..services import catalog, dashboard, reads
+from ..services.actors import VIEW
+from ..services.money import format_micros
+from .charts import bar_chart
+from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
+from .htmx import target
+from .session import current_actor, requires
+
+bp = Blueprint("pages", __name__)
+
+RECENT = 15
+EXPORT_PAGE = 200  # rows per keyset page while streaming a CSV
+
+
+def _int_arg(name: str, default: int) -> int:
+    try:
+        return int(request.args.get(name, default))
+    except ValueError:
+        return default
+
+
+@bp.get("/")
+@requires(VIEW)
+def overview():
+    actor = current_actor()
+    return render_template(
+        "overview.html",
+        stats=dashboard.overview(actor),
+        charts=[bar_chart(s) for s in dashboard.daily_usage(actor)],
+        wallets=dashboard.lowest_wallets(actor, per_page=5),
+        audit=dashboard.audit_log(actor, per_page=8),
+    )
+
+
+@bp.get("/customers")
+@requires(VIEW)
+def customers():
+    listing = dashboard.list_customers(
+        current_actor(),
+        search=request.args.get("q", ""),
+        sort=request.args.get("sort", "key"),
+        direction=request.args.get("dir", "asc"),
+        page=_int_arg("page", 1),
+    )
+    args = {"q": request.args.get("q", ""), "sort": listing.sort, "dir": listing.direction}
+    template = "customers/_results.html" if target() == "results" else "customers/index.html"
+    return render_template(template, listing=listing, args=args)
+
+
+def customer_context(key: str, **forms: Any) -> dict[str, Any]:
+    """Everything the customer page and its fragments show; a constant number of queries."""
+    actor = current_actor()
+    summary = reads.customer_summary(actor, key)
+    recordable = [
+        (e.feature_key, e.feature_name) for e in summary.entitlements if e.feature_type != "boolean"
+    ]
+    persistent = [
+        (e.feature_key, e.feature_name)
+        for e in summary.entitlements
+        if e.feature_type == "persistent"
+    ]
+    systems = [(s.key, s.name) for s in catalog.list_credit_systems()]
+    usage_form = forms.get("usage_form") or RecordUsageForm(formdata=None)
+    reclaim_form = forms.get("reclaim_form") or ReclaimSeatsForm(formdata=None)
+    topup_form = forms.get("topup_form") or TopupForm(formdata=None)
+    adjust_form = forms.get("adjust_form") or AdjustForm(formdata=None)
+    usage_form.feature_key.choices = choices(recordable)
+    reclaim_form.feature_key.choices = choices(persistent)
+    topup_form.credit_system.choices = choices(systems)
+    adjust_form.credit_system.choices = choices(systems)
+    return {
+        "summary": summary,
+        "customer": summary.customer,
+        "events": reads.list_events(actor, key, limit=RECENT),
+        "ledger": reads.list_ledger(actor, key, limit=RECENT),
+        "charts": [
+            bar_chart(s) for s in dashboard.daily_usage(actor, customer_key=key) if s.total_micros
+        ],
+        "usage_form": usage_form,
+        "reclaim_form": reclaim_form,
+        "topup_form": topup_form,
+        "adjust_form": adjust_form,
+        "admin_form": ActionForm(formdata=None),
+    }
+
+
+@bp.get("/customers/<key>")
+@requires(VIEW)
+def customer(key: str):
+    return render_template("customers/detail.html", **customer_context(key))
+
+
+@bp.get("/customers/<key>/events")
+@requires(VIEW)
+def customer_events(key: str):
+    actor = current_actor()
+    summary = reads.customer_summary(actor, key)
+    page = reads.list_events(
+        actor,
+        key,
+        feature_key=request.args.get("feature") or None,
+        cursor=request.args.get("cursor"),
+        limit=50,
+    )
+    return render_template("customers/events.html", customer=summary.customer, events=page)
+
+
+@bp.get("/customers/<key>/ledger")
+@requires(VIEW)
+def customer_ledger(key: str):
+    actor = current_actor()
+    summary = reads.customer_summary(actor, key)
+    page = reads.list_ledger(actor, key, cursor=request.args.get("cursor"), limit=50)
+    return render_template("customers/ledger.html", customer=summary.customer, ledger=page)
+
+
+def _csv_stream(header: list[str], pages: Iterator[list[list[Any]]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    yield buffer.getvalue()
+    for rows in pages:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerows(rows)
+        yield buffer.getvalue()
+
+
+def _csv_response(rows: Iterator[str], filename: str) -> Response:
+    response = Response(stream_with_context(rows), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@bp.get("/customers/<key>/events.csv")
+@requires(VIEW)
+def export_events(key: str):
+    actor = current_actor()
+    customer = catalog.get_customer(key)  # a 404 before the stream starts
+
+    def pages() -> Iterator[list[list[Any]]]:
+        cursor: str | None = None
+        while True:
+            page = reads.list_events(actor, customer.key, cursor=cursor, limit=EXPORT_PAGE)
+            yield [
+                [
+                    e.id,
+                    e.event_id,
+                    e.customer_key,
+                    e.feature_key,
+                    e.event_name,
+                    format_micros(e.amount_micros),
+                    e.timestamp.isoformat(),
+                    "" if e.credits_micros is None else format_micros(e.credits_micros),
+                    format_micros(e.overage_micros),
+                    e.actor,
+                    e.recorded_at.isoformat(),
+                    json.dumps(e.metadata, sort_keys=True) if e.metadata else "",
+                ]
+                for e in page.items
+            ]
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    header = [
+        "id",
+        "event_id",
+        "customer_key",
+        "feature_key",
+        "event_name",
+        "amount",
+        "timestamp",
+        "credits",
+        "overage",
+        "actor",
+        "recorded_at",
+        "metadata",
+    ]
+    return _csv_response(_csv_stream(header, pages()), f"{customer.key}-events.csv")
+
+
+@bp.get("/customers/<key>/ledger.csv")
+@requires(VIEW)
+def export_ledger(key: str):
+    actor = current_actor()
+    customer = catalog.get_customer(key)
+
+    def pages() -> Iterator[list[list[Any]]]:
+        cursor: str | None = None
+        while True:
+            page = reads.list_ledger(actor, customer.key, cursor=cursor, limit=EXPORT_PAGE)
+            yield [
+                [
+                    e.id,
+                    e.credit_system,
+                    e.type,
+                    e.kind or "",
+                    format_micros(e.amount_micros),
+                    format_micros(e.balance_after_micros),
+                    e.reference or "",
+                    e.note or "",
+                    e.event_id or "",
+                    e.actor,
+                    e.created_at.isoformat(),
+                ]
+                for e in page.items
+            ]
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    header = [
+        "id",
+        "credit_system",
+        "type",
+        "kind",
+        "amount",
+        "balance_after",
+        "reference",
+        "note",
+        "event_id",
+        "actor",
+        "created_at",
+    ]
+    return _csv_response(_csv_stream(header, pages()), f"{customer.key}-ledger.csv")
+
+
+@bp.get("/features")
+@requires(VIEW)
+def features():
+    return render_template("features.html", features=dashboard.features(current_actor()))
+
+
+@bp.get("/wallets")
+@requires(VIEW)
+def wallets():
+    listing = dashboard.lowest_wallets(
+        current_actor(),
+        search=request.args.get("q", ""),
+        credit_system=request.args.get("system") or None,
+        page=_int_arg("page", 1),
+    )
+    args = {"q": request.args.get("q", ""), "system": request.args.get("system", "")}
+    systems = catalog.list_credit_systems()
+    template = "wallets/_results.html" if target() == "results" else "wallets/index.html"
+    return render_template(template, listing=listing, args=args, systems=systems)
+
+
+@bp.get("/audit")
+@requires(VIEW)
+def audit():
+    before = request.args.get("before")
+    args = {
+        "actor": request.args.get("actor", ""),
+        "action": request.args.get("action", ""),
+        "customer": request.args.get("customer", ""),
+    }
+    page = dashboard.audit_log(
+        current_actor(),
+        actor_label=args["actor"] or None,
+        action=args["action"] or None,
+        customer_key=args["customer"] or None,
+        before=int(before) if before and before.isdigit() else None,
+    )
+    next_url = url_for("pages.audit", **args, before=page.next_before) if page.next_before else None
+    return render_template("audit.html", page=page, args=args, next_url=next_url)
