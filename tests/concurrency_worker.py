@@ -19,8 +19,9 @@ def hammer(database_url: str, customer: str, attempts: int, worker: int) -> dict
         for n in range(attempts):
             feature = "api_calls" if n % 2 == 0 else "seats"
             try:
-                usage.record_usage(SYSTEM, customer_key=customer, feature_key=feature,
-                                   event_id=f"p{worker}-{n}")
+                usage.record_usage(
+                    SYSTEM, customer_key=customer, feature_key=feature, event_id=f"p{worker}-{n}"
+                )
                 outcomes[f"{feature}:ok"] += 1
             except DomainError as exc:
                 outcomes[f"{feature}:{exc.code}"] += 1

@@ -32,8 +32,12 @@ def prepare(catalog_customer: str = "cust-race") -> str:
 def assert_outcome(customer: str, outcomes: Counter[str]) -> None:
     assert outcomes["api_calls:ok"] == CALLS_AFFORDABLE, outcomes
     assert outcomes["seats:ok"] == SEATS, outcomes
-    assert set(outcomes) <= {"api_calls:ok", "api_calls:insufficient_credits", "seats:ok",
-                             "seats:limit_exceeded"}, outcomes
+    assert set(outcomes) <= {
+        "api_calls:ok",
+        "api_calls:insufficient_credits",
+        "seats:ok",
+        "seats:limit_exceeded",
+    }, outcomes
     summary = reads.customer_summary(SYSTEM, customer)
     assert [w.balance_micros for w in summary.wallets] == [0]
     seats = next(e for e in summary.entitlements if e.feature_key == "seats")
@@ -92,8 +96,9 @@ def test_concurrent_replays_of_one_event_record_it_once(catalog, app):
     def worker() -> None:
         with app.app_context():
             barrier.wait()
-            result = usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls",
-                                        amount=3, event_id="the-one")
+            result = usage.record_usage(
+                SYSTEM, customer_key=C, feature_key="api_calls", amount=3, event_id="the-one"
+            )
             with lock:
                 results.append(result)
             db.session.remove()
@@ -131,8 +136,9 @@ def test_concurrent_topups_and_spending_keep_the_ledger_exact(catalog, app):
             barrier.wait()
             try:
                 for _ in range(10):
-                    wallets.topup_wallet(SYSTEM, customer_key=customer, credit_system="credits",
-                                         amount="0.1")
+                    wallets.topup_wallet(
+                        SYSTEM, customer_key=customer, credit_system="credits", amount="0.1"
+                    )
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
             db.session.remove()

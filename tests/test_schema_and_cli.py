@@ -31,24 +31,40 @@ def test_flask_db_upgrade_builds_the_schema_from_empty(backend, database_url, tm
         url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
     else:
         url = make_url(database_url).set(database=make_url(database_url).database + "_fresh")
-        admin = psycopg.connect(host=url.host, port=url.port or 5432, user=url.username,
-                                dbname="postgres", autocommit=True)
+        admin = psycopg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            dbname="postgres",
+            autocommit=True,
+        )
         with admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
             admin.execute(f'CREATE DATABASE "{url.database}"')
         url = url.render_as_string(hide_password=False)
     env = {**os.environ, "DATABASE_URL": url, "FLASK_DEBUG": "1"}
     flask = Path(sys.executable).parent / "flask"
-    result = subprocess.run([str(flask), "--app", "webapp", "db", "upgrade"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(flask), "--app", "webapp", "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     engine = create_engine(url)
     try:
         tables = set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
-    assert {"usage_events", "ledger_entries", "wallets", "usage_counters", "audit_log",
-            "alembic_version"} <= tables
+    assert {
+        "usage_events",
+        "ledger_entries",
+        "wallets",
+        "usage_counters",
+        "audit_log",
+        "alembic_version",
+    } <= tables
 
 
 def test_demo_seed_keeps_every_invariant(runner):
@@ -64,17 +80,23 @@ def test_demo_seed_keeps_every_invariant(runner):
 
 
 def test_ledger_verify_names_each_violation(runner):
-    assert runner.invoke(args=["demo", "seed", "--customers", "5", "--events", "300"]).exit_code == 0
+    assert (
+        runner.invoke(args=["demo", "seed", "--customers", "5", "--events", "300"]).exit_code == 0
+    )
     wallet_id = db.session.scalar(select(Wallet.id).order_by(Wallet.id))
     db.session.execute(
-        update(Wallet).where(Wallet.id == wallet_id).values(balance_micros=Wallet.balance_micros + 1)
+        update(Wallet)
+        .where(Wallet.id == wallet_id)
+        .values(balance_micros=Wallet.balance_micros + 1)
     )
     counter = db.session.scalars(select(UsageCounter)).first()
     db.session.execute(
         update(UsageCounter)
-        .where(UsageCounter.customer_id == counter.customer_id,
-               UsageCounter.feature_id == counter.feature_id,
-               UsageCounter.period_start == counter.period_start)
+        .where(
+            UsageCounter.customer_id == counter.customer_id,
+            UsageCounter.feature_id == counter.feature_id,
+            UsageCounter.period_start == counter.period_start,
+        )
         .values(used_micros=UsageCounter.used_micros + 5)
     )
     usage_entry = db.session.scalar(select(LedgerEntry.id).where(LedgerEntry.type == "usage"))
@@ -98,8 +120,10 @@ def test_user_create(runner, monkeypatch):
     assert "correct horse" not in user.password_hash
     dup = runner.invoke(args=["user", "create", "ann@example.com", "--role", "admin"])
     assert dup.exit_code == 1 and "already exists" in dup.output
-    short = runner.invoke(args=["user", "create", "b@example.com", "--role", "admin"],
-                          env={"WEBAPP_PASSWORD": "short"})
+    short = runner.invoke(
+        args=["user", "create", "b@example.com", "--role", "admin"],
+        env={"WEBAPP_PASSWORD": "short"},
+    )
     assert short.exit_code == 1
     bad_role = runner.invoke(args=["user", "create", "c@example.com", "--role", "king"])
     assert bad_role.exit_code == 2
@@ -121,7 +145,13 @@ def test_api_key_create_prints_the_key_alone_on_the_last_line(runner):
 
 
 def test_every_command_has_help(runner):
-    for args in (["db", "upgrade"], ["demo", "seed"], ["user", "create"], ["api-key", "create"],
-                 ["ledger", "verify"], ["demo", "users"]):
+    for args in (
+        ["db", "upgrade"],
+        ["demo", "seed"],
+        ["user", "create"],
+        ["api-key", "create"],
+        ["ledger", "verify"],
+        ["demo", "users"],
+    ):
         result = runner.invoke(args=[*args, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, args

@@ -42,13 +42,13 @@ def test_customers_are_unique_and_validated(app):
 
 
 def test_features_are_unique_by_key_and_event_name(app):
-    cat.create_feature(SYSTEM, key="api_calls", name="API", type="consumable",
-                           event_name="api.call")
+    cat.create_feature(
+        SYSTEM, key="api_calls", name="API", type="consumable", event_name="api.call"
+    )
     with pytest.raises(Conflict):
         cat.create_feature(SYSTEM, key="api_calls", name="x", type="consumable")
     with pytest.raises(Conflict):
-        cat.create_feature(SYSTEM, key="other", name="x", type="consumable",
-                               event_name="api.call")
+        cat.create_feature(SYSTEM, key="other", name="x", type="consumable", event_name="api.call")
     with pytest.raises(ValidationError):
         cat.create_feature(SYSTEM, key="x", name="x", type="metered")
     with pytest.raises(ValidationError):
@@ -113,7 +113,9 @@ def test_customer_summary_shows_every_entitlement_and_wallet(catalog):
     rows = {e.feature_key: e for e in summary.entitlements}
     assert set(rows) == {"api_calls", "candidates", "seats", "sso"}
     assert (rows["api_calls"].used_micros, rows["api_calls"].available_micros) == (
-        3_000_000, 997_000_000)
+        3_000_000,
+        997_000_000,
+    )
     assert rows["api_calls"].reset_at is not None and rows["seats"].reset_at is None
     assert rows["seats"].available_micros == 8_000_000
     assert [w.balance_micros for w in summary.wallets] == [10_000_000 - 60_000]

@@ -46,8 +46,18 @@ topups = st.integers(1, 30_000_000).map(lambda micros: Decimal(micros).scaleb(-6
 
 
 def wipe() -> None:
-    for model in (AuditLog, LedgerEntry, UsageEvent, UsageCounter, Wallet, Entitlement,
-                  CreditCost, CreditSystem, Feature, Customer):
+    for model in (
+        AuditLog,
+        LedgerEntry,
+        UsageEvent,
+        UsageCounter,
+        Wallet,
+        Entitlement,
+        CreditCost,
+        CreditSystem,
+        Feature,
+        Customer,
+    ):
         db.session.execute(delete(model))
     db.session.commit()
 
@@ -63,11 +73,17 @@ class Ledger(RuleBasedStateMachine):
         catalog.create_feature(SYSTEM, key="sso", name="SSO", type="boolean")
         catalog.set_credit_cost(SYSTEM, "api_calls", credit_system="credits", cost=str(COST))
         for key in CUSTOMERS:
-            add_customer(key, api_allowance=API_ALLOWANCE, seat_allowance=SEAT_ALLOWANCE,
-                         candidates_allowance=None, topup=None)
+            add_customer(
+                key,
+                api_allowance=API_ALLOWANCE,
+                seat_allowance=SEAT_ALLOWANCE,
+                candidates_allowance=None,
+                topup=None,
+            )
         self.balance = dict.fromkeys(CUSTOMERS, Decimal(0))
-        self.used = {(c, f): Decimal(0) for c in CUSTOMERS for f in ("api_calls", "candidates",
-                                                                     "seats")}
+        self.used = {
+            (c, f): Decimal(0) for c in CUSTOMERS for f in ("api_calls", "candidates", "seats")
+        }
         self.events: dict[tuple[str, str], tuple[str, Decimal, object]] = {}
         self.counter = 0
 
@@ -95,26 +111,35 @@ class Ledger(RuleBasedStateMachine):
         self.used[(customer, feature)] += amount
         if feature == "api_calls":
             self.balance[customer] -= (amount * COST).quantize(
-                Decimal("0.000001"), rounding=ROUND_HALF_UP)
+                Decimal("0.000001"), rounding=ROUND_HALF_UP
+            )
 
     @rule(customer=st.sampled_from(CUSTOMERS), amount=topups)
     def topup(self, customer: str, amount: Decimal) -> None:
-        result = wallets.topup_wallet(SYSTEM, customer_key=customer, credit_system="credits",
-                                      amount=str(amount))
+        result = wallets.topup_wallet(
+            SYSTEM, customer_key=customer, credit_system="credits", amount=str(amount)
+        )
         self.balance[customer] += amount
         assert Decimal(result.balance_micros) / 1_000_000 == self.balance[customer]
 
-    @rule(customer=st.sampled_from(CUSTOMERS),
-          feature=st.sampled_from(["api_calls", "candidates", "seats"]),
-          amount=st.one_of(amounts, st.integers(-3, 4).filter(bool).map(Decimal)),
-          with_id=st.booleans())
+    @rule(
+        customer=st.sampled_from(CUSTOMERS),
+        feature=st.sampled_from(["api_calls", "candidates", "seats"]),
+        amount=st.one_of(amounts, st.integers(-3, 4).filter(bool).map(Decimal)),
+        with_id=st.booleans(),
+    )
     def record(self, customer: str, feature: str, amount: Decimal, with_id: bool) -> None:
         self.counter += 1
         event_id = f"e{self.counter}" if with_id else None
         expected = self._expect(customer, feature, amount)
         try:
-            result = usage.record_usage(SYSTEM, customer_key=customer, feature_key=feature,
-                                        amount=str(amount), event_id=event_id)
+            result = usage.record_usage(
+                SYSTEM,
+                customer_key=customer,
+                feature_key=feature,
+                amount=str(amount),
+                event_id=event_id,
+            )
         except DomainError as exc:
             assert exc.code == expected, (exc.code, expected)
             return
@@ -131,17 +156,26 @@ class Ledger(RuleBasedStateMachine):
         feature, amount, first = self.events[(customer, event_id)]
         sent = amount if same else amount + 1
         try:
-            result = usage.record_usage(SYSTEM, customer_key=customer, feature_key=feature,
-                                        amount=str(sent), event_id=event_id)
+            result = usage.record_usage(
+                SYSTEM,
+                customer_key=customer,
+                feature_key=feature,
+                amount=str(sent),
+                event_id=event_id,
+            )
         except DomainError as exc:
             assert not same and exc.code == "idempotency_conflict"
             return
         assert same and result.replayed
-        assert (result.used_micros, result.balance_micros) == (first.used_micros,
-                                                               first.balance_micros)
+        assert (result.used_micros, result.balance_micros) == (
+            first.used_micros,
+            first.balance_micros,
+        )
 
-    @rule(customer=st.sampled_from(CUSTOMERS),
-          bad=st.sampled_from(["0", "-0", "0.0000001", "NaN", "1e3", "", "abc", None, 0.5]))
+    @rule(
+        customer=st.sampled_from(CUSTOMERS),
+        bad=st.sampled_from(["0", "-0", "0.0000001", "NaN", "1e3", "", "abc", None, 0.5]),
+    )
     def invalid(self, customer: str, bad: object) -> None:
         try:
             usage.record_usage(SYSTEM, customer_key=customer, feature_key="api_calls", amount=bad)
@@ -165,8 +199,10 @@ class Ledger(RuleBasedStateMachine):
             assert Decimal(balance) / 1_000_000 == self.balance[customer]
             for ent in summary.entitlements:
                 if ent.feature_key != "sso":
-                    assert (Decimal(ent.used_micros) / 1_000_000
-                            == self.used[(customer, ent.feature_key)])
+                    assert (
+                        Decimal(ent.used_micros) / 1_000_000
+                        == self.used[(customer, ent.feature_key)]
+                    )
         report = verify_ledger()
         assert report.ok, report.violations
 
@@ -174,6 +210,10 @@ class Ledger(RuleBasedStateMachine):
 def test_services_match_a_plain_model(app):
     run_state_machine_as_test(
         Ledger,
-        settings=settings(max_examples=15, stateful_step_count=30, deadline=None,
-                          suppress_health_check=list(HealthCheck)),
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
     )

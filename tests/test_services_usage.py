@@ -403,3 +403,33 @@ def test_insufficient_credits_in_a_batch_stops_only_that_event(catalog):
     assert [getattr(r, "code", "ok") for r in results] == ["ok", "insufficient_credits", "ok"]
     assert balance(key) == 10_000
     assert verify_ledger().ok
+
+
+def test_a_large_batch_takes_the_bulk_path_and_keeps_every_invariant(catalog):
+    """Over COPY_FROM events: PostgreSQL writes them with COPY and sequence-assigned ids."""
+    key = add_customer("cust-bulk", api_allowance=2000, topup="100")
+    events = [
+        {
+            "customer_key": key,
+            "feature_key": "api_calls",
+            "amount": n % 7 + 1,
+            "event_id": f"bulk-{n}",
+            "metadata": {"n": n} if n % 3 else None,
+        }
+        for n in range(300)
+    ]
+    events[10]["amount"] = -1  # invalid on a consumable
+    events.append(dict(events[5]))  # a replay inside the batch
+    results = usage.record_usage_batch(SYSTEM, events)
+    accepted = [r for r in results if not isinstance(r, Exception) and not r.replayed]
+    assert len(accepted) == 299
+    assert getattr(results[10], "code", None) == "invalid_amount"
+    assert results[-1].replayed and results[-1].event_id == "bulk-5"
+    charged = sum(r.credits_micros for r in accepted)
+    assert balance(key) == 100_000_000 - charged
+    assert used("api_calls", key) == sum(r.amount_micros for r in accepted)
+    page = reads.list_events(SYSTEM, key, limit=200)
+    assert page.items[0].event_id == accepted[-1].event_id  # newest first, in batch order
+    assert {e.event_id: e.metadata for e in page.items}["bulk-299"] == {"n": 299}
+    report = verify_ledger()
+    assert report.ok, report.violations

@@ -32,13 +32,21 @@ def test_first_topup_creates_the_wallet_and_a_ledger_entry(catalog):
 
     cat.create_customer(SYSTEM, key="cust-new", name="New")
     result = wallets.topup_wallet(
-        actor("finance", "fin@example.com"), customer_key="cust-new", credit_system="credits",
-        amount="50", kind="purchased", reference="INV-1042",
+        actor("finance", "fin@example.com"),
+        customer_key="cust-new",
+        credit_system="credits",
+        amount="50",
+        kind="purchased",
+        reference="INV-1042",
     )
     assert result.balance_micros == 50_000_000
     entry = result.entry
     assert (entry.type, entry.kind, entry.reference, entry.actor) == (
-        "topup", "purchased", "INV-1042", "user:fin@example.com")
+        "topup",
+        "purchased",
+        "INV-1042",
+        "user:fin@example.com",
+    )
     assert verify_ledger().ok
 
 
@@ -63,39 +71,62 @@ def test_topup_errors(catalog):
     with pytest.raises(NotFound):
         wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="gold", amount=1)
     with pytest.raises(ValidationError):
-        wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount=1,
-                             kind="stolen")
+        wallets.topup_wallet(
+            SYSTEM, customer_key=C, credit_system="credits", amount=1, kind="stolen"
+        )
     with pytest.raises(Forbidden):
         wallets.topup_wallet(actor("support"), customer_key=C, credit_system="credits", amount=1)
     with pytest.raises(Forbidden):
-        wallets.topup_wallet(actor("account_manager"), customer_key=C, credit_system="credits",
-                             amount=1)
+        wallets.topup_wallet(
+            actor("account_manager"), customer_key=C, credit_system="credits", amount=1
+        )
 
 
 def test_topup_idempotency(catalog):
-    first = wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="5",
-                                 idempotency_key="topup-1", reference="INV-1")
+    first = wallets.topup_wallet(
+        SYSTEM,
+        customer_key=C,
+        credit_system="credits",
+        amount="5",
+        idempotency_key="topup-1",
+        reference="INV-1",
+    )
     before = ledger_count()
-    again = wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="5.0",
-                                 idempotency_key="topup-1", reference="INV-1")
+    again = wallets.topup_wallet(
+        SYSTEM,
+        customer_key=C,
+        credit_system="credits",
+        amount="5.0",
+        idempotency_key="topup-1",
+        reference="INV-1",
+    )
     assert again.replayed and again.entry.id == first.entry.id
     assert ledger_count() == before
     with pytest.raises(IdempotencyConflict):
-        wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="6",
-                             idempotency_key="topup-1", reference="INV-1")
+        wallets.topup_wallet(
+            SYSTEM,
+            customer_key=C,
+            credit_system="credits",
+            amount="6",
+            idempotency_key="topup-1",
+            reference="INV-1",
+        )
 
 
 def test_adjustment_needs_a_reason_and_cannot_go_below_zero(catalog):
     with pytest.raises(ValidationError):
-        wallets.adjust_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="-1",
-                              reason="")
+        wallets.adjust_wallet(
+            SYSTEM, customer_key=C, credit_system="credits", amount="-1", reason=""
+        )
     before = ledger_count()
     with pytest.raises(InsufficientCredits):
-        wallets.adjust_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="-10.01",
-                              reason="refund")
+        wallets.adjust_wallet(
+            SYSTEM, customer_key=C, credit_system="credits", amount="-10.01", reason="refund"
+        )
     assert ledger_count() == before
-    result = wallets.adjust_wallet(SYSTEM, customer_key=C, credit_system="credits",
-                                   amount="-10", reason="charged twice")
+    result = wallets.adjust_wallet(
+        SYSTEM, customer_key=C, credit_system="credits", amount="-10", reason="charged twice"
+    )
     assert result.balance_micros == 0
     assert result.entry.type == "adjustment" and result.entry.note == "charged twice"
     assert verify_ledger().ok
@@ -106,14 +137,16 @@ def test_negative_adjustment_of_a_missing_wallet_is_refused(catalog):
 
     cat.create_customer(SYSTEM, key="cust-empty", name="Empty")
     with pytest.raises(InsufficientCredits):
-        wallets.adjust_wallet(SYSTEM, customer_key="cust-empty", credit_system="credits",
-                              amount="-1", reason="oops")
+        wallets.adjust_wallet(
+            SYSTEM, customer_key="cust-empty", credit_system="credits", amount="-1", reason="oops"
+        )
     assert db.session.scalar(select(func.count()).select_from(Wallet)) == 1
 
 
 def test_wallet_mutations_are_audited(catalog):
-    wallets.topup_wallet(actor("finance", "f@x.io"), customer_key=C, credit_system="credits",
-                         amount=2)
+    wallets.topup_wallet(
+        actor("finance", "f@x.io"), customer_key=C, credit_system="credits", amount=2
+    )
     row = db.session.scalar(select(AuditLog).order_by(AuditLog.id.desc()))
     assert (row.action, row.actor, row.details["amount"]) == ("wallet.topup", "user:f@x.io", "2")
 

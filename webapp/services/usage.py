@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, tuple_, update
+from sqlalchemy import bindparam, insert, or_, select, text, tuple_, update
 
 from ..errors import (
     CustomerNotFound,
@@ -46,6 +46,7 @@ from ..models import (
 from . import validation
 from .actors import RECORD_USAGE, VIEW, Actor, require
 from .audit import audit_row
+from .bulk import bulk_insert, use_copy
 from .catalog import get_customer, get_feature
 from .money import MAX_TOTAL_MICROS, MICROS, credit_cost_micros, format_micros, parse_micros
 from .periods import effective_period, next_reset, period_start
@@ -553,7 +554,13 @@ def _judge(
 _event_table = UsageEvent.__table__
 _counter_table = UsageCounter.__table__
 _wallet_table = Wallet.__table__
-_INSERT_EVENTS = insert(_event_table).returning(_event_table.c.id, sort_by_parameter_order=True)
+_INSERT_EVENTS = insert(_event_table)
+_INSERT_EVENTS_RETURNING = _INSERT_EVENTS.returning(_event_table.c.id, sort_by_parameter_order=True)
+# PostgreSQL: take the ids from the sequence first, so that the rows go in with a plain pipelined
+# executemany (one short cached statement) rather than one huge INSERT ... VALUES ... RETURNING.
+_NEXT_EVENT_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence('usage_events', 'id')) FROM generate_series(1, :n)"
+)
 _INSERT_LEDGER = insert(LedgerEntry.__table__)
 _INSERT_COUNTERS = insert(_counter_table)
 _INSERT_AUDIT = insert(AuditLog.__table__)
@@ -580,14 +587,20 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
     if not pending:
         return
     conn = db.session.connection()
-    ids = conn.execute(_INSERT_EVENTS, [p.event for p in pending]).scalars().all()
+    rows = [p.event for p in pending]
+    if use_copy(conn, len(rows)):
+        ids = sorted(conn.execute(_NEXT_EVENT_IDS, {"n": len(rows)}).scalars())
+        for row, event_pk in zip(rows, ids, strict=True):
+            row["id"] = event_pk
+        bulk_insert(conn, _event_table, rows)
+    else:
+        ids = conn.execute(_INSERT_EVENTS_RETURNING, rows).scalars().all()
     ledger_rows = []
     for p, event_pk in zip(pending, ids, strict=True):
         if p.ledger is not None:
             p.ledger["usage_event_id"] = event_pk
             ledger_rows.append(p.ledger)
-    if ledger_rows:
-        conn.execute(_INSERT_LEDGER, ledger_rows)
+    bulk_insert(conn, LedgerEntry.__table__, ledger_rows)
     if state.new_counters:
         # A concurrent first use of the same counter makes this fail on the unique key;
         # the transaction is then retried from the start and sees the other one's row.
@@ -614,7 +627,7 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
                 for k in sorted(state.dirty_wallets)
             ],
         )
-    conn.execute(_INSERT_AUDIT, _audit_rows(actor, pending))
+    bulk_insert(conn, AuditLog.__table__, _audit_rows(actor, pending))
 
 
 def _audit_rows(actor: Actor, pending: list[_Pending]) -> list[dict[str, Any]]:
