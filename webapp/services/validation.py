@@ -35,9 +35,12 @@ def key(value: object, *, field: str = "key", pattern: re.Pattern[str] = KEY_RE)
 
 
 def _punct(pattern: re.Pattern[str]) -> str:
-    return {KEY_RE: ". _ : @ -", FEATURE_KEY_RE: ". _ - (lower case)", EVENT_NAME_RE: ". _ : / -"}[
-        pattern
-    ]
+    return {
+        KEY_RE: ". _ : @ -",
+        FEATURE_KEY_RE: ". _ - (lower case)",
+        EVENT_NAME_RE: ". _ : / -",
+        EVENT_ID_RE: "other printable ASCII characters (no spaces)",
+    }[pattern]
 
 
 def _max_len(pattern: re.Pattern[str]) -> int:
