@@ -554,7 +554,8 @@ ERROR_CODES: dict[int, tuple[str, list[str]]] = {
     429: ("Too many requests for this API key; see Retry-After.", ["rate_limited"]),
     503: ("The database is unavailable or busy; retry shortly.", ["service_unavailable"]),
 }
-COMMON = [400, 401, 413, 429, 503]
+# Every operation may answer these (422: an unknown query parameter or body field).
+COMMON = [400, 401, 413, 422, 429, 503]
 
 
 def _error_response(status: int) -> dict[str, Any]:
@@ -621,7 +622,7 @@ def _op(
             response["headers"] = REPLAYED
         responses[str(status)] = response
     for status in sorted(set(errors) | (set() if public else set(COMMON))):
-        if public and status in (401, 413):
+        if public and status != 429:
             continue
         responses[str(status)] = _error_response(status)
     op: dict[str, Any] = {

@@ -120,9 +120,9 @@ def query(allowed: tuple[str, ...]) -> dict[str, str | None]:
     """Query arguments, each at most once; unknown ones are refused like unknown JSON fields."""
     for name in request.args:
         if name not in allowed:
+            takes = f"takes: {', '.join(allowed)}" if allowed else "takes no query parameters"
             raise ValidationError(
-                f"Unknown query parameter `{name}`; this request takes: {', '.join(allowed)}.",
-                field=name,
+                f"Unknown query parameter `{name}`; this request {takes}.", field=name
             )
         if len(request.args.getlist(name)) > 1:
             raise ValidationError(f"`{name}` is given more than once.", field=name)
