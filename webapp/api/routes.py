@@ -4,7 +4,6 @@ actor, and serializes the result; DomainErrors become JSON errors in webapp.erro
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from typing import Any
 
@@ -50,7 +49,7 @@ def rate_limited(exc: RateLimitExceeded):
     current = limiter.current_limit
     retry_after = 1
     if current is not None:
-        retry_after = max(1, math.ceil(current.reset_at - time.time()))
+        retry_after = max(1, int(current.reset_at - time.time()))
     response = jsonify(
         {
             "error": {
