@@ -124,6 +124,9 @@ def query(allowed: tuple[str, ...]) -> dict[str, str | None]:
             raise ValidationError(
                 f"Unknown query parameter `{name}`; this request {takes}.", field=name
             )
-        if len(request.args.getlist(name)) > 1:
+        values = request.args.getlist(name)
+        if len(values) > 1:
             raise ValidationError(f"`{name}` is given more than once.", field=name)
+        if "\x00" in values[0]:
+            raise ValidationError(f"`{name}` contains a NUL character.", field=name)
     return {name: request.args.get(name) for name in allowed}

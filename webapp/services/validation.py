@@ -51,6 +51,8 @@ def lookup_key(value: object, *, field: str) -> str:
     """A key used to look something up: any non-empty string of sane length."""
     if not isinstance(value, str) or not value or len(value) > 200:
         raise ValidationError(f"`{field}` is required and must be a string.", field=field)
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; no key has one
+        raise ValidationError(f"`{field}` contains a NUL character.", field=field)
     return value
 
 
