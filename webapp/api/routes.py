@@ -4,6 +4,7 @@ actor, and serializes the result; DomainErrors become JSON errors in webapp.erro
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Any
 
@@ -88,9 +89,14 @@ def actor() -> Actor:
     return g.api_actor
 
 
+def respond(payload: Any, status: int = 200) -> Response:
+    """JSON in the field order of api.md (jsonify would sort the keys)."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return Response(text + "\n", status=status, mimetype="application/json")
+
+
 def created_or_replayed(payload: dict[str, Any], replayed: bool) -> Response:
-    response = jsonify(payload)
-    response.status_code = 200 if replayed else 201
+    response = respond(payload, 200 if replayed else 201)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -135,7 +141,7 @@ def record_usage_batch():
         else:
             status = 200 if outcome.replayed else 201
             results.append({"status": status, "body": out.usage_result(outcome)})
-    return jsonify({"results": results})
+    return respond({"results": results})
 
 
 @bp.get("/entitlements/check")
@@ -148,7 +154,7 @@ def check_entitlement():
         event_name=args["event_name"],
         amount=args["amount"],
     )
-    return jsonify(out.check_result(result))
+    return respond(out.check_result(result))
 
 
 # ---------------------------------------------------------------- wallets
@@ -173,38 +179,38 @@ def adjust_wallet():
 def list_customers():
     args = query(("cursor", "limit", "search"))
     page = reads.list_customers(actor(), **args)
-    return jsonify(out.page(page, out.customer))
+    return respond(out.page(page, out.customer))
 
 
 @bp.post("/customers")
 def create_customer():
     customer = catalog.create_customer(actor(), **body("CustomerCreate"))
-    return jsonify(out.customer(customer)), 201
+    return respond(out.customer(customer), 201)
 
 
 @bp.get("/customers/<key>")
 def get_customer(key: str):
     query(())
-    return jsonify(out.customer_detail(reads.customer_summary(actor(), key)))
+    return respond(out.customer_detail(reads.customer_summary(actor(), key)))
 
 
 @bp.get("/customers/<key>/events")
 def list_events(key: str):
     args = query(("feature_key", "since", "until", "cursor", "limit"))
-    return jsonify(out.page(reads.list_events(actor(), key, **args), out.event))
+    return respond(out.page(reads.list_events(actor(), key, **args), out.event))
 
 
 @bp.get("/customers/<key>/ledger")
 def list_ledger(key: str):
     args = query(("credit_system", "cursor", "limit"))
-    return jsonify(out.page(reads.list_ledger(actor(), key, **args), out.ledger_entry))
+    return respond(out.page(reads.list_ledger(actor(), key, **args), out.ledger_entry))
 
 
 @bp.put("/customers/<key>/entitlements/<feature_key>")
 def set_entitlement(key: str, feature_key: str):
     fields = body("EntitlementPut")
     entitlement = catalog.set_entitlement(actor(), key, feature_key, **fields)
-    return jsonify(out.entitlement(key, feature_key, entitlement))
+    return respond(out.entitlement(key, feature_key, entitlement))
 
 
 # ---------------------------------------------------------------- catalog
@@ -214,26 +220,26 @@ def set_entitlement(key: str, feature_key: str):
 def list_features():
     query(())
     rows = catalog_views.list_features(actor())
-    return jsonify({"data": [out.feature(*row) for row in rows], "next_cursor": None})
+    return respond({"data": [out.feature(*row) for row in rows], "next_cursor": None})
 
 
 @bp.post("/features")
 def create_feature():
     feature = catalog.create_feature(actor(), **body("FeatureCreate"))
-    return jsonify(out.feature(feature, None, None)), 201
+    return respond(out.feature(feature, None, None), 201)
 
 
 @bp.put("/features/<feature_key>/credit-cost")
 def set_credit_cost(feature_key: str):
     fields = body("CreditCostPut")
     cost = catalog.set_credit_cost(actor(), feature_key, **fields)
-    return jsonify(out.credit_cost(feature_key, fields["credit_system"], cost))
+    return respond(out.credit_cost(feature_key, fields["credit_system"], cost))
 
 
 @bp.post("/credit-systems")
 def create_credit_system():
     system = catalog.create_credit_system(actor(), **body("CreditSystemCreate"))
-    return jsonify(out.credit_system(system)), 201
+    return respond(out.credit_system(system), 201)
 
 
 # ---------------------------------------------------------------- the contract itself
@@ -241,4 +247,4 @@ def create_credit_system():
 
 @bp.get("/openapi.json")
 def openapi_json():
-    return jsonify(openapi_document())
+    return respond(openapi_document())
