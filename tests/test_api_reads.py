@@ -60,7 +60,15 @@ def test_customer_search(api):
 
 @pytest.mark.parametrize(
     "args",
-    [{"limit": "0"}, {"limit": "201"}, {"limit": "x"}, {"cursor": "garbage!"}, {"sort": "name"}],
+    [
+        {"limit": "0"},
+        {"limit": "201"},
+        {"limit": "x"},
+        {"limit": ""},
+        {"limit": "١"},
+        {"cursor": "garbage!"},
+        {"sort": "name"},
+    ],
 )
 def test_bad_list_arguments_are_validation_errors(api, args):
     response = api.get("/api/v1/customers", query_string=args)

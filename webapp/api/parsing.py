@@ -116,6 +116,9 @@ def body(schema_name: str) -> dict[str, Any]:
     return check_fields(json_body(), schema_name)
 
 
+WHOLE_NUMBER_ARGS = {"limit"}  # documented as integers: an empty or other value is refused
+
+
 def query(allowed: tuple[str, ...]) -> dict[str, str | None]:
     """Query arguments, each at most once; unknown ones are refused like unknown JSON fields."""
     for name in request.args:
@@ -129,4 +132,7 @@ def query(allowed: tuple[str, ...]) -> dict[str, str | None]:
             raise ValidationError(f"`{name}` is given more than once.", field=name)
         if "\x00" in values[0]:
             raise ValidationError(f"`{name}` contains a NUL character.", field=name)
+        digits = values[0].strip().lstrip("+-")
+        if name in WHOLE_NUMBER_ARGS and not (digits.isascii() and digits.isdigit()):
+            raise ValidationError(f"`{name}` must be a whole number.", field=name)
     return {name: request.args.get(name) for name in allowed}
