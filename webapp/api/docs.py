@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, current_app
+from markupsafe import Markup, escape
 
 from .openapi import openapi_document
 
 bp = Blueprint("api_docs", __name__)
 
 METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def inline(text: str) -> Markup:
+    """The documents' `backticks` as <code>, everything else escaped."""
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
 
 
 def _schema_name(schema: dict[str, Any] | None) -> str | None:
@@ -94,6 +101,7 @@ def api_docs() -> str:
     # Rendered without the app's context processors: this public page needs no user or session.
     template = current_app.jinja_env.get_template("api/docs.html")
     return template.render(
+        inline=inline,
         info=doc["info"],
         tags=doc["tags"],
         operations=_operations(doc),
