@@ -35,9 +35,12 @@ def key(value: object, *, field: str = "key", pattern: re.Pattern[str] = KEY_RE)
 
 
 def _punct(pattern: re.Pattern[str]) -> str:
-    return {KEY_RE: ". _ : @ -", FEATURE_KEY_RE: ". _ - (lower case)", EVENT_NAME_RE: ". _ : / -"}[
-        pattern
-    ]
+    return {
+        KEY_RE: ". _ : @ -",
+        FEATURE_KEY_RE: ". _ - (lower case)",
+        EVENT_NAME_RE: ". _ : / -",
+        EVENT_ID_RE: "other printable ASCII characters (no spaces)",
+    }[pattern]
 
 
 def _max_len(pattern: re.Pattern[str]) -> int:
@@ -48,6 +51,8 @@ def lookup_key(value: object, *, field: str) -> str:
     """A key used to look something up: any non-empty string of sane length."""
     if not isinstance(value, str) or not value or len(value) > 200:
         raise ValidationError(f"`{field}` is required and must be a string.", field=field)
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; no key has one
+        raise ValidationError(f"`{field}` contains a NUL character.", field=field)
     return value
 
 
