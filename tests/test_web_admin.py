@@ -137,5 +137,5 @@ def test_admin_creates_a_feature_and_a_credit_system(client):
         data={"key": "exports", "name": "Exports", "type": "consumable", "event_name": ""},
     )
     assert response.status_code == 303
-    assert [f.key for f, _, _ in catalog.list_features()] == ["exports"]
+    assert [f.key for f, _, _ in catalog.list_features(SYSTEM)] == ["exports"]
     assert b"exports" in client.get("/features").data

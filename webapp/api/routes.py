@@ -14,7 +14,7 @@ from flask_limiter.util import get_remote_address
 
 from ..errors import DomainError, Unauthorized
 from ..extensions import limiter
-from ..services import auth, catalog, catalog_views, reads, usage, wallets
+from ..services import auth, catalog, reads, usage, wallets
 from ..services.actors import Actor
 from ..services.usage import MAX_BATCH
 from . import serializers as out
@@ -219,7 +219,7 @@ def set_entitlement(key: str, feature_key: str):
 @bp.get("/features")
 def list_features():
     query(())
-    rows = catalog_views.list_features(actor())
+    rows = catalog.list_features(actor())
     return respond({"data": [out.feature(*row) for row in rows], "next_cursor": None})
 
 

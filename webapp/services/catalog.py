@@ -31,7 +31,7 @@ from ..models import (
     utcnow,
 )
 from . import audit, validation
-from .actors import ADMIN, Actor, require
+from .actors import ADMIN, VIEW, Actor, require
 from .money import format_micros, parse_micros
 from .periods import period_start
 from .tx import transactional
@@ -75,7 +75,8 @@ def get_credit_system(key: object, *, field: str = "credit_system") -> CreditSys
     return system
 
 
-def list_features() -> list[tuple[Feature, CreditCost | None, CreditSystem | None]]:
+def list_features(actor: Actor) -> list[tuple[Feature, CreditCost | None, CreditSystem | None]]:
+    require(actor, VIEW)
     rows = db.session.execute(
         select(Feature, CreditCost, CreditSystem)
         .outerjoin(CreditCost, CreditCost.feature_id == Feature.id)
@@ -85,7 +86,8 @@ def list_features() -> list[tuple[Feature, CreditCost | None, CreditSystem | Non
     return [(f, c, s) for f, c, s in rows]
 
 
-def list_credit_systems() -> list[CreditSystem]:
+def list_credit_systems(actor: Actor) -> list[CreditSystem]:
+    require(actor, VIEW)
     return list(db.session.scalars(select(CreditSystem).order_by(CreditSystem.key)))
 
 

@@ -99,9 +99,9 @@ class SeedStats:
 
 
 def ensure_catalog(actor: Actor = SYSTEM) -> dict[str, Feature]:
-    if not catalog.list_credit_systems():
+    if not catalog.list_credit_systems(actor):
         catalog.create_credit_system(actor, key="credits", name="Credits")
-    existing = {f.key: f for f, _, _ in catalog.list_features()}
+    existing = {f.key: f for f, _, _ in catalog.list_features(actor)}
     for key, name, ftype, event_name, cost in FEATURES:
         if key not in existing:
             existing[key] = catalog.create_feature(

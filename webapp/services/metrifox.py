@@ -90,24 +90,7 @@ def list_events_paged(
         .offset((number - 1) * size)
         .limit(size)
     ).all()
-    items = [
-        EventView(
-            id=e.id,
-            event_id=e.event_id,
-            customer_key=ckey,
-            feature_key=f.key,
-            event_name=f.event_name,
-            feature_type=f.type,
-            amount_micros=e.amount_micros,
-            timestamp=e.timestamp,
-            metadata=e.extra,
-            credits_micros=e.credits_micros,
-            overage_micros=e.overage_micros,
-            actor=e.actor,
-            recorded_at=e.recorded_at,
-        )
-        for e, f, ckey in rows
-    ]
+    items = [EventView.of(e, f, ckey) for e, f, ckey in rows]
     return NumberedPage(items, number, size, total)
 
 

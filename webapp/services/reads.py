@@ -224,6 +224,24 @@ class EventView:
     actor: str
     recorded_at: datetime
 
+    @classmethod
+    def of(cls, event: UsageEvent, feature: Feature, customer_key: str) -> EventView:
+        return cls(
+            id=event.id,
+            event_id=event.event_id,
+            customer_key=customer_key,
+            feature_key=feature.key,
+            event_name=feature.event_name,
+            feature_type=feature.type,
+            amount_micros=event.amount_micros,
+            timestamp=event.timestamp,
+            metadata=event.extra,
+            credits_micros=event.credits_micros,
+            overage_micros=event.overage_micros,
+            actor=event.actor,
+            recorded_at=event.recorded_at,
+        )
+
 
 def list_events(
     actor: Actor,
@@ -253,24 +271,7 @@ def list_events(
     rows = db.session.execute(stmt).all()
     page = _page(rows, size, lambda row: row[0].id)
     return Page(
-        [
-            EventView(
-                id=e.id,
-                event_id=e.event_id,
-                customer_key=customer.key,
-                feature_key=f.key,
-                event_name=f.event_name,
-                feature_type=f.type,
-                amount_micros=e.amount_micros,
-                timestamp=e.timestamp,
-                metadata=e.extra,
-                credits_micros=e.credits_micros,
-                overage_micros=e.overage_micros,
-                actor=e.actor,
-                recorded_at=e.recorded_at,
-            )
-            for e, f in page.items
-        ],
+        [EventView.of(e, f, customer.key) for e, f in page.items],
         page.next_cursor,
     )
 

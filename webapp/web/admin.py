@@ -251,7 +251,7 @@ def customer_status(key: str):
 def _entitlements_page(key: str, form: EntitlementForm, status: int):
     summary = reads.customer_summary(current_actor(), key)
     form.feature_key.choices = choices(
-        [(f.key, f"{f.name} ({f.type})") for f, _, _ in catalog.list_features()]
+        [(f.key, f"{f.name} ({f.type})") for f, _, _ in catalog.list_features(current_actor())]
     )
     return render_template(
         "admin/entitlements.html",
@@ -319,7 +319,9 @@ def features():
         return f"Created feature {feature.key}."
 
     return _submit(form, call, url_for("admin.features")) or (
-        render_template("admin/features.html", features=catalog.list_features(), form=form),
+        render_template(
+            "admin/features.html", features=catalog.list_features(current_actor()), form=form
+        ),
         _status(),
     )
 
@@ -341,18 +343,22 @@ def credit_systems():
 
     return _submit(form, call, url_for("admin.credit_systems")) or (
         render_template(
-            "admin/credit_systems.html", systems=catalog.list_credit_systems(), form=form
+            "admin/credit_systems.html",
+            systems=catalog.list_credit_systems(current_actor()),
+            form=form,
         ),
         _status(),
     )
 
 
 def _costs_page(form: CreditCostForm, status: int):
-    features = catalog.list_features()
+    features = catalog.list_features(current_actor())
     form.feature_key.choices = choices(
         [(f.key, f.name) for f, _, _ in features if f.type != "boolean"]
     )
-    form.credit_system.choices = choices([(s.key, s.name) for s in catalog.list_credit_systems()])
+    form.credit_system.choices = choices(
+        [(s.key, s.name) for s in catalog.list_credit_systems(current_actor())]
+    )
     return render_template(
         "admin/credit_costs.html",
         features=features,

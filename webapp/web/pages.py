@@ -71,7 +71,7 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         for e in summary.entitlements
         if e.feature_type == "persistent"
     ]
-    systems = [(s.key, s.name) for s in catalog.list_credit_systems()]
+    systems = [(s.key, s.name) for s in catalog.list_credit_systems(current_actor())]
     usage_form = forms.get("usage_form") or RecordUsageForm(formdata=None)
     reclaim_form = forms.get("reclaim_form") or ReclaimSeatsForm(formdata=None)
     topup_form = forms.get("topup_form") or TopupForm(formdata=None)
@@ -254,7 +254,7 @@ def wallets():
         page=_int_arg("page", 1),
     )
     args = {"q": request.args.get("q", ""), "system": request.args.get("system", "")}
-    systems = catalog.list_credit_systems()
+    systems = catalog.list_credit_systems(current_actor())
     template = "wallets/_results.html" if target() == "results" else "wallets/index.html"
     return render_template(template, listing=listing, args=args, systems=systems)
 
