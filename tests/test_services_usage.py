@@ -433,3 +433,17 @@ def test_a_large_batch_takes_the_bulk_path_and_keeps_every_invariant(catalog):
     assert {e.event_id: e.metadata for e in page.items}["bulk-299"] == {"n": 299}
     report = verify_ledger()
     assert report.ok, report.violations
+
+
+def test_reclaim_seats_is_negative_usage_of_a_persistent_feature(catalog):
+    for _ in range(3):
+        usage.record_usage(SYSTEM, customer_key=C, feature_key="seats")
+    result = usage.reclaim_seats(SYSTEM, customer_key=C, feature_key="seats", count="2")
+    assert (result.amount_micros, result.used_micros) == (-2_000_000, 1_000_000)
+    for bad in ("0", "-1", "x", "1.5"):
+        with pytest.raises(InvalidAmount):
+            usage.reclaim_seats(SYSTEM, customer_key=C, feature_key="seats", count=bad)
+    with pytest.raises(InvalidAmount):  # consumables have nothing to give back
+        usage.reclaim_seats(SYSTEM, customer_key=C, feature_key="api_calls", count="1")
+    with pytest.raises(Forbidden):
+        usage.reclaim_seats(actor("finance"), customer_key=C, feature_key="seats", count="1")

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, text, tuple_, update
@@ -683,6 +684,28 @@ def record_usage(actor: Actor, **fields: Any) -> UsageResult:
     if isinstance(result, DomainError):
         raise result
     return result
+
+
+def reclaim_seats(
+    actor: Actor,
+    *,
+    customer_key: object,
+    feature_key: object,
+    count: object,
+    event_id: object = None,
+) -> UsageResult:
+    """Give ``count`` units of a persistent feature back: usage of −count (domain.md, rule 6).
+    Never adds credits."""
+    count_micros = parse_micros(count, field="amount", error=InvalidAmount)
+    if count_micros <= 0:
+        raise InvalidAmount("Reclaim a positive number of seats.", field="amount")
+    return record_usage(
+        actor,
+        customer_key=customer_key,
+        feature_key=feature_key,
+        amount=-Decimal(count_micros).scaleb(-6),
+        event_id=event_id,
+    )
 
 
 def record_usage_batch(

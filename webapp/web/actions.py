@@ -73,12 +73,11 @@ def reclaim_seats(key: str):
     form = ReclaimSeatsForm()
 
     def call() -> str:
-        # Reclaiming n seats is usage of -n on the persistent feature (domain.md, rule 6).
-        result = usage.record_usage(
+        result = usage.reclaim_seats(
             current_actor(),
             customer_key=key,
             feature_key=form.feature_key.data,
-            amount="-" + form.amount.data.strip(),
+            count=form.amount.data.strip(),
             event_id=blank(form.event_id.data),
         )
         if result.replayed:
