@@ -556,3 +556,41 @@ def test_key_use_is_recorded(catalog, client_sdk, api_key):
     db.session.expire_all()
     (key,) = [k for k in auth.list_api_keys() if api_key.startswith(k.prefix)]
     assert key.last_used_at is not None
+
+
+def test_concurrent_patches_of_one_customer_lose_no_field(catalog, server, api_key):
+    """Each PATCH merges into the stored profile with compare-and-set, so eight clients that each
+    change another field at once all keep their change."""
+    fields = [
+        "display_name",
+        "legal_name",
+        "website_url",
+        "timezone",
+        "language",
+        "currency",
+        "tax_id",
+        "phone_number",
+    ]
+    barrier = threading.Barrier(len(fields))
+    statuses: list[int] = []
+
+    def patch(field: str) -> None:
+        barrier.wait()
+        response = requests.patch(
+            f"{server}/metrifox/api/v1/customers/{C}",
+            json={field: f"value-{field}"},
+            headers={"x-api-key": api_key},
+            timeout=30,
+        )
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=patch, args=(f,)) for f in fields]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert statuses == [200] * len(fields)
+    data = requests.get(
+        f"{server}/metrifox/api/v1/customers/{C}", headers={"x-api-key": api_key}, timeout=30
+    ).json()["data"]
+    assert {f: data.get(f) for f in fields} == {f: f"value-{f}" for f in fields}

@@ -177,3 +177,19 @@ def test_reset_periods_roll_over_at_utc_boundaries(period, at, start, reset):
 def test_never_has_one_period():
     assert period_start(datetime.now(UTC), "never") == EPOCH
     assert next_reset(datetime.now(UTC), "never") is None
+
+
+def test_update_customer_merges_into_the_stored_customer(catalog):
+    cat.update_customer(SYSTEM, C, metadata={"plan": "pro"})
+    seen = []
+
+    def merge(customer):
+        seen.append(dict(customer.extra))
+        return {"metadata": {**customer.extra, "seats": 5}, "name": "Merged"}
+
+    updated = cat.update_customer(SYSTEM, C, merge=merge)
+    assert seen == [{"plan": "pro"}]
+    assert (updated.extra, updated.name) == ({"plan": "pro", "seats": 5}, "Merged")
+    with pytest.raises(ValidationError):
+        cat.update_customer(SYSTEM, C, merge=lambda customer: {"metadata": [1]})
+    assert cat.get_customer(C).extra == {"plan": "pro", "seats": 5}

@@ -178,19 +178,23 @@ def update_customer(key: str) -> Response:
     body = json_body()
     if body.get("customer_key") not in (None, key):
         raise ValidationError("`customer_key` cannot change.", field="customer_key")
-    current = reads.customer_summary(actor(), key).customer
     changes, user = _split(body)
-    fields: dict[str, Any] = {}
-    if changes or user is not None:
-        profile = {**_profile(current), **changes}
-        kept_user = _user_metadata(current) if user is None else user
-        fields["metadata"] = _metadata(profile, kept_user)
-        if any(k in changes for k in NAME_FIELDS):
-            fields["name"] = _name(profile, current.name)
-    if "primary_email" in body:
-        fields["email"] = body["primary_email"]
+
+    def merge(current: Customer) -> dict[str, Any]:
+        # Runs inside the service's transaction with the customer's row locked.
+        fields: dict[str, Any] = {}
+        if changes or user is not None:
+            profile = {**_profile(current), **changes}
+            kept_user = _user_metadata(current) if user is None else user
+            fields["metadata"] = _metadata(profile, kept_user)
+            if any(k in changes for k in NAME_FIELDS):
+                fields["name"] = _name(profile, current.name)
+        if "primary_email" in body:
+            fields["email"] = body["primary_email"]
+        return fields
+
     try:
-        customer = catalog.update_customer(actor(), key, **fields)
+        customer = catalog.update_customer(actor(), key, merge=merge)
     except DomainError as exc:
         raise in_sdk_terms(exc, SDK_NAMES) from exc
     return respond({"message": "Customer updated", "data": _one(customer)})
