@@ -147,6 +147,9 @@ def test_openapi_document_and_docs_page_are_public(client):
     html = page.get_data(as_text=True)
     assert "POST" in html and "/api/v1/usage" in html and "insufficient_credits" in html
     assert "<script" not in html and "http://" not in html and "https://" not in html
+    # The CSP allows no inline style: the page's look comes from a stylesheet file.
+    assert "<style" not in html and " style=" not in html
+    assert client.get("/static/css/api-docs.css").status_code == 200
 
 
 def test_unknown_api_path_is_json_404(client, catalog):
