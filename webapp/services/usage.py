@@ -561,6 +561,7 @@ _INSERT_EVENTS_RETURNING = _INSERT_EVENTS.returning(_event_table.c.id, sort_by_p
 _NEXT_EVENT_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('usage_events', 'id')) FROM generate_series(1, :n)"
 )
+_LAST_EVENT_ID = text("SELECT coalesce(max(id), 0) FROM usage_events")
 _INSERT_LEDGER = insert(LedgerEntry.__table__)
 _INSERT_COUNTERS = insert(_counter_table)
 _INSERT_AUDIT = insert(AuditLog.__table__)
@@ -593,6 +594,15 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
         for row, event_pk in zip(rows, ids, strict=True):
             row["id"] = event_pk
         bulk_insert(conn, _event_table, rows)
+    elif len(rows) > 1 and conn.dialect.name == "sqlite":
+        # SQLite cannot return the ids of a multi-row insert in order, so SQLAlchemy would insert
+        # row by row. The transaction holds the write lock (BEGIN IMMEDIATE), so the next ids are
+        # ours to take: one plain executemany instead of one statement per event.
+        last = conn.execute(_LAST_EVENT_ID).scalar_one()
+        ids = list(range(last + 1, last + 1 + len(rows)))
+        for row, event_pk in zip(rows, ids, strict=True):
+            row["id"] = event_pk
+        conn.execute(_INSERT_EVENTS, rows)
     else:
         ids = conn.execute(_INSERT_EVENTS_RETURNING, rows).scalars().all()
     ledger_rows = []
