@@ -3,7 +3,7 @@
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local c = require("common")
 local threads = 0
-local thread_id = 0
+thread_id = 0  -- set per thread by setup() (a global: thread:set writes globals)
 local n = 0
 
 function setup(thread)

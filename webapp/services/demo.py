@@ -30,7 +30,7 @@ from . import catalog
 from .actors import SYSTEM, Actor
 from .money import MICROS, credit_cost_micros, parse_micros
 from .periods import effective_period, period_start
-from .usage import _fingerprint
+from .usage import _fingerprint, add_to_daily
 
 FEATURES = [
     # key, name, type, event_name, credit cost (credits per unit) or None
@@ -200,6 +200,8 @@ class _Buffers:
         ):
             if rows:
                 session.execute(insert(model.__table__), rows)
+                if model is UsageEvent:
+                    add_to_daily(session.connection(), rows)
                 rows.clear()
         session.commit()
 

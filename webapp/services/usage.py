@@ -12,10 +12,11 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import (
     CustomerNotFound,
@@ -31,6 +32,7 @@ from ..errors import (
 )
 from ..extensions import db
 from ..models import (
+    DAILY_SHARDS,
     AuditLog,
     CreditCost,
     CreditSystem,
@@ -39,6 +41,7 @@ from ..models import (
     Feature,
     LedgerEntry,
     UsageCounter,
+    UsageDaily,
     UsageEvent,
     Wallet,
     utcnow,
@@ -584,6 +587,38 @@ _UPDATE_WALLET = (
 )
 
 
+_daily_table = UsageDaily.__table__
+
+
+def _daily_upsert(dialect: Any) -> Any:
+    stmt = dialect.insert(_daily_table)
+    return stmt.on_conflict_do_update(
+        index_elements=["feature_id", "day", "shard"],
+        set_={"amount_micros": _daily_table.c.amount_micros + stmt.excluded.amount_micros},
+    )
+
+
+_UPSERT_DAILY = {"sqlite": _daily_upsert(sqlite), "postgresql": _daily_upsert(postgresql)}
+
+
+def add_to_daily(conn: Any, events: Iterable[Mapping[str, Any]]) -> None:
+    """Add events (rows of usage_events: customer_id, feature_id, timestamp, amount_micros) to
+    usage_daily, one upsert per (feature, day, shard), in key order."""
+    sums: dict[tuple[int, Any, int], int] = {}
+    for e in events:
+        day = e["timestamp"].astimezone(UTC).date()
+        k = (e["feature_id"], day, e["customer_id"] % DAILY_SHARDS)
+        sums[k] = sums.get(k, 0) + e["amount_micros"]
+    if sums:
+        conn.execute(
+            _UPSERT_DAILY[conn.dialect.name],
+            [
+                {"feature_id": f, "day": d, "shard": sh, "amount_micros": amount}
+                for (f, d, sh), amount in sorted(sums.items())
+            ],
+        )
+
+
 def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
     if not pending:
         return
@@ -637,6 +672,7 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
                 for k in sorted(state.dirty_wallets)
             ],
         )
+    add_to_daily(conn, rows)
     bulk_insert(conn, AuditLog.__table__, _audit_rows(actor, pending))
 
 
