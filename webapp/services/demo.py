@@ -173,6 +173,10 @@ def seed(
     )
     _reset_sequences()
     db.session.commit()
+    # A bulk load leaves the planner's statistics behind (autovacuum gets there later): refresh
+    # them now, so that the first page views after a seed get the plans they will have later.
+    db.session.execute(text("ANALYZE"))
+    db.session.commit()
     return stats
 
 
