@@ -2,9 +2,10 @@
 
 - ``GET /bench/noop``: API-key auth and a small JSON answer, nothing else (the HTTP floor).
 - ``POST /bench/raw``: the writes of one RecordUsage (insert event, move counter, deduct wallet,
-  insert ledger entry) in one transaction straight through the DB driver: no ORM, no parsing, no
-  rules, no idempotency. The writes stay consistent with each other (balance_after and used_after
-  are the values just written), so ``flask ledger verify`` still holds afterwards.
+  insert ledger entry, add to the daily rollup) in one transaction straight through the DB
+  driver: no ORM, no parsing, no rules, no idempotency. The writes stay consistent with each
+  other (balance_after and used_after are the values just written), so ``flask ledger verify``
+  still holds afterwards.
 
 Both authenticate with an API key exactly like /api/v1, so that the floors pay what the API pays.
 """
@@ -21,6 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 
 from .errors import Unauthorized
 from .extensions import db
+from .models import DAILY_SHARDS
 
 bp = Blueprint("bench", __name__, url_prefix="/bench")
 
@@ -167,6 +169,14 @@ def raw() -> Response:
                 actor,
                 stamp,
             ),
+        )
+        cur.execute(
+            _sql(
+                "INSERT INTO usage_daily (feature_id, day, shard, amount_micros) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (feature_id, day, shard) "
+                "DO UPDATE SET amount_micros = usage_daily.amount_micros + excluded.amount_micros"
+            ),
+            (t["feature"], now.date().isoformat(), t["customer"] % DAILY_SHARDS, amount),
         )
         cur.close()
         conn.commit()

@@ -637,7 +637,7 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
         ids = list(range(last + 1, last + 1 + len(rows)))
         for row, event_pk in zip(rows, ids, strict=True):
             row["id"] = event_pk
-        conn.execute(_INSERT_EVENTS, rows)
+        bulk_insert(conn, _event_table, rows)
     else:
         ids = conn.execute(_INSERT_EVENTS_RETURNING, rows).scalars().all()
     ledger_rows = []
@@ -696,8 +696,8 @@ def _audit_rows(actor: Actor, pending: list[_Pending]) -> list[dict[str, Any]]:
     return rows
 
 
-@transactional
-def _record(actor: Actor, raws: Sequence[Mapping[str, Any]]) -> list[UsageResult | DomainError]:
+def _parse_all(raws: Sequence[Mapping[str, Any]]) -> list[_Parsed | DomainError]:
+    """Shape checks need no database: done before the write transaction (and its lock)."""
     now = utcnow()
     parsed: list[_Parsed | DomainError] = []
     for raw in raws:
@@ -705,6 +705,12 @@ def _record(actor: Actor, raws: Sequence[Mapping[str, Any]]) -> list[UsageResult
             parsed.append(_parse(raw, now))
         except DomainError as exc:
             parsed.append(exc)
+    return parsed
+
+
+@transactional
+def _record(actor: Actor, parsed: list[_Parsed | DomainError]) -> list[UsageResult | DomainError]:
+    now = utcnow()
     valid = [p for p in parsed if isinstance(p, _Parsed)]
     state = _load_state(valid, now)
     pending: list[_Pending] = []
@@ -725,7 +731,7 @@ def record_usage(actor: Actor, **fields: Any) -> UsageResult:
     """Record one usage event (fields as in api.md: customer_key, feature_key or event_name,
     amount, event_id, timestamp, metadata). Raises the DomainError of the first rule it breaks."""
     require(actor, RECORD_USAGE)
-    (result,) = _record(actor, [fields])
+    (result,) = _record(actor, _parse_all([fields]))
     if isinstance(result, DomainError):
         raise result
     return result
@@ -741,7 +747,7 @@ def record_usage_batch(
         raise ValidationError(f"A batch holds at most {MAX_BATCH} events.", field="events")
     if not events:
         return []
-    return _record(actor, events)
+    return _record(actor, _parse_all(events))
 
 
 def check_entitlement(
