@@ -7,11 +7,15 @@ of through SQLAlchemy's per-row parameter processing."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Connection, Table, insert
+from sqlalchemy.exc import DBAPIError
 
 COPY_FROM = 20  # fewer rows go in as one INSERT: COPY costs more round trips than it saves
 SQLITE_DRIVER_FROM = 2  # one row: the cached SQLAlchemy statement is as fast
@@ -25,7 +29,11 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     if not rows:
         return
     if conn.dialect.name == "sqlite" and len(rows) >= SQLITE_DRIVER_FROM:
-        _sqlite_executemany(conn, table, rows)
+        _driver_insert(conn, table, rows, "?", _sqlite_value)
+        return
+    if conn.dialect.name == "postgresql" and not use_copy(conn, len(rows)):
+        # No implicit RETURNING of the new id (nobody reads it), so it can be pipelined.
+        _driver_insert(conn, table, rows, "%s", _pg_value)
         return
     if not use_copy(conn, len(rows)):
         conn.execute(insert(table), rows)
@@ -39,6 +47,24 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
             copy.write_row([_value(row[name], name in json_columns) for name in columns])
 
 
+@contextmanager
+def pipelined(conn: Connection, *, enabled: bool = True) -> Iterator[None]:
+    """On PostgreSQL, send the statements of the block in psycopg's pipeline mode: one round trip
+    for all of them. Only for statements whose results are not read (SQLAlchemy cannot read a
+    result before the pipeline syncs). Errors surface at the end of the block, wrapped as
+    SQLAlchemy would wrap them (IntegrityError, OperationalError...), so that the transaction's
+    retry rules still apply."""
+    if not enabled or conn.dialect.name != "postgresql":
+        yield
+        return
+    driver = conn.connection.driver_connection
+    try:
+        with driver.pipeline():  # type: ignore[union-attr]
+            yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error, dialect=conn.dialect) from exc
+
+
 def _value(value: Any, is_json: bool) -> Any:
     if value is None:
         return None
@@ -49,10 +75,15 @@ def _value(value: Any, is_json: bool) -> Any:
     return value
 
 
-def _sqlite_executemany(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """One executemany of plain tuples, with the values SQLAlchemy's SQLite types would store
-    (naive UTC 'YYYY-MM-DD HH:MM:SS.ffffff' text, ISO dates, JSON text; Python-side column
-    defaults for the columns the rows leave out)."""
+def _driver_insert(
+    conn: Connection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    placeholder: str,
+    convert: Callable[[Any, bool | None], Any],
+) -> None:
+    """One driver-level execute(many) of plain tuples, with the values the column types would
+    bind (``convert``) and the Python-side column defaults for the columns the rows leave out."""
     columns = list(rows[0])
     defaults = [
         (c.name, c.default.arg)
@@ -65,17 +96,27 @@ def _sqlite_executemany(conn: Connection, table: Table, rows: list[dict[str, Any
         for name in names
         if isinstance(table.c[name].type, JSON)
     }
-    sql = (
-        f'INSERT INTO "{table.name}" ({", ".join(f"{chr(34)}{n}{chr(34)}" for n in names)}) '
-        f"VALUES ({', '.join('?' for _ in names)})"
-    )
+    quoted = ", ".join(f'"{n}"' for n in names)
+    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({", ".join(placeholder for _ in names)})'
     params = []
     for row in rows:
-        values = [_sqlite_value(row[name], json_null.get(name)) for name in columns]
+        values = [convert(row[name], json_null.get(name)) for name in columns]
         for name, arg in defaults:
-            values.append(_sqlite_value(arg(None) if callable(arg) else arg, json_null.get(name)))
+            values.append(convert(arg(None) if callable(arg) else arg, json_null.get(name)))
         params.append(tuple(values))
-    conn.exec_driver_sql(sql, params)
+    conn.exec_driver_sql(sql, params if len(params) > 1 else params[0])
+
+
+def _pg_value(value: Any, json_null: bool | None) -> Any:
+    if json_null is not None:
+        if value is None:
+            return Json(None) if json_null else None
+        return Json(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
 
 
 def _sqlite_value(value: Any, json_null: bool | None) -> Any:

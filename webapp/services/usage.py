@@ -49,7 +49,7 @@ from ..models import (
 from . import validation
 from .actors import RECORD_USAGE, VIEW, Actor, require
 from .audit import audit_row
-from .bulk import bulk_insert, use_copy
+from .bulk import bulk_insert, pipelined, use_copy
 from .catalog import get_customer, get_feature
 from .money import MAX_TOTAL_MICROS, MICROS, credit_cost_micros, format_micros, parse_micros
 from .periods import effective_period, next_reset, period_start
@@ -645,6 +645,20 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
         if p.ledger is not None:
             p.ledger["usage_event_id"] = event_pk
             ledger_rows.append(p.ledger)
+    # The writes below return nothing: on PostgreSQL without COPY (which pipeline mode cannot
+    # carry) they go out in one round trip instead of one each.
+    with pipelined(conn, enabled=not use_copy(conn, len(rows))):
+        _write_rest(conn, state, pending, actor, rows, ledger_rows)
+
+
+def _write_rest(
+    conn: Any,
+    state: _State,
+    pending: list[_Pending],
+    actor: Actor,
+    rows: list[dict[str, Any]],
+    ledger_rows: list[dict[str, Any]],
+) -> None:
     bulk_insert(conn, LedgerEntry.__table__, ledger_rows)
     if state.new_counters:
         # A concurrent first use of the same counter makes this fail on the unique key;
