@@ -196,7 +196,7 @@ class Server:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/openapi.json")
                 return self
             except OSError:
-                time.sleep(0.2)
+                time.sleep(0.1)
         self.__exit__()
         raise RuntimeError("gunicorn did not start; see " + self.log.name)
 
@@ -502,11 +502,11 @@ def main() -> None:
     parser.add_argument("--only-dashboard", action="store_true")
     args = parser.parse_args()
     if args.seconds is None:
-        args.seconds = 2 if args.quick else 15
+        args.seconds = 1 if args.quick else 15
     args.rounds = 1 if args.quick else 3
     args.dash_customers = 500 if args.quick else 10000
-    args.dash_small = 2_000 if args.quick else 10_000
-    args.dash_large = 20_000 if args.quick else 1_000_000
+    args.dash_small = 1_000 if args.quick else 10_000
+    args.dash_large = 10_000 if args.quick else 1_000_000
     args.dash_repeats = 5 if args.quick else 25
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: `apt-get install -y wrk` (make bench does it when root).")
