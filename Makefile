@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app webapp
 export FLASK_APP := webapp
 
-.PHONY: run test install lint bench bench-quick soak clean
+.PHONY: run test install lint bench bench-quick wrk soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ test: install
 
 lint: install
 	$(BIN)/ruff check webapp tests bench
+
+# Benchmarks (bench/run.py): gunicorn + wrk on SQLite and PostgreSQL (127.0.0.1:5432, database
+# bench_sqlalchemy*, created and dropped by the script). Prints a markdown table and a summary line.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; \
+		else echo "wrk is missing: run 'sudo apt-get install -y wrk'"; exit 1; fi; }
+
+bench: install wrk
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: install wrk
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -115,6 +115,7 @@ TABLES = [
     "ledger_entries",
     "usage_counters",
     "usage_events",
+    "usage_daily",
     "wallets",
     "entitlements",
     "credit_costs",

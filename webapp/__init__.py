@@ -79,3 +79,7 @@ def _register_blueprints(app: Flask) -> None:
     except ImportError:  # pragma: no cover - the API package lands in its own change
         return
     register_api(app)
+    if app.config.get("BENCH_MODE"):
+        from .bench import register as register_bench
+
+        register_bench(app)

@@ -23,6 +23,7 @@ from ..models import (
     Entitlement,
     Feature,
     UsageCounter,
+    UsageDaily,
     UsageEvent,
     Wallet,
     utcnow,
@@ -193,15 +194,24 @@ def daily_usage(
     require(actor, VIEW)
     now = now or utcnow()
     first = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    day = func.date(UsageEvent.timestamp)
-    stmt = (
-        select(Feature.key, day, func.sum(UsageEvent.amount_micros))
-        .join(Feature, Feature.id == UsageEvent.feature_id)
-        .where(UsageEvent.timestamp >= first, Feature.type == "consumable")
-        .group_by(Feature.key, day)
-    )
     if customer_key not in (None, ""):
-        stmt = stmt.where(UsageEvent.customer_id == get_customer(customer_key).id)
+        # One customer's events of the window, by the (customer_id, timestamp) index.
+        day = func.date(UsageEvent.timestamp)
+        stmt = (
+            select(Feature.key, day, func.sum(UsageEvent.amount_micros))
+            .join(Feature, Feature.id == UsageEvent.feature_id)
+            .where(UsageEvent.timestamp >= first, Feature.type == "consumable")
+            .where(UsageEvent.customer_id == get_customer(customer_key).id)
+            .group_by(Feature.key, day)
+        )
+    else:
+        # Everyone: the daily rollup (features x days x shards rows), never the events.
+        stmt = (
+            select(Feature.key, UsageDaily.day, func.sum(UsageDaily.amount_micros))
+            .join(Feature, Feature.id == UsageDaily.feature_id)
+            .where(UsageDaily.day >= first.date(), Feature.type == "consumable")
+            .group_by(Feature.key, UsageDaily.day)
+        )
     sums: dict[tuple[str, date], int] = {}
     for key, when, micros in db.session.execute(stmt):
         if isinstance(when, str):  # SQLite's date() is text

@@ -30,7 +30,7 @@ from . import catalog
 from .actors import SYSTEM, Actor
 from .money import MICROS, credit_cost_micros, parse_micros
 from .periods import effective_period, period_start
-from .usage import _fingerprint
+from .usage import _fingerprint, add_to_daily
 
 FEATURES = [
     # key, name, type, event_name, credit cost (credits per unit) or None
@@ -173,6 +173,10 @@ def seed(
     )
     _reset_sequences()
     db.session.commit()
+    # A bulk load leaves the planner's statistics behind (autovacuum gets there later): refresh
+    # them now, so that the first page views after a seed get the plans they will have later.
+    db.session.execute(text("ANALYZE"))
+    db.session.commit()
     return stats
 
 
@@ -200,6 +204,8 @@ class _Buffers:
         ):
             if rows:
                 session.execute(insert(model.__table__), rows)
+                if model is UsageEvent:
+                    add_to_daily(session.connection(), rows)
                 rows.clear()
         session.commit()
 

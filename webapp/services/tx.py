@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from ..db_setup import immediate_begin
 from ..errors import Conflict, ServiceUnavailable
@@ -24,7 +25,7 @@ _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 @contextmanager
 def write_transaction() -> Iterator[None]:
     session = db.session()  # the request's Session behind the scoped proxy
-    if session.in_transaction():
+    if session.in_transaction() and not _can_continue(session):
         # End the read transaction the request may have opened (e.g. loading the user), so the
         # write transaction starts fresh with BEGIN IMMEDIATE and sees the latest data.
         session.commit()
@@ -44,6 +45,20 @@ def write_transaction() -> Iterator[None]:
     except BaseException:
         session.rollback()
         raise
+
+
+def _can_continue(session: Session) -> bool:
+    """On PostgreSQL (READ COMMITTED: every statement sees the latest commits) a read-only
+    transaction the request already opened, e.g. for the API key, can simply go on as the write
+    transaction: its COMMIT and the next BEGIN would be two round trips for nothing. Not with
+    pending ORM changes, which must not ride along, nor on SQLite (BEGIN IMMEDIATE)."""
+    if session.new or session.dirty or session.deleted:
+        return False
+    conn = session.connection()  # the transaction's connection: no round trip
+    if conn.dialect.name != "postgresql":
+        return False
+    level = conn.get_execution_options().get("isolation_level")
+    return (level or conn.dialect.default_isolation_level) == "READ COMMITTED"
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:

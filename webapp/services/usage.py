@@ -12,11 +12,12 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import (
     CustomerNotFound,
@@ -32,6 +33,7 @@ from ..errors import (
 )
 from ..extensions import db
 from ..models import (
+    DAILY_SHARDS,
     AuditLog,
     CreditCost,
     CreditSystem,
@@ -40,6 +42,7 @@ from ..models import (
     Feature,
     LedgerEntry,
     UsageCounter,
+    UsageDaily,
     UsageEvent,
     Wallet,
     utcnow,
@@ -47,7 +50,7 @@ from ..models import (
 from . import validation
 from .actors import RECORD_USAGE, VIEW, Actor, require
 from .audit import audit_row
-from .bulk import bulk_insert, use_copy
+from .bulk import bulk_insert, pipelined, use_copy
 from .catalog import get_customer, get_feature
 from .money import MAX_TOTAL_MICROS, MICROS, credit_cost_micros, format_micros, parse_micros
 from .periods import effective_period, next_reset, period_start
@@ -562,6 +565,7 @@ _INSERT_EVENTS_RETURNING = _INSERT_EVENTS.returning(_event_table.c.id, sort_by_p
 _NEXT_EVENT_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('usage_events', 'id')) FROM generate_series(1, :n)"
 )
+_LAST_EVENT_ID = text("SELECT coalesce(max(id), 0) FROM usage_events")
 _INSERT_LEDGER = insert(LedgerEntry.__table__)
 _INSERT_COUNTERS = insert(_counter_table)
 _INSERT_AUDIT = insert(AuditLog.__table__)
@@ -584,6 +588,38 @@ _UPDATE_WALLET = (
 )
 
 
+_daily_table = UsageDaily.__table__
+
+
+def _daily_upsert(dialect: Any) -> Any:
+    stmt = dialect.insert(_daily_table)
+    return stmt.on_conflict_do_update(
+        index_elements=["feature_id", "day", "shard"],
+        set_={"amount_micros": _daily_table.c.amount_micros + stmt.excluded.amount_micros},
+    )
+
+
+_UPSERT_DAILY = {"sqlite": _daily_upsert(sqlite), "postgresql": _daily_upsert(postgresql)}
+
+
+def add_to_daily(conn: Any, events: Iterable[Mapping[str, Any]]) -> None:
+    """Add events (rows of usage_events: customer_id, feature_id, timestamp, amount_micros) to
+    usage_daily, one upsert per (feature, day, shard), in key order."""
+    sums: dict[tuple[int, Any, int], int] = {}
+    for e in events:
+        day = e["timestamp"].astimezone(UTC).date()
+        k = (e["feature_id"], day, e["customer_id"] % DAILY_SHARDS)
+        sums[k] = sums.get(k, 0) + e["amount_micros"]
+    if sums:
+        conn.execute(
+            _UPSERT_DAILY[conn.dialect.name],
+            [
+                {"feature_id": f, "day": d, "shard": sh, "amount_micros": amount}
+                for (f, d, sh), amount in sorted(sums.items())
+            ],
+        )
+
+
 def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
     if not pending:
         return
@@ -594,6 +630,15 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
         for row, event_pk in zip(rows, ids, strict=True):
             row["id"] = event_pk
         bulk_insert(conn, _event_table, rows)
+    elif len(rows) > 1 and conn.dialect.name == "sqlite":
+        # SQLite cannot return the ids of a multi-row insert in order, so SQLAlchemy would insert
+        # row by row. The transaction holds the write lock (BEGIN IMMEDIATE), so the next ids are
+        # ours to take: one plain executemany instead of one statement per event.
+        last = conn.execute(_LAST_EVENT_ID).scalar_one()
+        ids = list(range(last + 1, last + 1 + len(rows)))
+        for row, event_pk in zip(rows, ids, strict=True):
+            row["id"] = event_pk
+        bulk_insert(conn, _event_table, rows)
     else:
         ids = conn.execute(_INSERT_EVENTS_RETURNING, rows).scalars().all()
     ledger_rows = []
@@ -601,6 +646,20 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
         if p.ledger is not None:
             p.ledger["usage_event_id"] = event_pk
             ledger_rows.append(p.ledger)
+    # The writes below return nothing: on PostgreSQL without COPY (which pipeline mode cannot
+    # carry) they go out in one round trip instead of one each.
+    with pipelined(conn, enabled=not use_copy(conn, len(rows))):
+        _write_rest(conn, state, pending, actor, rows, ledger_rows)
+
+
+def _write_rest(
+    conn: Any,
+    state: _State,
+    pending: list[_Pending],
+    actor: Actor,
+    rows: list[dict[str, Any]],
+    ledger_rows: list[dict[str, Any]],
+) -> None:
     bulk_insert(conn, LedgerEntry.__table__, ledger_rows)
     if state.new_counters:
         # A concurrent first use of the same counter makes this fail on the unique key;
@@ -628,6 +687,7 @@ def _write(state: _State, pending: list[_Pending], actor: Actor) -> None:
                 for k in sorted(state.dirty_wallets)
             ],
         )
+    add_to_daily(conn, rows)
     bulk_insert(conn, AuditLog.__table__, _audit_rows(actor, pending))
 
 
@@ -651,8 +711,8 @@ def _audit_rows(actor: Actor, pending: list[_Pending]) -> list[dict[str, Any]]:
     return rows
 
 
-@transactional
-def _record(actor: Actor, raws: Sequence[Mapping[str, Any]]) -> list[UsageResult | DomainError]:
+def _parse_all(raws: Sequence[Mapping[str, Any]]) -> list[_Parsed | DomainError]:
+    """Shape checks need no database: done before the write transaction (and its lock)."""
     now = utcnow()
     parsed: list[_Parsed | DomainError] = []
     for raw in raws:
@@ -660,6 +720,12 @@ def _record(actor: Actor, raws: Sequence[Mapping[str, Any]]) -> list[UsageResult
             parsed.append(_parse(raw, now))
         except DomainError as exc:
             parsed.append(exc)
+    return parsed
+
+
+@transactional
+def _record(actor: Actor, parsed: list[_Parsed | DomainError]) -> list[UsageResult | DomainError]:
+    now = utcnow()
     valid = [p for p in parsed if isinstance(p, _Parsed)]
     state = _load_state(valid, now)
     pending: list[_Pending] = []
@@ -680,7 +746,7 @@ def record_usage(actor: Actor, **fields: Any) -> UsageResult:
     """Record one usage event (fields as in api.md: customer_key, feature_key or event_name,
     amount, event_id, timestamp, metadata). Raises the DomainError of the first rule it breaks."""
     require(actor, RECORD_USAGE)
-    (result,) = _record(actor, [fields])
+    (result,) = _record(actor, _parse_all([fields]))
     if isinstance(result, DomainError):
         raise result
     return result
@@ -718,7 +784,7 @@ def record_usage_batch(
         raise ValidationError(f"A batch holds at most {MAX_BATCH} events.", field="events")
     if not events:
         return []
-    return _record(actor, events)
+    return _record(actor, _parse_all(events))
 
 
 def check_entitlement(

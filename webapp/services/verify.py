@@ -10,11 +10,13 @@ from sqlalchemy import BigInteger, and_, cast, func, literal, or_, select
 
 from ..extensions import db
 from ..models import (
+    DAILY_SHARDS,
     Customer,
     Entitlement,
     Feature,
     LedgerEntry,
     UsageCounter,
+    UsageDaily,
     UsageEvent,
     Wallet,
     utcnow,
@@ -56,6 +58,7 @@ def verify_ledger() -> Report:
         _wallets_not_negative(),
         _ledger_chain(),
         _counters_match_events(),
+        _daily_matches_events(),
         _persistent_not_negative(),
         _within_allowance(),
         _usage_entries_point_at_events(),
@@ -181,6 +184,49 @@ def _counters_match_events() -> Check:
         check.violations.append(
             f"events of customer {cid} feature {fid} period {start:%Y-%m-%d} sum to "
             f"{format_micros(total)} but there is no counter"
+        )
+    return check
+
+
+def _daily_matches_events() -> Check:
+    """usage_daily (the dashboard's chart) holds the events' exact sums per feature/day/shard."""
+    day = func.date(UsageEvent.timestamp)
+    shard = UsageEvent.customer_id % DAILY_SHARDS
+    sums = (
+        select(
+            UsageEvent.feature_id,
+            day.label("day"),
+            shard.label("shard"),
+            _sum(UsageEvent.amount_micros).label("total"),
+        )
+        .group_by(UsageEvent.feature_id, day, shard)
+        .subquery()
+    )
+    d = UsageDaily
+    joined = and_(sums.c.feature_id == d.feature_id, sums.c.day == d.day, sums.c.shard == d.shard)
+    mismatched = (
+        select(d.feature_id, d.day, d.shard, d.amount_micros, func.coalesce(sums.c.total, 0))
+        .outerjoin(sums, joined)
+        .where(d.amount_micros != func.coalesce(sums.c.total, 0))
+    )
+    check = _run(
+        "daily usage rollup = sum of its day's event amounts",
+        select(func.count()).select_from(d),
+        mismatched,
+        lambda fid, day, sh, amount, total: (
+            f"usage_daily feature {fid} day {day} shard {sh}: {format_micros(amount)} but "
+            f"events sum to {format_micros(total)}"
+        ),
+    )
+    orphaned = (
+        select(sums.c.feature_id, sums.c.day, sums.c.shard, sums.c.total)
+        .outerjoin(d, joined)
+        .where(d.feature_id.is_(None))
+    )
+    for fid, day, sh, total in db.session.execute(orphaned.limit(MAX_REPORTED)):
+        check.violations.append(
+            f"events of feature {fid} day {day} shard {sh} sum to {format_micros(total)} but "
+            "usage_daily has no row"
         )
     return check
 

@@ -1,0 +1,545 @@
+"""The benchmark: gunicorn on loopback with the production configuration, driven by wrk.
+
+    .venv/bin/python bench/run.py            # full run (a few minutes)
+    .venv/bin/python bench/run.py --quick    # under a minute
+
+For each database (SQLite file, PostgreSQL database ``bench_sqlalchemy`` on 127.0.0.1:5432) it
+creates a fresh schema, a bench catalog and 100 customers with large wallets, starts gunicorn with
+WEBAPP_BENCH_MODE=true (which adds the /bench floors) and runs, each with 16 connections:
+
+  noop      GET /bench/noop: API-key auth and a JSON answer (HTTP floor)
+  raw       POST /bench/raw: RecordUsage's four writes through the raw driver (write floor)
+  single    POST /api/v1/usage, one event per request, over 100 customers
+  batch     POST /api/v1/usage/batch, 1,000 events per request, over 100 customers
+  hot       POST /api/v1/usage, all 16 connections on one customer's wallet
+  spread    the same over 100 customers (== single, measured again next to hot)
+
+then `flask ledger verify`, the workers' RSS, and the dashboard at two data sizes (in-process,
+server time only, with the number of SQL statements per page). Prints a markdown table and one
+summary line with every ratio; writes bench/results/latest.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+LUA = BENCH / "lua"
+VENV_BIN = Path(sys.executable).parent
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_DB = "bench_sqlalchemy"
+CONNECTIONS = 16
+CUSTOMERS = 100
+SECRET = "bench-" + "0" * 40
+
+
+# ---------------------------------------------------------------- databases
+
+
+def database_url(kind: str, name: str) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{RESULTS / (name + '.sqlite3')}"
+    suffix = "" if name == "api" else "_" + name
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_DB}{suffix}"
+
+
+def fresh_database(kind: str, name: str) -> str:
+    url = database_url(kind, name)
+    if kind == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(RESULTS / (name + ".sqlite3")) + suffix).unlink(missing_ok=True)
+    else:
+        import psycopg
+
+        dbname = url.rsplit("/", 1)[1]
+        assert dbname.startswith(PG_DB)  # never anything else
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    flask(url, "db", "upgrade")
+    return url
+
+
+def drop_database(kind: str, url: str) -> None:
+    if kind != "postgresql":
+        return
+    import psycopg
+
+    dbname = url.rsplit("/", 1)[1]
+    assert dbname.startswith(PG_DB)
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def app_env(url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=url,
+        FLASK_APP="webapp",
+        WEBAPP_SECRET_KEY=SECRET,
+        **extra,
+    )
+    return env
+
+
+def flask(url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "webapp", *args],
+        env=app_env(url),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+SETUP_CODE = r"""
+import sys
+from webapp import create_app
+from webapp.services import auth, catalog, usage, wallets
+from webapp.services.actors import SYSTEM
+
+app = create_app()
+with app.app_context():
+    catalog.create_credit_system(SYSTEM, key="bench_credits", name="Bench credits")
+    catalog.create_feature(SYSTEM, key="bench_calls", name="Bench calls", type="consumable",
+                           event_name="bench.call")
+    catalog.set_credit_cost(SYSTEM, "bench_calls", credit_system="bench_credits", cost="0.001")
+    keys = ["bench-raw", "bench-hot"] + [f"bench-c{i:03d}" for i in range(int(sys.argv[1]))]
+    for key in keys:
+        catalog.create_customer(SYSTEM, key=key, name=key, email=None)
+        catalog.set_entitlement(SYSTEM, key, "bench_calls", allowance=None, reset_period="month")
+        wallets.topup_wallet(SYSTEM, customer_key=key, credit_system="bench_credits",
+                             amount="1000000000")
+        usage.record_usage(SYSTEM, customer_key=key, feature_key="bench_calls", amount=1)
+    print(auth.create_api_key(SYSTEM, name="bench", role="admin").secret)
+"""
+
+
+def setup_data(url: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", SETUP_CODE, str(CUSTOMERS)],
+        env=app_env(url),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def count_events(url: str) -> int:
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return conn.execute("SELECT count(*) FROM usage_events").fetchone()[0]
+    import psycopg
+
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        return conn.execute("SELECT count(*) FROM usage_events").fetchone()[0]
+
+
+# ---------------------------------------------------------------- server and load
+
+
+class Server:
+    def __init__(self, url: str, port: int, workers: int, threads: int) -> None:
+        self.url, self.port, self.workers, self.threads = url, port, workers, threads
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        args = [
+            str(VENV_BIN / "gunicorn"),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(self.workers),
+            "--backlog",
+            "256",
+            "--log-level",
+            "warning",
+        ]
+        if self.threads > 1:
+            args += ["--worker-class", "gthread", "--threads", str(self.threads)]
+        args.append("webapp:create_app()")
+        env = app_env(
+            self.url,
+            WEBAPP_BENCH_MODE="true",
+            # Production settings, except the per-key rate limit (6000/min), which a load test
+            # from one key would hit at once. The limiter itself still runs on every call.
+            WEBAPP_API_RATE_LIMIT="100000000 per minute",
+        )
+        self.log = open(RESULTS / f"gunicorn-{self.port}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/openapi.json")
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError("gunicorn did not start; see " + self.log.name)
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
+        )
+        return [int(p) for p in out.stdout.split()]
+
+    def worker_rss_mb(self) -> float:
+        rss = []
+        for pid in self.worker_pids():
+            status = Path(f"/proc/{pid}/status").read_text()
+            rss.append(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024)
+        return max(rss) if rss else 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def wrk(port: int, path: str, script: str, seconds: float, key: str, **env: str) -> dict[str, Any]:
+    full_env = dict(os.environ)
+    full_env.update(
+        BENCH_API_KEY=key,
+        BENCH_LUA_DIR=str(LUA),
+        BENCH_RUN=secrets.token_hex(4),
+        **env,
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{CONNECTIONS}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA / script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON "))
+    result = json.loads(line.removeprefix("BENCH_JSON "))
+    # wrk stops mid-request; let the sync workers finish what they hold before the next run.
+    time.sleep(min(10.0, result["max_us"] / 1e6 + 0.3))
+    result["seconds"] = result["duration_us"] / 1e6
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def interleaved(rounds: int, seconds: float, **runs: Any) -> dict[str, dict[str, Any]]:
+    """Each run ``rounds`` times for seconds/rounds, in turn; summed: requests / total time,
+    the median of the rounds' p50 and the worst round's p99."""
+    parts: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            parts[name].append(run(seconds / rounds))
+    out = {}
+    for name, results in parts.items():
+        total = {
+            "requests": sum(r["requests"] for r in results),
+            "seconds": sum(r["seconds"] for r in results),
+            "non2xx": sum(r["non2xx"] for r in results),
+            "socket_errors": sum(r["socket_errors"] for r in results),
+            "p50_us": statistics.median(r["p50_us"] for r in results),
+            "p90_us": statistics.median(r["p90_us"] for r in results),
+            "p99_us": max(r["p99_us"] for r in results),
+            "rounds": [round(r["rps"]) for r in results],
+        }
+        total["rps"] = total["requests"] / total["seconds"]
+        out[name] = total
+    return out
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def run_api(kind: str, args: argparse.Namespace, port: int) -> dict[str, Any]:
+    url = fresh_database(kind, "api")
+    key = setup_data(url)
+    secs = args.seconds
+    res: dict[str, Any] = {"db": kind}
+    with Server(url, port, args.workers, args.threads) as server:
+        wrk(port, "/bench/noop", "noop.lua", 1, key)  # warm-up: workers, pools, caches
+        # The machine is shared and its load drifts: runs whose ratio is a target are
+        # interleaved in short rounds (A B A B ...) and summed, so that drift hits both alike.
+        res.update(
+            interleaved(
+                args.rounds,
+                noop=lambda s: wrk(port, "/bench/noop", "noop.lua", s, key),
+                raw=lambda s: wrk(port, "/bench/raw", "raw.lua", s, key),
+                single=lambda s: wrk(port, "/api/v1/usage", "single.lua", s, key),
+                seconds=secs,
+            )
+        )
+        before = count_events(url)
+        res["batch"] = wrk(port, "/api/v1/usage/batch", "batch.lua", secs, key)
+        recorded = count_events(url) - before
+        b = res["batch"]
+        b["events"] = min(recorded, b["requests"] * 1000)
+        b["events_per_s"] = b["events"] / b["seconds"]
+        b["all_recorded"] = recorded >= b["requests"] * 1000
+        res["rss_mb"] = server.worker_rss_mb()
+        res.update(
+            interleaved(
+                args.rounds,
+                hot=lambda s: wrk(port, "/api/v1/usage", "single.lua", s, key, BENCH_CUSTOMERS="1"),
+                spread=lambda s: wrk(port, "/api/v1/usage", "single.lua", s, key),
+                seconds=secs,
+            )
+        )
+    verify = flask(url, "ledger", "verify", check=False)
+    res["verify_ok"] = verify.returncode == 0
+    res["verify_output"] = (verify.stdout + verify.stderr)[-2000:]
+    res["events_total"] = count_events(url)
+    drop_database(kind, url)
+    return res
+
+
+DASHBOARD_CODE = r"""
+import json, statistics, sys, time
+from sqlalchemy import event, func, select
+from webapp import create_app
+from webapp.extensions import db
+from webapp.models import UsageEvent, Customer
+from webapp.services import auth
+from webapp.services.actors import SYSTEM
+
+app = create_app({"WTF_CSRF_ENABLED": False, "RATELIMIT_ENABLED": False})
+repeats = int(sys.argv[1])
+with app.app_context():
+    auth.create_user(SYSTEM, email="bench@example.com", role="admin",
+                     password="correct horse battery")
+    top = db.session.execute(
+        select(Customer.key).join(UsageEvent, UsageEvent.customer_id == Customer.id)
+        .group_by(Customer.key).order_by(func.count().desc()).limit(1)
+    ).scalar()
+    db.session.remove()
+    statements = []
+    event.listen(db.engine, "before_cursor_execute",
+                 lambda *a, **k: statements.append(a[2]))
+client = app.test_client()
+r = client.post("/login", data={"email": "bench@example.com", "password": "correct horse battery"})
+assert r.status_code == 303, r.status_code
+out = {}
+for url in ("/", "/customers", f"/customers/{top}"):
+    assert client.get(url).status_code == 200  # warm
+    times = []
+    for _ in range(repeats):
+        statements.clear()
+        t0 = time.perf_counter()
+        assert client.get(url).status_code == 200
+        times.append(time.perf_counter() - t0)
+    name = "/customers/<key>" if url.startswith("/customers/") else url
+    out[name] = {"median_ms": statistics.median(times) * 1000, "queries": len(statements)}
+print(json.dumps(out))
+"""
+
+
+def dashboard_at(kind: str, customers: int, events: int, repeats: int) -> dict[str, Any]:
+    url = fresh_database(kind, f"dash{events}")
+    t0 = time.time()
+    flask(url, "demo", "seed", "--customers", str(customers), "--events", str(events))
+    seeded = time.time() - t0
+    out = subprocess.run(
+        [sys.executable, "-c", DASHBOARD_CODE, str(repeats)],
+        env=app_env(url),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    drop_database(kind, url)
+    return {"pages": json.loads(out.stdout.strip().splitlines()[-1]), "seed_s": seeded}
+
+
+def run_dashboard(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    small = dashboard_at(kind, args.dash_customers, args.dash_small, args.dash_repeats)
+    large = dashboard_at(kind, args.dash_customers, args.dash_large, args.dash_repeats)
+    pages = {}
+    for page, s in small["pages"].items():
+        big = large["pages"][page]
+        pages[page] = {
+            "small_ms": s["median_ms"],
+            "large_ms": big["median_ms"],
+            "growth": big["median_ms"] / s["median_ms"],
+            "queries_small": s["queries"],
+            "queries_large": big["queries"],
+        }
+    return {"pages": pages, "seed_s": large["seed_s"]}
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.split("\n")[1]
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": " ".join(mem.split()[:2]),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def ms(us: float) -> str:
+    return f"{us / 1000:.1f} ms"
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, str]:
+    rows = ["| database | scenario | throughput | p50 | p99 | notes |", "|---|---|---|---|---|---|"]
+    ratios: list[str] = []
+    for r in results:
+        d = r["db"]
+        a = r.get("api")
+        if a:
+            for name, label in (
+                ("noop", "floor: no-op JSON (`GET /bench/noop`)"),
+                ("raw", "floor: raw-driver writes (`POST /bench/raw`)"),
+                ("single", "1. single event `POST /api/v1/usage`"),
+            ):
+                x = a[name]
+                rows.append(
+                    f"| {d} | {label} | {x['rps']:,.0f} req/s | {ms(x['p50_us'])} | "
+                    f"{ms(x['p99_us'])} | {x['requests']:,} requests, {x['non2xx']} non-2xx |"
+                )
+            b = a["batch"]
+            rows.append(
+                f"| {d} | 2. batch of 1,000 `POST /api/v1/usage/batch` | "
+                f"{b['events_per_s']:,.0f} events/s | {ms(b['p50_us'])} | {ms(b['p99_us'])} | "
+                f"{b['requests']:,} batches, all recorded: {b['all_recorded']}; "
+                f"worker RSS after: {a['rss_mb']:.0f} MB |"
+            )
+            for name, label in (("hot", "3. contention: 1 wallet"), ("spread", "3. 100 wallets")):
+                x = a[name]
+                rows.append(
+                    f"| {d} | {label} | {x['rps']:,.0f} req/s | {ms(x['p50_us'])} | "
+                    f"{ms(x['p99_us'])} | {x['non2xx']} non-2xx |"
+                )
+            rows.append(
+                f"| {d} | ledger verify after all of the above | "
+                f"{'clean' if a['verify_ok'] else 'FAILED'} | | | "
+                f"{a['events_total']:,} events in the database |"
+            )
+            s1 = a["single"]["rps"] / a["raw"]["rps"]
+            target2 = 30000 if d == "sqlite" else 10000
+            ratios += [
+                f"{d}: single/raw = {s1:.2f} (≥ 0.75), "
+                f"single p99 = {a['single']['p99_us'] / 1000:.1f} ms (≤ 15)",
+                f"{d}: batch = {b['events_per_s']:,.0f} events/s (≥ {target2:,})",
+                f"{d}: hot/spread = {a['hot']['rps'] / a['spread']['rps']:.2f} (≥ 0.5), "
+                f"verify {'clean' if a['verify_ok'] else 'FAILED'}",
+                f"{d}: worker RSS = {a['rss_mb']:.0f} MB (< 150)",
+            ]
+        dash = r.get("dashboard")
+        if dash:
+            worst = 0.0
+            maxq = 0
+            for page, p in dash["pages"].items():
+                worst = max(worst, p["growth"])
+                maxq = max(maxq, p["queries_small"], p["queries_large"])
+                rows.append(
+                    f"| {d} | 4. dashboard `{page}` | {p['small_ms']:.1f} → {p['large_ms']:.1f} ms "
+                    f"(×{p['growth']:.2f}) | | | {p['queries_small']} → {p['queries_large']} "
+                    f"queries; {args.dash_small:,} → {args.dash_large:,} events |"
+                )
+            const = all(p["queries_small"] == p["queries_large"] for p in dash["pages"].values())
+            ratios.append(
+                f"{d}: dashboard growth = ×{worst:.2f} (≤ 1.3), queries max {maxq} "
+                f"{'constant' if const else 'NOT constant'} (≤ 15)"
+            )
+    summary = "SUMMARY: " + "; ".join(ratios)
+    return "\n".join(rows), summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, small dashboard data")
+    parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", 4)))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--port", type=int, default=5831)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--skip-dashboard", action="store_true")
+    parser.add_argument("--only-dashboard", action="store_true")
+    args = parser.parse_args()
+    if args.seconds is None:
+        args.seconds = 1 if args.quick else 15
+    args.rounds = 1 if args.quick else 3
+    args.dash_customers = 500 if args.quick else 10000
+    args.dash_small = 1_000 if args.quick else 10_000
+    args.dash_large = 10_000 if args.quick else 1_000_000
+    args.dash_repeats = 5 if args.quick else 25
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: `apt-get install -y wrk` (make bench does it when root).")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results = []
+    for kind in args.db.split(","):
+        r: dict[str, Any] = {"db": kind}
+        if not args.only_dashboard:
+            r["api"] = run_api(kind, args, args.port)
+            print(f"# {kind}: API scenarios done at {time.time() - started:.0f}s", file=sys.stderr)
+        if not args.skip_dashboard:
+            r["dashboard"] = run_dashboard(kind, args)
+            print(f"# {kind}: dashboard done at {time.time() - started:.0f}s", file=sys.stderr)
+        results.append(r)
+    table, summary = report(results, args)
+    m = machine()
+    head = (
+        f"{'Quick' if args.quick else 'Full'} run, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - started:.0f} s. "
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, "
+        f"Python {m['python']}. gunicorn {args.workers} sync workers"
+        f"{f' x {args.threads} threads' if args.threads > 1 else ''}, wrk 2 threads, "
+        f"{CONNECTIONS} connections, {args.seconds:g} s per scenario (noop/raw/single and "
+        f"hot/spread interleaved in {args.rounds} rounds each; batch in one run)."
+    )
+    text = f"{head}\n\n{table}\n\n{summary}\n"
+    print(text)
+    (RESULTS / ("quick.md" if args.quick else "latest.md")).write_text(text)
+    (RESULTS / ("quick.json" if args.quick else "latest.json")).write_text(
+        json.dumps({"machine": m, "results": results}, indent=2, default=str)
+    )
+
+
+if __name__ == "__main__":
+    main()

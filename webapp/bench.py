@@ -1,0 +1,192 @@
+"""Benchmark floors, registered only when BENCH_MODE is on (``WEBAPP_BENCH_MODE=true``).
+
+- ``GET /bench/noop``: API-key auth and a small JSON answer, nothing else (the HTTP floor).
+- ``POST /bench/raw``: the writes of one RecordUsage (insert event, move counter, deduct wallet,
+  insert ledger entry, add to the daily rollup) in one transaction straight through the DB
+  driver: no ORM, no parsing, no rules, no idempotency. The writes stay consistent with each
+  other (balance_after and used_after are the values just written), so ``flask ledger verify``
+  still holds afterwards.
+
+Both authenticate with an API key exactly like /api/v1, so that the floors pay what the API pays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+
+from .errors import Unauthorized
+from .extensions import db
+from .models import DAILY_SHARDS
+
+bp = Blueprint("bench", __name__, url_prefix="/bench")
+
+RAW_CUSTOMER = "bench-raw"
+RAW_FEATURE = "bench_calls"
+RAW_CREDITS = "bench_credits"
+RAW_COST_MICROS = 1000  # 0.001 credit per event
+_targets: dict[str, Any] = {}
+
+
+def register(app: Flask) -> None:
+    from .extensions import csrf, limiter
+
+    csrf.exempt(bp)
+    limiter.exempt(bp)
+    app.register_blueprint(bp)
+
+
+@bp.before_request
+def authenticate() -> None:
+    from .services import auth
+
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send an API key as `Authorization: Bearer <key>`.")
+    key = auth.authenticate_api_key(token.strip())
+    g.api_actor = auth.key_actor(key)
+    auth.touch_api_key(key)
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload) + "\n", status=status, mimetype="application/json")
+
+
+@bp.get("/noop")
+def noop() -> Response:
+    return _json({"ok": True})
+
+
+def _sqlite() -> bool:
+    return db.engine.dialect.name == "sqlite"
+
+
+def _sql(statement: str) -> str:
+    return statement.replace("%s", "?") if _sqlite() else statement
+
+
+def _db_time(value: datetime) -> Any:
+    naive = value.astimezone(UTC).replace(tzinfo=None)
+    return naive.isoformat(sep=" ", timespec="microseconds") if _sqlite() else naive
+
+
+def _load_targets(cur: Any) -> dict[str, Any]:
+    """The bench customer's ids, looked up once per process (not part of the measured work)."""
+    if not _targets:
+        cur.execute(
+            _sql(
+                "SELECT c.id, f.id, w.id, u.period_start FROM customers c "
+                "JOIN features f ON f.key = %s "
+                "JOIN credit_systems s ON s.key = %s "
+                "JOIN wallets w ON w.customer_id = c.id AND w.credit_system_id = s.id "
+                "JOIN usage_counters u ON u.customer_id = c.id AND u.feature_id = f.id "
+                "WHERE c.key = %s ORDER BY u.period_start DESC LIMIT 1"
+            ),
+            (RAW_FEATURE, RAW_CREDITS, RAW_CUSTOMER),
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise RuntimeError("bench data missing: run bench/run.py's setup first")
+        _targets.update(customer=row[0], feature=row[1], wallet=row[2], period=row[3])
+    return _targets
+
+
+@bp.post("/raw")
+def raw() -> Response:
+    request.get_data()  # read the body like the API does
+    actor = g.api_actor.label
+    now = datetime.now(UTC)
+    conn = db.engine.raw_connection()
+    try:
+        cur = conn.cursor()
+        t = _load_targets(cur)
+        if _sqlite():
+            cur.execute("BEGIN IMMEDIATE")
+        amount = 1_000_000
+        cur.execute(
+            _sql(
+                "UPDATE usage_counters SET used_micros = used_micros + %s "
+                "WHERE customer_id = %s AND feature_id = %s AND period_start = %s "
+                "RETURNING used_micros"
+            ),
+            (amount, t["customer"], t["feature"], t["period"]),
+        )
+        (used,) = cur.fetchone()
+        cur.execute(
+            _sql(
+                "UPDATE wallets SET balance_micros = balance_micros - %s, updated_at = %s "
+                "WHERE id = %s RETURNING balance_micros"
+            ),
+            (RAW_COST_MICROS, _db_time(now), t["wallet"]),
+        )
+        (balance,) = cur.fetchone()
+        event_id = uuid.uuid4().hex
+        stamp = _db_time(now)
+        fingerprint = hashlib.sha256(f"{t['feature']}:{amount}:".encode()).hexdigest()
+        cur.execute(
+            _sql(
+                "INSERT INTO usage_events (customer_id, feature_id, event_id, amount_micros, "
+                "timestamp, period_start, metadata, credits_micros, overage_micros, "
+                "used_after_micros, allowance_micros, balance_after_micros, fingerprint, actor, "
+                "recorded_at) VALUES (%s, %s, %s, %s, %s, %s, NULL, %s, 0, %s, NULL, %s, %s, %s, "
+                "%s) RETURNING id"
+            ),
+            (
+                t["customer"],
+                t["feature"],
+                event_id,
+                amount,
+                stamp,
+                t["period"],
+                RAW_COST_MICROS,
+                used,
+                balance,
+                fingerprint,
+                actor,
+                stamp,
+            ),
+        )
+        (event_pk,) = cur.fetchone()
+        cur.execute(
+            _sql(
+                "INSERT INTO ledger_entries (wallet_id, customer_id, type, amount_micros, "
+                "balance_after_micros, usage_event_id, reference, actor, created_at) "
+                "VALUES (%s, %s, 'usage', %s, %s, %s, %s, %s, %s)"
+            ),
+            (
+                t["wallet"],
+                t["customer"],
+                -RAW_COST_MICROS,
+                balance,
+                event_pk,
+                f"{RAW_FEATURE}:{event_id}",
+                actor,
+                stamp,
+            ),
+        )
+        cur.execute(
+            _sql(
+                "INSERT INTO usage_daily (feature_id, day, shard, amount_micros) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (feature_id, day, shard) "
+                "DO UPDATE SET amount_micros = usage_daily.amount_micros + excluded.amount_micros"
+            ),
+            (t["feature"], now.date().isoformat(), t["customer"] % DAILY_SHARDS, amount),
+        )
+        cur.close()
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+    return _json({"event_id": event_id, "balance_micros": balance, "used_micros": used}, 201)
+
+
+def enabled(app: Flask | None = None) -> bool:
+    return bool((app or current_app).config.get("BENCH_MODE"))
