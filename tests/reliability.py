@@ -162,6 +162,7 @@ class Gunicorn:
                 str(self.workers),
                 "--graceful-timeout",
                 "2",
+                "--no-control-socket",
             ],
             cwd=ROOT,
             env=self.env(),
@@ -319,6 +320,7 @@ class Traffic:
         self.statuses: dict[int | str, int] = {}
         self.server_errors: list[str] = []
         self.stop = threading.Event()
+        self.local = threading.local()
 
     def _note(self, status: int | str) -> None:
         with self.lock:
@@ -334,6 +336,7 @@ class Traffic:
             )
         except requests.RequestException:
             self._note("connection error")
+            self.local.failed = True
             return None
         self._note(response.status_code)
         if response.status_code >= 500 and response.status_code != 503:
@@ -391,8 +394,11 @@ class Traffic:
 
     def client(self, n: int) -> None:
         session = requests.Session()
+        self.local.failed = False
         i = 0
-        while not self.stop.is_set():
+        # A client stops at its first connection error (the server is gone), as a real one would
+        # back off; what it sent last is retried later with the same ids.
+        while not self.stop.is_set() and not self.local.failed:
             i += 1
             base = f"{self.prefix}-{n}-{i}"
             step = i % 10 if self.mix else i % 4
@@ -412,6 +418,7 @@ class Traffic:
                     self._note(response.status_code)
                 except requests.RequestException:
                     self._note("connection error")
+                    self.local.failed = True
             elif self.mix and step == 1:
                 self.send_event(session, base, 1, "seats")
             elif self.mix and step == 2:
