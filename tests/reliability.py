@@ -339,9 +339,21 @@ class Traffic:
             self.local.failed = True
             return None
         self._note(response.status_code)
-        if response.status_code >= 500 and response.status_code != 503:
-            self.server_errors.append(f"{path}: {response.status_code} {response.text[:200]}")
+        self.check_status(path, response)
         return response
+
+    def check_status(self, path: str, response: requests.Response) -> None:
+        """A 5xx other than a clean JSON 503 service_unavailable with Retry-After is a failure."""
+        if response.status_code < 500:
+            return
+        clean = (
+            response.status_code == 503
+            and response.headers.get("Content-Type", "").startswith("application/json")
+            and response.json().get("error", {}).get("code") == "service_unavailable"
+            and response.headers.get("Retry-After", "").isdigit()
+        )
+        if not clean:
+            self.server_errors.append(f"{path}: {response.status_code} {response.text[:300]}")
 
     def usage_body(self, event_id: str, amount: int, feature: str = "api_calls") -> dict:
         return {
@@ -416,6 +428,7 @@ class Traffic:
                         timeout=15,
                     )
                     self._note(response.status_code)
+                    self.check_status("/api/v1/entitlements/check", response)
                 except requests.RequestException:
                     self._note("connection error")
                     self.local.failed = True
