@@ -129,7 +129,9 @@ def in_app(url: str):
 class Gunicorn:
     """``gunicorn 'webapp:create_app()'`` in its own process group on a loopback port."""
 
-    def __init__(self, url: str, port: int | None = None, workers: int = 2, log: Path | None = None):
+    def __init__(
+        self, url: str, port: int | None = None, workers: int = 2, log: Path | None = None
+    ):
         self.url = url
         self.port = port or free_port()
         self.workers = workers

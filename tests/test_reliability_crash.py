@@ -10,8 +10,15 @@ import time
 
 import pytest
 
-from tests.reliability import Gunicorn, Traffic, database, differences, pg_reachable, prepare
-from tests.reliability import stored_state
+from tests.reliability import (
+    Gunicorn,
+    Traffic,
+    database,
+    differences,
+    pg_reachable,
+    prepare,
+    stored_state,
+)
 
 LOAD_SECONDS = 1.5
 CLIENTS = 4

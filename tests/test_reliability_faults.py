@@ -177,9 +177,7 @@ def test_sqlite_locked_past_the_busy_timeout_is_503_and_recovers(tmp_path):
     url = f"sqlite:///{path}"
     key = prepare(url)["admin"]
     email = _add_user(url)
-    app = create_app(
-        {**HTTP_CONFIG, "SQLALCHEMY_DATABASE_URI": url, "SQLITE_BUSY_TIMEOUT_MS": 300}
-    )
+    app = create_app({**HTTP_CONFIG, "SQLALCHEMY_DATABASE_URI": url, "SQLITE_BUSY_TIMEOUT_MS": 300})
     base, stop_server = _serve(app)
     headers = {"Authorization": f"Bearer {key}"}
     usage = {"customer_key": CUSTOMER, "feature_key": "api_calls", "amount": 2, "event_id": "l-1"}
