@@ -301,13 +301,17 @@ def fresh(app):
     return app
 
 
-def test_sign_out_ends_this_session(fresh):
+def test_sign_out_ends_this_session_and_every_copy_of_its_cookie(fresh):
     make_user("admin", "ann@example.com")
     browser = fresh.test_client()
     login(browser, "ann@example.com")
     assert browser.get("/admin/users").status_code == 200
+    stolen = fresh.test_client()
+    stolen.set_cookie("session", browser.get_cookie("session").value)
+    assert stolen.get("/admin/users").status_code == 200  # a copy of the cookie works...
     assert browser.post("/logout").status_code == 303
     assert browser.get("/admin/users").status_code == 302
+    assert stolen.get("/admin/users").status_code == 302  # ...until the user signs out
 
 
 def test_a_role_change_from_the_admin_page_ends_every_copy_of_the_users_session(fresh):

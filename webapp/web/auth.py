@@ -50,6 +50,11 @@ def login():
 @bp.post("/logout")
 def logout():
     # Only the CSRF token matters here (checked by CSRFProtect); anonymous logout is harmless.
+    # The session is a signed cookie: forgetting it here would leave any copy of it (another tab
+    # saved, a stolen cookie) valid. Moving the session version on makes every copy invalid, at
+    # the price of ending the user's sessions on other devices too.
+    if current_user.is_authenticated:
+        auth.end_sessions(current_actor(), current_user.id)
     logout_user()
     flash("Signed out.")
     return redirect(url_for("auth.login"), 303)
