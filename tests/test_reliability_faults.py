@@ -231,3 +231,62 @@ def test_sqlite_locked_past_the_busy_timeout_is_503_and_recovers(tmp_path):
     state = stored_state(url, "l")
     assert state["events"] == {"l-1": (1, 2_000_000)} and state["verify_ok"]
     assert not traffic.server_errors
+
+
+@pytest.mark.slow
+def test_connections_dying_again_and_again_never_give_a_500(pg_through_proxy):
+    """Reads and writes while the connection is cut every 0.3 s: a request that dies at any point
+    (its query, its commit, or the rollback when its session is closed after the response was
+    made) answers 503 or its normal status, never a 500 (the app runs with TESTING, so an error
+    that escaped every handler would be raised here)."""
+    url, proxied, proxy = pg_through_proxy
+    key = prepare(url)["admin"]
+    app = create_app({**HTTP_CONFIG, "SQLALCHEMY_DATABASE_URI": proxied})
+    headers = {"Authorization": f"Bearer {key}"}
+    stop = threading.Event()
+    failures: list[str] = []
+    statuses: dict[int, int] = {}
+
+    def hammer(kind: str) -> None:
+        client = app.test_client()
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                if kind == "read":
+                    response = client.get(
+                        "/api/v1/entitlements/check",
+                        query_string={"customer_key": CUSTOMER, "feature_key": "api_calls"},
+                        headers=headers,
+                    )
+                else:
+                    response = client.post(
+                        "/api/v1/usage",
+                        json={"customer_key": CUSTOMER, "feature_key": "api_calls"},
+                        headers=headers,
+                    )
+            except Exception as exc:  # an error that escaped the app: the 500 of a real server
+                failures.append(f"{kind}: {type(exc).__name__}: {exc}"[:300])
+                continue
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code >= 500 and response.status_code != 503:
+                failures.append(f"{kind}: {response.status_code}")
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in ("read", "read", "write")]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(12):
+            time.sleep(0.3)
+            proxy.cut()
+            time.sleep(0.2)
+            proxy.restore()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        with app.app_context():
+            db.engine.dispose()
+    assert not failures, failures[:5]
+    assert statuses.get(503) and (statuses.get(200) or statuses.get(201)), statuses
+    assert stored_state(url, "none")["verify_ok"]
