@@ -30,8 +30,16 @@ test: install
 	bash .ci/ensure-services.sh
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
+# A bounded load test on a real gunicorn, SQLite then PostgreSQL, SOAK_MINUTES each (default 1):
+# prints what was sent, acknowledged and stored, and fails on any difference or ledger violation.
+SOAK_MINUTES ?= 1
+export SOAK_MINUTES
+soak: install
+	bash .ci/ensure-services.sh
+	$(BIN)/python scripts/soak.py
+
 lint: install
-	$(BIN)/ruff check webapp tests bench
+	$(BIN)/ruff check webapp tests bench scripts
 
 # Benchmarks (bench/run.py): gunicorn + wrk on SQLite and PostgreSQL (127.0.0.1:5432, database
 # bench_sqlalchemy*, created and dropped by the script). Prints a markdown table and a summary line.

@@ -29,7 +29,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
     _check_secret_key(app)
 
-    from .db_setup import configure_engine, engine_options
+    from .db_setup import configure_engine, engine_options, remove_sessions_safely
 
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
@@ -46,6 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     with app.app_context():
         configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])
+    remove_sessions_safely(app, db)
 
     from . import cli, errorhandlers
 

@@ -27,7 +27,8 @@ class Defaults:
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"
     API_RATE_LIMIT = "6000 per minute"
-    LOGIN_RATE_LIMIT = "10 per minute"
+    LOGIN_RATE_LIMIT = "10 per minute"  # per address
+    LOGIN_ACCOUNT_RATE_LIMIT = "30 per hour"  # per account (the submitted email), any address
     BENCH_MODE = False
     PAGE_SIZE = 50
 

@@ -7,8 +7,10 @@ import contextvars
 import sqlite3
 from typing import Any
 
+from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 # Set by services.tx.write_transaction() just before the session begins: the SQLite transaction
 # then starts with BEGIN IMMEDIATE, taking the write lock up front so that a read-then-write
@@ -42,3 +44,24 @@ def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate_begin.get() else "BEGIN")
+
+
+def remove_sessions_safely(app: Flask, db: Any) -> None:
+    """End each request's session without letting a dead connection turn the request into a 500.
+
+    When the database goes away after a request has done its work (PostgreSQL stopped, a proxy
+    cut), the ROLLBACK that closing the session sends fails; raised from the app context's
+    teardown, that error would escape every error handler. The connection is invalidated instead
+    (the pool opens a new one next time). Registered after Flask-SQLAlchemy, so it runs first."""
+
+    @app.teardown_appcontext
+    def _remove_session(_exc: BaseException | None) -> None:
+        session = db.session()
+        try:
+            db.session.remove()
+        except DBAPIError:
+            try:
+                session.invalidate()
+            except DBAPIError:
+                pass
+            db.session.registry.clear()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, g, jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
@@ -22,6 +22,12 @@ def register(app: Flask) -> None:
         if wants_json():
             response = jsonify(exc.to_dict())
         else:
+            if isinstance(exc, ServiceUnavailable):
+                # The page must not need the database that just failed: the templates' context
+                # processor would load the signed-in user again (and fail again, giving a 500).
+                from .extensions import login_manager
+
+                g._login_user = login_manager.anonymous_user()
             response = app.make_response(
                 (render_template("error.html", status=exc.status, message=exc.message), exc.status)
             )

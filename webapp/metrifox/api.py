@@ -15,6 +15,7 @@ from ..errors import DomainError, ValidationError
 from ..models import Customer
 from ..services import catalog, reads
 from ..services import metrifox as paged
+from ..services.actors import ADMIN, require
 from ..services.reads import EntitlementView, WalletView
 from .common import (
     PayloadTooLarge,
@@ -267,6 +268,8 @@ def customer_details(key: str) -> Response:
 
 @bp.post("/customers/bulk-create")
 def bulk_create() -> Response:
+    # A role that may not create customers is refused as a whole (403), not once per customer.
+    require(actor(), ADMIN)
     body = json_body()
     items = body.get("customers")
     if not isinstance(items, list):

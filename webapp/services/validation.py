@@ -53,7 +53,16 @@ def lookup_key(value: object, *, field: str) -> str:
         raise ValidationError(f"`{field}` is required and must be a string.", field=field)
     if "\x00" in value:  # PostgreSQL text cannot hold NUL; no key has one
         raise ValidationError(f"`{field}` contains a NUL character.", field=field)
+    _utf8(value, field)
     return value
+
+
+def _utf8(value: str, field: str) -> None:
+    """JSON may carry lone surrogates ("\\ud800") that no database can store: refuse them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"`{field}` is not valid Unicode text.", field=field) from None
 
 
 def text(value: object, *, field: str, max_len: int, required: bool = True) -> str | None:
@@ -64,6 +73,7 @@ def text(value: object, *, field: str, max_len: int, required: bool = True) -> s
     if not isinstance(value, str):
         raise ValidationError(f"`{field}` must be a string.", field=field)
     value = value.strip()
+    _utf8(value, field)
     if len(value) > max_len:
         raise ValidationError(f"`{field}` is longer than {max_len} characters.", field=field)
     if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
@@ -110,6 +120,10 @@ def metadata(value: object, *, field: str = "metadata") -> dict[str, Any]:
         ) from None
     if len(encoded.encode()) > METADATA_MAX_BYTES:
         raise ValidationError(f"`{field}` is larger than {METADATA_MAX_BYTES} bytes.", field=field)
+    # PostgreSQL's JSON types hold neither NUL nor lone surrogates (they would fail as a 500).
+    if "\\u0000" in encoded:
+        raise ValidationError(f"`{field}` contains a NUL character.", field=field)
+    _utf8(json.dumps(value, default=_json_default, ensure_ascii=False), field)
     decoded = json.loads(encoded)
     if any(isinstance(v, float) and not math.isfinite(v) for v in decoded.values()):
         raise ValidationError(f"`{field}` must hold finite numbers.", field=field)

@@ -19,8 +19,19 @@ def _login_limit() -> str:
     return current_app.config["LOGIN_RATE_LIMIT"]
 
 
+def _account_limit() -> str:
+    return current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]
+
+
+def _account_key() -> str:
+    """Attempts on one account, from whatever addresses they come (a spread-out guesser)."""
+    email = request.form.get("email", "")
+    return "login-account:" + email.strip().lower()[:254]
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_login_limit, methods=["POST"])
+@limiter.limit(_account_limit, methods=["POST"], key_func=_account_key)
 def login():
     form = LoginForm()
     next_url = safe_next(request.args.get("next"))
@@ -39,6 +50,11 @@ def login():
 @bp.post("/logout")
 def logout():
     # Only the CSRF token matters here (checked by CSRFProtect); anonymous logout is harmless.
+    # The session is a signed cookie: forgetting it here would leave any copy of it (another tab
+    # saved, a stolen cookie) valid. Moving the session version on makes every copy invalid, at
+    # the price of ending the user's sessions on other devices too.
+    if current_user.is_authenticated:
+        auth.end_sessions(current_actor(), current_user.id)
     logout_user()
     flash("Signed out.")
     return redirect(url_for("auth.login"), 303)

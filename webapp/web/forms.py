@@ -21,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - WTForms < 3.3 takes (value, label) tuples
     SelectChoice = None
 
-from ..errors import DomainError
+from ..errors import DomainError, ServiceUnavailable
 from ..models import OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS
 
 UNSIGNED = Regexp(r"^\s*\d+(\.\d+)?\s*$", message="Enter a positive number such as 1 or 2.5.")
@@ -149,7 +149,10 @@ class EntitlementForm(FlaskForm):
 
 
 def show_error(form: FlaskForm, exc: DomainError) -> None:
-    """Put a service's error next to the field it names, or above the form."""
+    """Put a service's error next to the field it names, or above the form. A database that is
+    unavailable is no fault of the form: it goes on to the 503 page (errorhandlers)."""
+    if isinstance(exc, ServiceUnavailable):
+        raise exc
     message = exc.message.replace("`", "")  # API-style `field` quotes read badly on a page
     field = getattr(form, exc.field, None) if exc.field else None
     if field is not None and hasattr(field, "errors") and exc.field != "csrf_token":
