@@ -518,6 +518,16 @@ REVIEWED_SQL = {
     ),
     # Table and column names from the SQLAlchemy Table (the model), rows go through COPY.
     ("webapp/services/bulk.py", 'f-string: COPY "{table.name}" ({quoted}) FROM STDIN'),
+    # Table and column names from the SQLAlchemy Table, values as driver placeholders.
+    (
+        "webapp/services/bulk.py",
+        "f-string: ''INSERT INTO \"{table.name}\" ({quoted}) VALUES "
+        "({', '.join((placeholder for _ in names))})''",
+    ),
+    # Constant statements, no input at all.
+    ("webapp/bench.py", "BEGIN IMMEDIATE"),
+    ("webapp/services/demo.py", "ANALYZE"),
+    ("webapp/services/usage.py", "SELECT coalesce(max(id), 0) FROM usage_events"),
     # A bound parameter, no formatting.
     (
         "webapp/services/usage.py",
