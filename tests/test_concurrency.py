@@ -158,3 +158,32 @@ def test_concurrent_topups_and_spending_keep_the_ledger_exact(catalog, app):
 
 
 pytestmark = pytest.mark.slow
+
+
+def test_sqlite_writers_queue_gives_503_when_it_does_not_move(catalog, app, backend):
+    """A writer that waits at the SQLite writers' gate longer than the busy timeout gets
+    ServiceUnavailable (503), and the gate serves the next writer once it is free."""
+    if backend != "sqlite":
+        pytest.skip("the writers' gate exists for SQLite files only")
+    from webapp.db_setup import _gates, write_gate
+    from webapp.errors import ServiceUnavailable
+
+    _gates[db.engine].timeout_s = 0.2
+    outcome: list[object] = []
+
+    def writer() -> None:
+        with app.app_context():
+            try:
+                usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")
+                outcome.append("ok")
+            except ServiceUnavailable as exc:
+                outcome.append(exc.code)
+            db.session.remove()
+
+    with write_gate(db.engine):
+        t = threading.Thread(target=writer)
+        t.start()
+        t.join(timeout=10)
+    assert outcome == ["service_unavailable"]
+    writer()
+    assert outcome == ["service_unavailable", "ok"]

@@ -4,7 +4,13 @@ PostgreSQL pool settings. Called from create_app(); nothing happens at import ti
 from __future__ import annotations
 
 import contextvars
+import fcntl
+import os
 import sqlite3
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask
@@ -26,9 +32,68 @@ def engine_options(uri: str, busy_timeout_ms: int) -> dict[str, Any]:
     return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
 
 
+class SQLiteWriteGate:
+    """Queues this machine's writers to one SQLite file before BEGIN IMMEDIATE.
+
+    SQLite's own busy handler waits by sleeping in steps of up to 100 ms, so under contention a
+    writer often sleeps long after the lock is free (that is the p99). Here writers block on a
+    lock that wakes the next one the moment it is released: a thread lock within a process and
+    an flock on ``<database>-writers.lock`` across processes (gunicorn workers, CLI). A crashed
+    holder's flock is released by the kernel. BEGIN IMMEDIATE and the busy timeout still guard
+    against writers that do not use the gate (another program, the sqlite3 shell)."""
+
+    def __init__(self, database: str, timeout_s: float) -> None:
+        self.path = database + "-writers.lock"
+        self.timeout_s = timeout_s
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # opened anew in each forked process
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if not self._threads.acquire(timeout=self.timeout_s):
+            from .errors import ServiceUnavailable
+
+            raise ServiceUnavailable(
+                "The database is busy (too many writers queued); retry shortly.", retry_after=1
+            )
+        try:
+            fd = self._descriptor()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+_gates: weakref.WeakKeyDictionary[Engine, SQLiteWriteGate] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def write_gate(engine: Engine) -> Iterator[None]:
+    """Hold the engine's writers queue (SQLite file databases); nothing elsewhere."""
+    gate = _gates.get(engine)
+    if gate is None:
+        yield
+        return
+    with gate.hold():
+        yield
+
+
 def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
     if engine.dialect.name != "sqlite":
         return
+    database = engine.url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        _gates[engine] = SQLiteWriteGate(os.path.abspath(database), busy_timeout_ms / 1000)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:

@@ -11,7 +11,7 @@ from typing import ParamSpec, TypeVar
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from ..db_setup import immediate_begin
+from ..db_setup import immediate_begin, write_gate
 from ..errors import Conflict, ServiceUnavailable
 from ..extensions import db
 
@@ -27,8 +27,17 @@ def write_transaction() -> Iterator[None]:
     session = db.session()  # the request's Session behind the scoped proxy
     if session.in_transaction() and not _can_continue(session):
         # End the read transaction the request may have opened (e.g. loading the user), so the
-        # write transaction starts fresh with BEGIN IMMEDIATE and sees the latest data.
+        # write transaction starts fresh with BEGIN IMMEDIATE and sees the latest data. This
+        # also gives its connection back to the pool before queueing at the SQLite writers'
+        # gate: a queued writer holding a pooled connection could starve the gate's holder.
         session.commit()
+    with write_gate(db.engine):
+        with _write_transaction(session):
+            yield
+
+
+@contextmanager
+def _write_transaction(session: Session) -> Iterator[None]:
     # Objects loaded before this point may be stale: read them afresh inside the transaction.
     session.expire_all()
     token = immediate_begin.set(True)
