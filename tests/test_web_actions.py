@@ -55,7 +55,7 @@ def test_support_reclaims_a_seat_with_htmx_and_gets_the_changed_parts(client, se
     for part in ("customer-stats", "entitlements", "wallets", "events", "ledger", "flash"):
         assert re.search(rf'id="{part}"[^>]*hx-swap-oob="true"', html), part
     assert 'data-testid="seats-seats">2<' in html
-    assert "Reclaimed 1 seats: 2 of 10 in use." in html
+    assert "Reclaimed 1 of seats: 2 of 10 in use." in html
     assert used("seats") == 2_000_000
 
 
