@@ -160,11 +160,10 @@ def test_concurrent_topups_and_spending_keep_the_ledger_exact(catalog, app):
 pytestmark = pytest.mark.slow
 
 
-def test_sqlite_writers_queue_gives_503_when_it_does_not_move(catalog, app, backend):
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the gate is SQLite's
+def test_sqlite_writers_queue_gives_503_when_it_does_not_move(catalog, app):
     """A writer that waits at the SQLite writers' gate longer than the busy timeout gets
     ServiceUnavailable (503), and the gate serves the next writer once it is free."""
-    if backend != "sqlite":
-        pytest.skip("the writers' gate exists for SQLite files only")
     from webapp.db_setup import _gates, write_gate
     from webapp.errors import ServiceUnavailable
 
