@@ -99,7 +99,8 @@ def _json_default(value: object) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError("not finite")
-        return int(value) if value == value.to_integral_value() else float(value)
+        # Free-form metadata only (never an amount): stored as a JSON number.
+        return int(value) if value == value.to_integral_value() else float(value)  # ok: metadata
     raise TypeError(type(value).__name__)
 
 
