@@ -38,13 +38,12 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     if not use_copy(conn, len(rows)):
         conn.execute(insert(table), rows)
         return
-    columns = list(rows[0])
-    json_columns = {name for name in columns if isinstance(table.c[name].type, JSON)}
-    quoted = ", ".join(f'"{name}"' for name in columns)
+    names, params = _tuples(table, rows, _pg_value)
+    quoted = ", ".join(f'"{n}"' for n in names)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row([_value(row[name], name in json_columns) for name in columns])
+        for values in params:
+            copy.write_row(values)
 
 
 @contextmanager
@@ -65,25 +64,11 @@ def pipelined(conn: Connection, *, enabled: bool = True) -> Iterator[None]:
         raise DBAPIError.instance(None, None, exc, psycopg.Error, dialect=conn.dialect) from exc
 
 
-def _value(value: Any, is_json: bool) -> Any:
-    if value is None:
-        return None
-    if is_json:
-        return Json(value)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).replace(tzinfo=None)
-    return value
-
-
-def _driver_insert(
-    conn: Connection,
-    table: Table,
-    rows: list[dict[str, Any]],
-    placeholder: str,
-    convert: Callable[[Any, bool | None], Any],
-) -> None:
-    """One driver-level execute(many) of plain tuples, with the values the column types would
-    bind (``convert``) and the Python-side column defaults for the columns the rows leave out."""
+def _tuples(
+    table: Table, rows: list[dict[str, Any]], convert: Callable[[Any, bool | None], Any]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The column names and one tuple per row, with the values the column types would bind
+    (``convert``) and the Python-side column defaults for the columns the rows leave out."""
     columns = list(rows[0])
     defaults = [
         (c.name, c.default.arg)
@@ -96,14 +81,26 @@ def _driver_insert(
         for name in names
         if isinstance(table.c[name].type, JSON)
     }
-    quoted = ", ".join(f'"{n}"' for n in names)
-    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({", ".join(placeholder for _ in names)})'
     params = []
     for row in rows:
         values = [convert(row[name], json_null.get(name)) for name in columns]
         for name, arg in defaults:
             values.append(convert(arg(None) if callable(arg) else arg, json_null.get(name)))
         params.append(tuple(values))
+    return names, params
+
+
+def _driver_insert(
+    conn: Connection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    placeholder: str,
+    convert: Callable[[Any, bool | None], Any],
+) -> None:
+    """One driver-level execute(many) of plain tuples."""
+    names, params = _tuples(table, rows, convert)
+    quoted = ", ".join(f'"{n}"' for n in names)
+    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({", ".join(placeholder for _ in names)})'
     conn.exec_driver_sql(sql, params if len(params) > 1 else params[0])
 
 

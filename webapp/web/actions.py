@@ -85,8 +85,7 @@ def reclaim_seats(key: str):
         in_use = qty(result.used_micros)
         of = "" if result.allowance_micros is None else f" of {qty(result.allowance_micros)}"
         return (
-            f"Reclaimed {qty(-result.amount_micros)} of {result.feature_key}: "
-            f"{in_use}{of} in use."
+            f"Reclaimed {qty(-result.amount_micros)} of {result.feature_key}: {in_use}{of} in use."
         )
 
     return _handle(key, "reclaim_form", form, call)
