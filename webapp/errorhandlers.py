@@ -6,7 +6,7 @@ from flask import Flask, g, jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from .errors import DomainError, ServiceUnavailable
+from .errors import HTTP_ERROR_CODES, DomainError, ServiceUnavailable
 from .services.tx import is_unavailable
 
 API_PREFIXES = ("/api/", "/metrifox/")
@@ -52,16 +52,7 @@ def register(app: Flask) -> None:
                     "error.html", status=exc.code, message=exc.description
                 ), exc.code
             return exc
-        code = {
-            400: "malformed_json",
-            401: "unauthorized",
-            403: "forbidden",
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "payload_too_large",
-            415: "malformed_json",
-            429: "rate_limited",
-        }.get(exc.code or 500, "http_error")
+        code = HTTP_ERROR_CODES.get(exc.code or 500, "http_error")
         response = jsonify({"error": {"code": code, "message": exc.description, "details": {}}})
         response.status_code = exc.code or 500
         if exc.code == 429:

@@ -114,3 +114,17 @@ ERROR_CLASSES: dict[str, type[DomainError]] = {
         ServiceUnavailable,
     )
 }
+
+
+# Stable codes for errors raised by the HTTP layer itself (werkzeug's HTTPException), not a service.
+HTTP_ERROR_CODES: dict[int, str] = {
+    400: "malformed_json",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "malformed_json",
+    429: "rate_limited",
+    501: "not_implemented",
+}

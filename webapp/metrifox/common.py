@@ -12,26 +12,20 @@ from flask import Blueprint, Response, g, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, NotFound
 
-from ..errors import DomainError, ServiceUnavailable, Unauthorized, ValidationError
+from ..errors import (
+    HTTP_ERROR_CODES,
+    DomainError,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationError,
+)
 from ..services import auth
 from ..services.actors import Actor
 from ..services.money import format_micros
+from ..services.periods import EPOCH
 from ..services.tx import is_unavailable
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MILLISECOND = timedelta(milliseconds=1)
-
-HTTP_CODES = {
-    400: "malformed_json",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "malformed_json",
-    429: "rate_limited",
-    501: "not_implemented",
-}
 
 
 class MalformedJson(DomainError):
@@ -173,7 +167,11 @@ def _http_error(exc: HTTPException) -> Response:
     message = exc.description or exc.name
     body = {
         "message": message,
-        "error": {"code": HTTP_CODES.get(status, "http_error"), "message": message, "details": {}},
+        "error": {
+            "code": HTTP_ERROR_CODES.get(status, "http_error"),
+            "message": message,
+            "details": {},
+        },
     }
     headers = {"Retry-After": "60"} if status == 429 else {}
     return respond(body, status, headers)
