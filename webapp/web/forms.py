@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - WTForms < 3.3 takes (value, label) tup
     SelectChoice = None
 
 from ..errors import DomainError, ServiceUnavailable
-from ..models import OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS
+from ..models import FEATURE_TYPES, OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS
 
 UNSIGNED = Regexp(r"^\s*\d+(\.\d+)?\s*$", message="Enter a positive number such as 1 or 2.5.")
 
@@ -124,7 +124,7 @@ class CustomerEditForm(FlaskForm):
 class FeatureForm(FlaskForm):
     key = StringField("Key", validators=[DataRequired(), Length(max=100)])
     name = StringField("Name", validators=[DataRequired(), Length(max=200)])
-    type = _select("Type", [(t, t) for t in ("consumable", "persistent", "boolean")])
+    type = _select("Type", [(t, t) for t in FEATURE_TYPES])
     event_name = StringField("Event name (default: the key)", validators=[Optional()])
 
 
