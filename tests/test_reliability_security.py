@@ -527,10 +527,10 @@ REVIEWED_SQL = {
     # Constant statements, no input at all.
     ("webapp/bench.py", "BEGIN IMMEDIATE"),
     ("webapp/services/demo.py", "ANALYZE"),
-    ("webapp/services/usage.py", "SELECT coalesce(max(id), 0) FROM usage_events"),
+    ("webapp/services/usage/store.py", "SELECT coalesce(max(id), 0) FROM usage_events"),
     # A bound parameter, no formatting.
     (
-        "webapp/services/usage.py",
+        "webapp/services/usage/store.py",
         "SELECT nextval(pg_get_serial_sequence('usage_events', 'id')) FROM generate_series(1, :n)",
     ),
 }

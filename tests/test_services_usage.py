@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal as D
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from tests.conftest import actor
-from tests.factories import add_customer
+from tests.factories import add_customer, make_catalog
 from webapp.errors import (
     CustomerNotFound,
+    DomainError,
     FeatureNotFound,
     FeatureNotRecordable,
     Forbidden,
@@ -22,7 +26,8 @@ from webapp.errors import (
     ValidationError,
 )
 from webapp.extensions import db
-from webapp.models import AuditLog, LedgerEntry, UsageCounter, UsageEvent, Wallet
+from webapp.models import AuditLog, Customer, LedgerEntry, UsageCounter, UsageEvent, Wallet
+from webapp.services import catalog as catalogs
 from webapp.services import reads, usage, wallets
 from webapp.services.actors import SYSTEM
 from webapp.services.verify import verify_ledger
@@ -447,3 +452,68 @@ def test_reclaim_seats_is_negative_usage_of_a_persistent_feature(catalog):
         usage.reclaim_seats(SYSTEM, customer_key=C, feature_key="api_calls", count="1")
     with pytest.raises(Forbidden):
         usage.reclaim_seats(actor("finance"), customer_key=C, feature_key="seats", count="1")
+
+
+# ---------------------------------------------------------------- the check agrees with RecordUsage
+
+check_then_record_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("use"),
+            st.sampled_from([C, "cust-archived"]),
+            st.sampled_from(
+                [
+                    ("feature_key", "api_calls"),
+                    ("event_name", "candidate.sourced"),
+                    ("feature_key", "seats"),
+                    ("feature_key", "sso"),
+                ]
+            ),
+            st.one_of(
+                st.integers(-3, 8), st.integers(-3_000_000, 9_000_000).map(lambda m: m / D(10**6))
+            ),
+        ),
+        st.tuples(st.just("topup"), st.integers(1, 300_000).map(lambda m: m / D(10**6))),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=check_then_record_ops)
+def test_check_entitlement_predicts_what_record_usage_does(app, ops):
+    if db.session.scalar(select(func.count()).select_from(Customer)) == 0:
+        make_catalog(api_allowance=12, seat_allowance=3, candidates_allowance=5, topup="0.1")
+        add_customer("cust-archived", topup=None)
+        catalogs.set_customer_status(SYSTEM, "cust-archived", "archived")
+    for op in ops:
+        if op[0] == "topup":
+            wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount=op[1])
+            continue
+        _, customer, (name_field, name), amount = op
+        fields = {"customer_key": customer, name_field: name, "amount": amount}
+        try:
+            check = usage.check_entitlement(SYSTEM, **fields)
+        except DomainError as refused:
+            with pytest.raises(type(refused)):
+                usage.record_usage(SYSTEM, **fields)
+            continue
+        try:
+            result = usage.record_usage(SYSTEM, **fields)
+        except DomainError as exc:
+            if check.feature_type == "boolean":
+                assert isinstance(exc, FeatureNotRecordable)
+            else:
+                assert (check.allowed, check.reason) == (False, exc.code), exc.message
+            continue
+        assert check.allowed, check.message
+        assert result.used_micros == check.used_micros + check.amount_micros
+        assert result.credits_micros == check.credits_required_micros
+        if check.balance_micros is not None and result.credits_micros:
+            assert result.balance_micros == check.balance_micros - result.credits_micros
+    assert verify_ledger().ok

@@ -68,7 +68,8 @@ def _sqlite() -> bool:
 
 
 def _sql(statement: str) -> str:
-    return statement.replace("%s", "?") if _sqlite() else statement
+    # psycopg's paramstyle needs a literal % doubled; sqlite3's does not.
+    return statement.replace("%s", "?").replace("%%", "%") if _sqlite() else statement
 
 
 def _db_time(value: datetime) -> Any:
@@ -172,9 +173,12 @@ def raw() -> Response:
         )
         cur.execute(
             _sql(
-                "INSERT INTO usage_daily (feature_id, day, shard, amount_micros) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (feature_id, day, shard) "
-                "DO UPDATE SET amount_micros = usage_daily.amount_micros + excluded.amount_micros"
+                # 1099511627776 = 2^40 = models.DAILY_BASE: the low part carries into the high.
+                "INSERT INTO usage_daily (feature_id, day, shard, amount_micros, amount_high) "
+                "VALUES (%s, %s, %s, %s, 0) ON CONFLICT (feature_id, day, shard) DO UPDATE SET "
+                "amount_micros = (usage_daily.amount_micros + excluded.amount_micros) "
+                "%% 1099511627776, amount_high = usage_daily.amount_high + "
+                "(usage_daily.amount_micros + excluded.amount_micros) / 1099511627776"
             ),
             (t["feature"], now.date().isoformat(), t["customer"] % DAILY_SHARDS, amount),
         )

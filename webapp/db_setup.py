@@ -18,6 +18,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from .models import ExactSum
+
 # Set by services.tx.write_transaction() just before the session begins: the SQLite transaction
 # then starts with BEGIN IMMEDIATE, taking the write lock up front so that a read-then-write
 # transaction never fails half-way with "database is locked" (it waits busy_timeout instead).
@@ -105,6 +107,8 @@ def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        # Exact sums past 64 bits (models.exact_sum): SQLite's own sum() overflows.
+        dbapi_connection.create_window_function("exact_sum", 1, ExactSum)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -7,7 +7,7 @@ returned as aware UTC datetimes.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -23,9 +23,19 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import GenericFunction
 
 from .extensions import db
+
+if TYPE_CHECKING:
+    # What db.Model is at run time, typed: the declarative base (plus Flask-SQLAlchemy's helpers,
+    # which the services do not use).
+    from .extensions import Base as Model
+else:
+    Model = db.Model
 
 # BIGINT primary keys on PostgreSQL; SQLite only autoincrements an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -37,6 +47,61 @@ OVERAGE_POLICIES = ("block", "allow")
 LEDGER_TYPES = ("topup", "usage", "adjustment")
 TOPUP_KINDS = ("purchased", "granted")
 CUSTOMER_STATUSES = ("active", "archived")
+
+
+class ExactInt(TypeDecorator[int]):
+    """An exact integer of any size as read back from an aggregate: NUMERIC on PostgreSQL
+    (a Decimal), and on SQLite an integer or, past 64 bits, the decimal text of ExactSum."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, float):  # never: a float here would mean a lost digit
+            raise TypeError("an exact sum came back as a float")
+        return int(value)
+
+
+class exact_sum(GenericFunction[int]):
+    """SUM that never overflows and never rounds: PostgreSQL's sum(bigint) is NUMERIC already;
+    SQLite's sum() raises "integer overflow" past 2^63, so there it is ExactSum (below), an
+    aggregate and window function registered on every SQLite connection (db_setup)."""
+
+    type = ExactInt()
+    name = "exact_sum"
+    inherit_cache = True
+
+
+@compiles(exact_sum, "postgresql")
+def _exact_sum_postgresql(element: exact_sum, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"sum({compiler.process(element.clauses, **kw)})"
+
+
+class ExactSum:
+    """SQLite aggregate / window function: the exact sum of integers (Python ints), returned as
+    an integer while it fits 64 bits and as decimal text beyond (ExactInt reads both)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.seen = False
+
+    def step(self, value: int | None) -> None:
+        if value is not None:
+            self.total += int(value)
+            self.seen = True
+
+    def inverse(self, value: int | None) -> None:
+        if value is not None:
+            self.total -= int(value)
+
+    def value(self) -> int | str | None:
+        if not self.seen:
+            return None
+        return self.total if -(2**63) <= self.total < 2**63 else str(self.total)
+
+    finalize = value
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -66,7 +131,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-class User(db.Model):
+class User(Model):
     __tablename__ = "users"
     __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
 
@@ -80,7 +145,7 @@ class User(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     __tablename__ = "api_keys"
     __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
 
@@ -95,7 +160,7 @@ class ApiKey(db.Model):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class Customer(db.Model):
+class Customer(Model):
     __tablename__ = "customers"
     __table_args__ = (CheckConstraint(_in("status", CUSTOMER_STATUSES), name="status"),)
 
@@ -108,7 +173,7 @@ class Customer(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Feature(db.Model):
+class Feature(Model):
     __tablename__ = "features"
     __table_args__ = (CheckConstraint(_in("type", FEATURE_TYPES), name="type"),)
 
@@ -120,7 +185,7 @@ class Feature(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class CreditSystem(db.Model):
+class CreditSystem(Model):
     __tablename__ = "credit_systems"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -131,7 +196,7 @@ class CreditSystem(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class CreditCost(db.Model):
+class CreditCost(Model):
     """A feature is credit-based when it has one: 1 unit of the feature costs ``cost_micros``."""
 
     __tablename__ = "credit_costs"
@@ -143,7 +208,7 @@ class CreditCost(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Entitlement(db.Model):
+class Entitlement(Model):
     __tablename__ = "entitlements"
     __table_args__ = (
         UniqueConstraint("customer_id", "feature_id"),
@@ -161,7 +226,7 @@ class Entitlement(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Wallet(db.Model):
+class Wallet(Model):
     __tablename__ = "wallets"
     __table_args__ = (
         UniqueConstraint("customer_id", "credit_system_id"),
@@ -178,7 +243,7 @@ class Wallet(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class UsageEvent(db.Model):
+class UsageEvent(Model):
     """One immutable RecordUsage. The ``*_after`` columns keep the first result for replays."""
 
     __tablename__ = "usage_events"
@@ -211,9 +276,12 @@ class UsageEvent(db.Model):
 # Rows per feature and day in usage_daily: concurrent writers for different customers rarely wait
 # on the same row, and the dashboard still reads a constant number of rows.
 DAILY_SHARDS = 64
+# A usage_daily row sums the usage of any number of customers, more than 64 bits can hold: it keeps
+# amount_high * DAILY_BASE + amount_micros, with 0 <= amount_micros < DAILY_BASE (domain.md).
+DAILY_BASE = 2**40
 
 
-class UsageDaily(db.Model):
+class UsageDaily(Model):
     """Usage per feature per UTC day, summed over all customers and split by customer_id %
     DAILY_SHARDS. Written with the events (same transaction), so that the dashboard's chart
     reads a number of rows that grows with features and days, never with events."""
@@ -223,10 +291,15 @@ class UsageDaily(db.Model):
     feature_id: Mapped[int] = mapped_column(ForeignKey("features.id"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    amount_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_micros: Mapped[int] = mapped_column(BigInteger, default=0)  # the low part
+    amount_high: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+    @property
+    def total_micros(self) -> int:
+        return self.amount_high * DAILY_BASE + self.amount_micros
 
 
-class UsageCounter(db.Model):
+class UsageCounter(Model):
     """Used units of one feature by one customer in one reset period (period_start of the
     entitlement's reset period; 1970-01-01 for ``never`` and for persistent features)."""
 
@@ -238,7 +311,7 @@ class UsageCounter(db.Model):
     used_micros: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class LedgerEntry(db.Model):
+class LedgerEntry(Model):
     """An immutable wallet transaction; the wallet balance is the sum of these."""
 
     __tablename__ = "ledger_entries"
@@ -268,7 +341,7 @@ class LedgerEntry(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class AuditLog(db.Model):
+class AuditLog(Model):
     __tablename__ = "audit_log"
     __table_args__ = (
         Index("ix_audit_log_customer", "customer_key", "id"),

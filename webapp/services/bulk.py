@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Json
-from sqlalchemy import JSON, Connection, Table, insert
+from sqlalchemy import JSON, ColumnDefault, Connection, Table, insert
 from sqlalchemy.exc import DBAPIError
 
 COPY_FROM = 20  # fewer rows go in as one INSERT: COPY costs more round trips than it saves
@@ -73,13 +73,14 @@ def _tuples(
     defaults = [
         (c.name, c.default.arg)
         for c in table.c
-        if c.name not in rows[0] and c.default is not None and not c.primary_key
+        if c.name not in rows[0] and isinstance(c.default, ColumnDefault) and not c.primary_key
     ]
     names = columns + [name for name, _ in defaults]
     json_null = {
-        name: not table.c[name].type.none_as_null
+        name: not column_type.none_as_null
         for name in names
-        if isinstance(table.c[name].type, JSON)
+        for column_type in (table.c[name].type,)
+        if isinstance(column_type, JSON)
     }
     params = []
     for row in rows:

@@ -10,9 +10,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Table, func, insert, select, text
 
 from ..extensions import db
 from ..models import (
@@ -30,7 +30,7 @@ from . import catalog
 from .actors import SYSTEM, Actor
 from .money import MICROS, credit_cost_micros, parse_micros
 from .periods import effective_period, period_start
-from .usage import _fingerprint, add_to_daily
+from .usage import add_to_daily, fingerprint
 
 FEATURES = [
     # key, name, type, event_name, credit cost (credits per unit) or None
@@ -203,7 +203,7 @@ class _Buffers:
             (UsageCounter, self.counters),
         ):
             if rows:
-                session.execute(insert(model.__table__), rows)
+                session.execute(insert(cast(Table, model.__table__)), rows)
                 if model is UsageEvent:
                     add_to_daily(session.connection(), rows)
                 rows.clear()
@@ -211,12 +211,24 @@ class _Buffers:
 
 
 def _seed_customer(
-    rng, cid, key, count, features, costs, cs_id, ids, buf, stats, start, now, actor
-):
+    rng: random.Random,
+    cid: int,
+    key: str,
+    count: int,
+    features: dict[str, Feature],
+    costs: dict[str, int | None],
+    cs_id: int,
+    ids: dict[str, int],
+    buf: _Buffers,
+    stats: SeedStats,
+    start: datetime,
+    now: datetime,
+    actor: Actor,
+) -> None:
     label = actor.label
     plan = rng.random()
     big = plan > 0.7
-    ents = {
+    ents: dict[str, tuple[tuple[str, int | None], str]] = {
         "api_calls": (("month", 200_000 if big else 50_000), "allow" if big else "block"),
         "candidates": (("month", 2_000 if big else 500), "block"),
         "image_generations": (("month", 1_000 if big else 200), "block"),
@@ -224,14 +236,14 @@ def _seed_customer(
     }
     if big or rng.random() < 0.3:
         ents["sso"] = (("never", None), "block")
-    for fkey, ((period, allowance), overage) in ents.items():
+    for fkey, ((period, allowance), policy) in ents.items():
         buf.entitlements.append(
             {
                 "customer_id": cid,
                 "feature_id": features[fkey].id,
                 "allowance_micros": None if allowance is None else allowance * MICROS,
                 "reset_period": period,
-                "overage": overage,
+                "overage": policy,
                 "updated_at": start,
             }
         )
@@ -240,7 +252,7 @@ def _seed_customer(
     balance = 0
     ledger_rows: list[dict[str, Any]] = []
 
-    def post(kind_type, amount, at, **extra):
+    def post(kind_type: str, amount: int, at: datetime, **extra: Any) -> None:
         nonlocal balance
         balance += amount
         row = {
@@ -268,7 +280,7 @@ def _seed_customer(
         start + timedelta(seconds=rng.uniform(60, 60 * 86400 - 600)) for _ in range(count)
     )
     counters: dict[tuple[int, datetime], int] = {}
-    seat_cap = ents["seats"][0][1] * MICROS
+    seat_cap = (ents["seats"][0][1] or 0) * MICROS
     next_invoice = start + timedelta(days=rng.uniform(15, 30))
     invoice_no = rng.randint(1000, 9000)
     for at in times:
@@ -292,8 +304,9 @@ def _seed_customer(
         else:
             fkey, amount = "seats", MICROS
         feature = features[fkey]
-        (period, _), overage_policy = ents[fkey]
-        allowance = ents[fkey][0][1] * MICROS
+        (period, units), overage_policy = ents[fkey]
+        assert units is not None  # only sso is unlimited, and it is never recorded
+        allowance = units * MICROS
         pstart = period_start(at, effective_period(feature.type, period))
         used = counters.get((feature.id, pstart), 0)
         if fkey == "seats" and used >= seat_cap:
@@ -336,7 +349,7 @@ def _seed_customer(
                 "used_after_micros": used_after,
                 "allowance_micros": allowance,
                 "balance_after_micros": balance if cost is not None else None,
-                "fingerprint": _fingerprint(feature.id, amount, metadata),
+                "fingerprint": fingerprint(feature.id, amount, metadata),
                 "actor": label,
                 "recorded_at": at,
             }
@@ -365,15 +378,15 @@ _TABLES = ("customers", "wallets", "usage_events", "ledger_entries")
 
 
 def _next_ids() -> dict[str, int]:
-    models = {
-        "customers": Customer,
-        "wallets": Wallet,
-        "usage_events": UsageEvent,
-        "ledger_entries": LedgerEntry,
+    ids = {
+        "customers": Customer.id,
+        "wallets": Wallet.id,
+        "usage_events": UsageEvent.id,
+        "ledger_entries": LedgerEntry.id,
     }
     return {
-        name: (db.session.scalar(select(func.max(model.id))) or 0) + 1
-        for name, model in models.items()
+        name: (db.session.scalar(select(func.max(column))) or 0) + 1
+        for name, column in ids.items()
     }
 
 

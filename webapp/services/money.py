@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from ..errors import ValidationError
+from ..errors import DomainError, ValidationError
 
 MICROS = 1_000_000
 SCALE = 6
@@ -18,7 +18,19 @@ MAX_AMOUNT_MICROS = 10**12 * MICROS
 MAX_TOTAL_MICROS = 9 * 10**18
 
 
-def parse_micros(value: object, *, field: str = "amount", error=ValidationError) -> int:
+def check_total(micros: int, *, what: str, error: type[DomainError] = ValidationError) -> None:
+    """A stored balance or counter stays within MAX_TOTAL_MICROS (domain.md, "Limits")."""
+    if micros > MAX_TOTAL_MICROS:
+        raise error(
+            f"{what} would pass the maximum of {format_micros(MAX_TOTAL_MICROS)}.",
+            field="amount",
+            max=MAX_TOTAL_MICROS // MICROS,
+        )
+
+
+def parse_micros(
+    value: object, *, field: str = "amount", error: type[DomainError] = ValidationError
+) -> int:
     """Parse a decimal amount into micros; reject floats, NaN, infinities and > 6 decimals."""
     if isinstance(value, bool) or value is None:
         raise error(f"`{field}` must be a decimal number.", field=field)

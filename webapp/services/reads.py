@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -75,16 +76,18 @@ def parse_limit(limit: object, default: int = 50) -> int:
     return value
 
 
-def _keyset(stmt: Select[Any], id_column: Any, cursor: str | None, limit: int) -> tuple[Any, int]:
+def _keyset(
+    stmt: Select[*tuple[Any, ...]], id_column: Any, cursor: str | None, limit: int
+) -> tuple[Any, int]:
     after = decode_cursor(cursor)
     if after is not None:
         stmt = stmt.where(id_column < after)
     return stmt.order_by(id_column.desc()).limit(limit + 1), limit
 
 
-def _page(rows: list[Any], limit: int, last_id: Any) -> Page[Any]:
+def _page(rows: Sequence[Any], limit: int, last_id: Any) -> Page[Any]:
     more = len(rows) > limit
-    rows = rows[:limit]
+    rows = list(rows[:limit])
     return Page(rows, encode_cursor(last_id(rows[-1])) if more and rows else None)
 
 

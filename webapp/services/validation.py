@@ -7,7 +7,7 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..errors import ValidationError
 
@@ -65,6 +65,10 @@ def _utf8(value: str, field: str) -> None:
         raise ValidationError(f"`{field}` is not valid Unicode text.", field=field) from None
 
 
+@overload
+def text(value: object, *, field: str, max_len: int, required: Literal[True] = True) -> str: ...
+@overload
+def text(value: object, *, field: str, max_len: int, required: bool) -> str | None: ...
 def text(value: object, *, field: str, max_len: int, required: bool = True) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
@@ -125,7 +129,7 @@ def metadata(value: object, *, field: str = "metadata") -> dict[str, Any]:
     if "\\u0000" in encoded:
         raise ValidationError(f"`{field}` contains a NUL character.", field=field)
     _utf8(json.dumps(value, default=_json_default, ensure_ascii=False), field)
-    decoded = json.loads(encoded)
+    decoded: dict[str, Any] = json.loads(encoded)
     if any(isinstance(v, float) and not math.isfinite(v) for v in decoded.values()):
         raise ValidationError(f"`{field}` must hold finite numbers.", field=field)
     return decoded
@@ -152,7 +156,12 @@ def parse_time(value: object, *, field: str) -> datetime:
         raise ValidationError(f"`{field}` must be an RFC 3339 time string.", field=field)
     if parsed.tzinfo is None:
         raise ValidationError(f"`{field}` needs a time zone (end it with Z for UTC).", field=field)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise ValidationError(
+            f"`{field}` is outside the years 1 to 9999 once converted to UTC.", field=field
+        ) from None
 
 
 def timestamp(value: object, *, now: datetime, field: str = "timestamp") -> datetime | None:

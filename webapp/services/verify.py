@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, and_, cast, func, literal, or_, select
+from sqlalchemy import Select, and_, func, literal, or_, select
 
 from ..extensions import db
 from ..models import (
+    DAILY_BASE,
     DAILY_SHARDS,
     Customer,
     Entitlement,
@@ -19,17 +22,14 @@ from ..models import (
     UsageDaily,
     UsageEvent,
     Wallet,
+    exact_sum,
     utcnow,
 )
 from .money import format_micros
 from .periods import effective_period, period_start
 
 MAX_REPORTED = 20
-
-
-def _sum(column):
-    # SUM(bigint) is NUMERIC on PostgreSQL: keep exact integers of micros on both databases.
-    return cast(func.sum(column), BigInteger)
+AnySelect = Select[*tuple[Any, ...]]
 
 
 @dataclass
@@ -67,7 +67,9 @@ def verify_ledger() -> Report:
     return Report(checks)
 
 
-def _run(name: str, total_stmt, bad_stmt, describe: Callable[..., str]) -> Check:
+def _run(
+    name: str, total_stmt: Select[int], bad_stmt: AnySelect, describe: Callable[..., str]
+) -> Check:
     check = Check(name)
     check.checked = db.session.scalar(total_stmt) or 0
     for row in db.session.execute(bad_stmt.limit(MAX_REPORTED)):
@@ -77,7 +79,7 @@ def _run(name: str, total_stmt, bad_stmt, describe: Callable[..., str]) -> Check
 
 def _wallet_balances() -> Check:
     sums = (
-        select(LedgerEntry.wallet_id, _sum(LedgerEntry.amount_micros).label("total"))
+        select(LedgerEntry.wallet_id, exact_sum(LedgerEntry.amount_micros).label("total"))
         .group_by(LedgerEntry.wallet_id)
         .subquery()
     )
@@ -110,12 +112,9 @@ def _ledger_chain() -> Check:
         LedgerEntry.id,
         LedgerEntry.wallet_id,
         LedgerEntry.balance_after_micros,
-        cast(
-            func.sum(LedgerEntry.amount_micros).over(
-                partition_by=LedgerEntry.wallet_id, order_by=LedgerEntry.id
-            ),
-            BigInteger,
-        ).label("running"),
+        exact_sum(LedgerEntry.amount_micros)
+        .over(partition_by=LedgerEntry.wallet_id, order_by=LedgerEntry.id)
+        .label("running"),
     ).subquery()
     return _run(
         "ledger balance_after = running sum, never negative",
@@ -141,7 +140,7 @@ def _counters_match_events() -> Check:
             UsageEvent.customer_id,
             UsageEvent.feature_id,
             UsageEvent.period_start,
-            _sum(UsageEvent.amount_micros).label("total"),
+            exact_sum(UsageEvent.amount_micros).label("total"),
         )
         .group_by(UsageEvent.customer_id, UsageEvent.feature_id, UsageEvent.period_start)
         .subquery()
@@ -189,45 +188,37 @@ def _counters_match_events() -> Check:
 
 
 def _daily_matches_events() -> Check:
-    """usage_daily (the dashboard's chart) holds the events' exact sums per feature/day/shard."""
+    """usage_daily (the dashboard's chart) holds the events' exact sums per feature/day/shard.
+
+    A row holds high * DAILY_BASE + low, more than SQL can compare without overflowing, so the
+    rows (features x days x shards, never events) are compared here."""
     day = func.date(UsageEvent.timestamp)
     shard = UsageEvent.customer_id % DAILY_SHARDS
-    sums = (
-        select(
-            UsageEvent.feature_id,
-            day.label("day"),
-            shard.label("shard"),
-            _sum(UsageEvent.amount_micros).label("total"),
+    sums: dict[tuple[int, str, int], int] = {
+        (fid, str(d), sh): total
+        for fid, d, sh, total in db.session.execute(
+            select(UsageEvent.feature_id, day, shard, exact_sum(UsageEvent.amount_micros))
+            .group_by(UsageEvent.feature_id, day, shard)
         )
-        .group_by(UsageEvent.feature_id, day, shard)
-        .subquery()
-    )
+    }
     d = UsageDaily
-    joined = and_(sums.c.feature_id == d.feature_id, sums.c.day == d.day, sums.c.shard == d.shard)
-    mismatched = (
-        select(d.feature_id, d.day, d.shard, d.amount_micros, func.coalesce(sums.c.total, 0))
-        .outerjoin(sums, joined)
-        .where(d.amount_micros != func.coalesce(sums.c.total, 0))
-    )
-    check = _run(
-        "daily usage rollup = sum of its day's event amounts",
-        select(func.count()).select_from(d),
-        mismatched,
-        lambda fid, day, sh, amount, total: (
-            f"usage_daily feature {fid} day {day} shard {sh}: {format_micros(amount)} but "
-            f"events sum to {format_micros(total)}"
-        ),
-    )
-    orphaned = (
-        select(sums.c.feature_id, sums.c.day, sums.c.shard, sums.c.total)
-        .outerjoin(d, joined)
-        .where(d.feature_id.is_(None))
-    )
-    for fid, day, sh, total in db.session.execute(orphaned.limit(MAX_REPORTED)):
+    check = Check("daily usage rollup = sum of its day's event amounts")
+    rows = db.session.execute(select(d.feature_id, d.day, d.shard, d.amount_high, d.amount_micros))
+    for fid, when, sh, high, low in rows:
+        check.checked += 1
+        stored = high * DAILY_BASE + low
+        total = sums.pop((fid, str(when), sh), 0)
+        if stored != total or not 0 <= low < DAILY_BASE:
+            check.violations.append(
+                f"usage_daily feature {fid} day {when} shard {sh}: {format_micros(stored)} but "
+                f"events sum to {format_micros(total)}"
+            )
+    for (fid, day_text, sh), total in sorted(sums.items()):
         check.violations.append(
-            f"events of feature {fid} day {day} shard {sh} sum to {format_micros(total)} but "
+            f"events of feature {fid} day {day_text} shard {sh} sum to {format_micros(total)} but "
             "usage_daily has no row"
         )
+    del check.violations[MAX_REPORTED:]
     return check
 
 
@@ -253,7 +244,7 @@ def _within_allowance() -> Check:
         .join(Customer, Customer.id == Entitlement.customer_id)
         .where(Entitlement.overage == "block", Entitlement.allowance_micros.is_not(None))
     ).all()
-    by_start: dict[object, list] = {}
+    by_start: dict[datetime, list[tuple[Entitlement, str, str]]] = {}
     for ent, ftype, fkey, ckey in rows:
         start = period_start(now, effective_period(ftype, ent.reset_period))
         by_start.setdefault(start, []).append((ent, fkey, ckey))
@@ -270,10 +261,12 @@ def _within_allowance() -> Check:
                 continue
             check.checked += 1
             ent, fkey, ckey = hit
-            if used > ent.allowance_micros and len(check.violations) < MAX_REPORTED:
+            allowance = ent.allowance_micros
+            assert allowance is not None  # selected above: limited entitlements only
+            if used > allowance and len(check.violations) < MAX_REPORTED:
                 check.violations.append(
                     f"{ckey} uses {format_micros(used)} {fkey}, over its blocked allowance of "
-                    f"{format_micros(ent.allowance_micros)}"
+                    f"{format_micros(allowance)}"
                 )
     return check
 

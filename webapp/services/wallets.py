@@ -13,7 +13,7 @@ from ..models import TOPUP_KINDS, CreditSystem, Customer, LedgerEntry, Wallet, u
 from . import audit, validation
 from .actors import MANAGE_WALLETS, Actor, require
 from .catalog import get_credit_system, get_customer
-from .money import MAX_TOTAL_MICROS, format_micros, parse_micros
+from .money import check_total, format_micros, parse_micros
 from .tx import transactional
 
 
@@ -61,8 +61,7 @@ def _post(
 ) -> LedgerEntry:
     now = utcnow()
     balance = wallet.balance_micros + amount_micros
-    if balance > MAX_TOTAL_MICROS:
-        raise ValidationError("The wallet balance would be too large.", field="amount")
+    check_total(balance, what="The wallet balance")
     wallet.balance_micros = balance
     wallet.updated_at = now
     entry = LedgerEntry(

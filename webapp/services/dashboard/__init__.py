@@ -1,0 +1,32 @@
+"""Read models of the dashboard, one module per area: the overview and its chart, customers,
+wallets, features and the audit log. Every function runs a constant number of queries whatever
+the page or history size; "usage this period" is defined once (current.current_usage)."""
+
+from .audit import AuditPage, audit_log
+from .current import MAX_PER_PAGE
+from .customers import CUSTOMER_SORTS, Column, CustomerList, CustomerRow, list_customers
+from .features import FeatureRow, features
+from .overview import CreditTotal, DailySeries, FeatureTotal, Overview, daily_usage, overview
+from .wallets import WalletList, WalletRow, lowest_wallets
+
+__all__ = [
+    "CUSTOMER_SORTS",
+    "MAX_PER_PAGE",
+    "AuditPage",
+    "Column",
+    "CreditTotal",
+    "CustomerList",
+    "CustomerRow",
+    "DailySeries",
+    "FeatureRow",
+    "FeatureTotal",
+    "Overview",
+    "WalletList",
+    "WalletRow",
+    "audit_log",
+    "daily_usage",
+    "features",
+    "list_customers",
+    "lowest_wallets",
+    "overview",
+]

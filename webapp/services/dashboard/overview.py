@@ -1,0 +1,184 @@
+"""The overview page: customers, credits and usage this period in totals, and the daily chart.
+Totals are exact at any size (models.exact_sum; usage_daily's two parts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, func, literal, select
+
+from ...extensions import db
+from ...models import (
+    DAILY_BASE,
+    CreditSystem,
+    Customer,
+    Entitlement,
+    Feature,
+    UsageDaily,
+    UsageEvent,
+    Wallet,
+    exact_sum,
+    utcnow,
+)
+from ..actors import VIEW, Actor, require
+from ..catalog import get_customer
+from .current import current_usage
+
+
+@dataclass(frozen=True)
+class FeatureTotal:
+    key: str
+    name: str
+    type: str
+    used_micros: int
+    allowance_micros: int | None  # persistent: sum of the limited allowances
+
+
+@dataclass(frozen=True)
+class CreditTotal:
+    key: str
+    name: str
+    balance_micros: int
+    wallets: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    customers: int
+    active_customers: int
+    seats_used_micros: int
+    seats_allowance_micros: int
+    credits: list[CreditTotal]
+    usage: list[FeatureTotal]
+
+
+def used_by_feature(now: datetime) -> dict[str, int]:
+    """Usage this period per feature key, all customers."""
+    current = current_usage(now).subquery()
+    return {
+        key: used
+        for key, used in db.session.execute(
+            select(Feature.key, exact_sum(current.c.used_micros))
+            .join(current, current.c.feature_id == Feature.id)
+            .group_by(Feature.key)
+        )
+    }
+
+
+def overview(actor: Actor, *, now: datetime | None = None) -> Overview:
+    require(actor, VIEW)
+    now = now or utcnow()
+    total, active = db.session.execute(
+        select(func.count(), func.count(case((Customer.status == "active", 1))))
+    ).one()
+    used = used_by_feature(now)
+    allowances: dict[str, int | None] = dict(
+        db.session.execute(
+            select(Feature.key, exact_sum(Entitlement.allowance_micros))
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(Feature.type == "persistent")
+            .group_by(Feature.key)
+        ).all()
+    )
+    features = db.session.execute(
+        select(Feature.key, Feature.name, Feature.type)
+        .where(Feature.type != "boolean")
+        .order_by(Feature.type, Feature.key)
+    )
+    usage = [
+        FeatureTotal(
+            key,
+            name,
+            ftype,
+            used.get(key, 0),
+            (allowances.get(key) or 0) if ftype == "persistent" else None,
+        )
+        for key, name, ftype in features
+    ]
+    credits = [
+        CreditTotal(key, name, balance or 0, count)
+        for key, name, balance, count in db.session.execute(
+            select(
+                CreditSystem.key,
+                CreditSystem.name,
+                exact_sum(Wallet.balance_micros),
+                func.count(Wallet.id),
+            )
+            .outerjoin(Wallet, Wallet.credit_system_id == CreditSystem.id)
+            .group_by(CreditSystem.key, CreditSystem.name)
+            .order_by(CreditSystem.key)
+        )
+    ]
+    seats = [u for u in usage if u.type == "persistent"]
+    return Overview(
+        customers=total,
+        active_customers=active,
+        seats_used_micros=sum(u.used_micros for u in seats),
+        seats_allowance_micros=sum(u.allowance_micros or 0 for u in seats),
+        credits=credits,
+        usage=usage,
+    )
+
+
+@dataclass(frozen=True)
+class DailySeries:
+    feature_key: str
+    feature_name: str
+    days: list[tuple[date, int]]  # every day of the window, oldest first, 0 where nothing
+
+    @property
+    def total_micros(self) -> int:
+        return sum(v for _, v in self.days)
+
+
+def daily_usage(
+    actor: Actor,
+    *,
+    customer_key: object = None,
+    days: int = 30,
+    now: datetime | None = None,
+) -> list[DailySeries]:
+    """Consumable usage per feature per UTC day over the last ``days`` days (today included)."""
+    require(actor, VIEW)
+    now = now or utcnow()
+    first = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    stmt: Any
+    if customer_key not in (None, ""):
+        # One customer's events of the window, by the (customer_id, timestamp) index.
+        day = func.date(UsageEvent.timestamp)
+        stmt = (
+            select(Feature.key, day, exact_sum(UsageEvent.amount_micros), literal(0))
+            .join(Feature, Feature.id == UsageEvent.feature_id)
+            .where(UsageEvent.timestamp >= first, Feature.type == "consumable")
+            .where(UsageEvent.customer_id == get_customer(customer_key).id)
+            .group_by(Feature.key, day)
+        )
+    else:
+        # Everyone: the daily rollup (features x days x shards rows), never the events.
+        stmt = (
+            select(
+                Feature.key,
+                UsageDaily.day,
+                exact_sum(UsageDaily.amount_micros),
+                exact_sum(UsageDaily.amount_high),
+            )
+            .join(Feature, Feature.id == UsageDaily.feature_id)
+            .where(UsageDaily.day >= first.date(), Feature.type == "consumable")
+            .group_by(Feature.key, UsageDaily.day)
+        )
+    sums: dict[tuple[str, date], int] = {}
+    for key, when, low, high in db.session.execute(stmt):
+        if isinstance(when, str):  # SQLite's date() is text
+            when = date.fromisoformat(when)
+        sums[(key, when)] = int(high) * DAILY_BASE + int(low)
+    window = [(first + timedelta(days=i)).date() for i in range(days)]
+    return [
+        DailySeries(key, name, [(d, sums.get((key, d), 0)) for d in window])
+        for key, name in db.session.execute(
+            select(Feature.key, Feature.name)
+            .where(Feature.type == "consumable")
+            .order_by(Feature.key)
+        )
+    ]

@@ -1,0 +1,80 @@
+"""The wallets page: every wallet, lowest balance first, with search and pages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, or_, select
+
+from ...extensions import db
+from ...models import CreditSystem, Customer, Wallet
+from ..actors import VIEW, Actor, require
+from .current import page_bounds, page_count
+
+
+@dataclass(frozen=True)
+class WalletRow:
+    customer_key: str
+    customer_name: str
+    customer_status: str
+    credit_system: str
+    credit_system_name: str
+    balance_micros: int
+    low_balance_threshold_micros: int | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class WalletList:
+    rows: list[WalletRow]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return page_count(self.total, self.per_page)
+
+
+def lowest_wallets(
+    actor: Actor,
+    *,
+    search: str | None = None,
+    credit_system: str | None = None,
+    page: int = 1,
+    per_page: int = 25,
+) -> WalletList:
+    require(actor, VIEW)
+    page, per_page = page_bounds(page, per_page)
+    stmt = (
+        select(Wallet, Customer, CreditSystem)
+        .join(Customer, Customer.id == Wallet.customer_id)
+        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+    )
+    if search:
+        term = f"%{search.strip()[:100].lower()}%"
+        stmt = stmt.where(
+            or_(func.lower(Customer.key).like(term), func.lower(Customer.name).like(term))
+        )
+    if credit_system:
+        stmt = stmt.where(CreditSystem.key == credit_system)
+    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = [
+        WalletRow(
+            customer.key,
+            customer.name,
+            customer.status,
+            system.key,
+            system.name,
+            wallet.balance_micros,
+            wallet.low_balance_threshold_micros,
+            wallet.updated_at,
+        )
+        for wallet, customer, system in db.session.execute(
+            stmt.order_by(Wallet.balance_micros, Wallet.id)
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+        )
+    ]
+    return WalletList(rows, total, page, per_page)

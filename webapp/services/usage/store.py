@@ -1,0 +1,453 @@
+"""Where RecordUsage meets the database: the prebuilt statements of the hot path, the state one
+call loads (locked on PostgreSQL when it will write), and the bulk writes of what was accepted,
+the daily rollup included."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import Connection, Table, bindparam, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from ...errors import CustomerNotFound, FeatureNotFound
+from ...extensions import db
+from ...models import (
+    DAILY_BASE,
+    DAILY_SHARDS,
+    AuditLog,
+    CreditCost,
+    CreditSystem,
+    Customer,
+    Entitlement,
+    Feature,
+    LedgerEntry,
+    UsageCounter,
+    UsageDaily,
+    UsageEvent,
+    Wallet,
+    utcnow,
+)
+from ..actors import Actor
+from ..audit import audit_row
+from ..bulk import bulk_insert, pipelined, use_copy
+from ..periods import period_start
+from .rules import (
+    CostRef,
+    CustomerRef,
+    EntitlementRef,
+    FeatureRef,
+    Parsed,
+    WalletRef,
+    counter_period,
+)
+
+CounterKey = tuple[int, int, datetime]  # customer id, feature id, period start
+WalletKey = tuple[int, int]  # customer id, credit system id
+
+
+class StoredEvent(NamedTuple):
+    """An event already recorded for (customer, event_id): what a replay answers."""
+
+    fingerprint: str
+    timestamp: datetime
+    feature_key: str
+    event_name: str
+    feature_type: str
+    amount_micros: int
+    used_micros: int
+    allowance_micros: int | None
+    overage_micros: int
+    credits_micros: int | None
+    balance_micros: int | None
+
+    def row(
+        self,
+        customer_id: int,
+        feature_id: int,
+        event_id: str,
+        period: datetime,
+        metadata: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Its usage_events row (without the actor and the time it was recorded)."""
+        return {
+            "customer_id": customer_id,
+            "feature_id": feature_id,
+            "event_id": event_id,
+            "amount_micros": self.amount_micros,
+            "timestamp": self.timestamp,
+            "period_start": period,
+            "metadata": metadata or None,
+            "credits_micros": self.credits_micros,
+            "overage_micros": self.overage_micros,
+            "used_after_micros": self.used_micros,
+            "allowance_micros": self.allowance_micros,
+            "balance_after_micros": self.balance_micros,
+            "fingerprint": self.fingerprint,
+        }
+
+
+@dataclass
+class State:
+    """Everything a call's events touch, as typed records; moved in memory as events are
+    accepted, then written in bulk."""
+
+    customers: dict[str, CustomerRef] = field(default_factory=dict)
+    features: dict[tuple[str, str], FeatureRef] = field(default_factory=dict)
+    entitlements: dict[tuple[int, int], EntitlementRef] = field(default_factory=dict)
+    costs: dict[int, CostRef] = field(default_factory=dict)
+    counters: dict[CounterKey, int] = field(default_factory=dict)
+    new_counters: set[CounterKey] = field(default_factory=set)
+    dirty_counters: set[CounterKey] = field(default_factory=set)
+    wallets: dict[WalletKey, WalletRef] = field(default_factory=dict)
+    dirty_wallets: dict[int, WalletRef] = field(default_factory=dict)  # by wallet id
+    events: dict[tuple[int, str], StoredEvent] = field(default_factory=dict)
+
+    def customer(self, key: str) -> CustomerRef:
+        found = self.customers.get(key)
+        if found is None:
+            raise CustomerNotFound(f"No customer with key {key!r}.", field="customer_key")
+        return found
+
+    def feature(self, parsed: Parsed) -> FeatureRef:
+        if parsed.feature_key is not None:
+            found = self.features.get(("key", parsed.feature_key))
+            if found is None:
+                raise FeatureNotFound(
+                    f"No feature with key {parsed.feature_key!r}.", field="feature_key"
+                )
+            return found
+        found = self.features.get(("event", parsed.event_name or ""))
+        if found is None:
+            raise FeatureNotFound(
+                f"No feature with event name {parsed.event_name!r}.", field="event_name"
+            )
+        return found
+
+    def counter_key(self, customer: CustomerRef, feature: FeatureRef, at: datetime) -> CounterKey:
+        ent = self.entitlements.get((customer.id, feature.id))
+        return (customer.id, feature.id, period_start(at, counter_period(feature, ent)))
+
+    def wallet(self, customer: CustomerRef, cost: CostRef | None) -> WalletRef | None:
+        return None if cost is None else self.wallets.get((customer.id, cost.credit_system_id))
+
+    def move_counter(self, key: CounterKey, used: int) -> None:
+        if key not in self.counters:
+            self.new_counters.add(key)
+        self.counters[key] = used
+        self.dirty_counters.add(key)
+
+    def debit(self, wallet: WalletRef, credits: int) -> None:
+        wallet.balance_micros -= credits
+        self.dirty_wallets[wallet.id] = wallet
+
+
+# Statements of the hot path, built once: per call only their parameters change, so SQLAlchemy
+# neither rebuilds nor recompiles them.
+_CUSTOMERS = (
+    select(
+        Customer.id,
+        Customer.key,
+        Customer.status,
+        Entitlement.feature_id,
+        Entitlement.allowance_micros,
+        Entitlement.reset_period,
+        Entitlement.overage,
+    )
+    .outerjoin(Entitlement, Entitlement.customer_id == Customer.id)
+    .where(Customer.key.in_(bindparam("keys", expanding=True)))
+)
+_FEATURES = (
+    select(
+        Feature.id,
+        Feature.key,
+        Feature.type,
+        Feature.event_name,
+        CreditCost.cost_micros,
+        CreditCost.credit_system_id,
+        CreditSystem.key.label("credit_system_key"),
+    )
+    .outerjoin(CreditCost, CreditCost.feature_id == Feature.id)
+    .outerjoin(CreditSystem, CreditSystem.id == CreditCost.credit_system_id)
+    .where(
+        or_(
+            Feature.key.in_(bindparam("fkeys", expanding=True)),
+            Feature.event_name.in_(bindparam("enames", expanding=True)),
+        )
+    )
+)
+_EVENTS = (
+    select(
+        UsageEvent.customer_id,
+        UsageEvent.event_id,
+        UsageEvent.fingerprint,
+        UsageEvent.timestamp,
+        Feature.key,
+        Feature.event_name,
+        Feature.type,
+        UsageEvent.amount_micros,
+        UsageEvent.used_after_micros,
+        UsageEvent.allowance_micros,
+        UsageEvent.overage_micros,
+        UsageEvent.credits_micros,
+        UsageEvent.balance_after_micros,
+    )
+    .join(Feature, Feature.id == UsageEvent.feature_id)
+    .where(
+        tuple_(UsageEvent.customer_id, UsageEvent.event_id).in_(bindparam("pairs", expanding=True))
+    )
+)
+_COUNTER_KEY = tuple_(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start)
+_COUNTERS = (
+    select(
+        UsageCounter.customer_id,
+        UsageCounter.feature_id,
+        UsageCounter.period_start,
+        UsageCounter.used_micros,
+    )
+    .where(_COUNTER_KEY.in_(bindparam("ckeys", expanding=True)))
+    .order_by(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start)
+)
+_WALLETS = (
+    select(Wallet.customer_id, Wallet.credit_system_id, Wallet.id, Wallet.balance_micros)
+    .where(
+        tuple_(Wallet.customer_id, Wallet.credit_system_id).in_(bindparam("wkeys", expanding=True))
+    )
+    .order_by(Wallet.id)
+)
+# A write locks the counters and wallets it moves, in key order (PostgreSQL; on SQLite, BEGIN
+# IMMEDIATE already holds the write lock). The entitlement check reads them without a lock.
+_LOCKED = {
+    False: (_COUNTERS, _WALLETS),
+    True: (_COUNTERS.with_for_update(), _WALLETS.with_for_update()),
+}
+
+
+def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
+    """Everything the events touch, in at most five queries."""
+    conn = db.session.connection()
+    state = State()
+    for row in conn.execute(_CUSTOMERS, {"keys": sorted({p.customer_key for p in parsed})}):
+        state.customers[row.key] = CustomerRef(row.id, row.key, row.status)
+        if row.feature_id is not None:
+            state.entitlements[(row.id, row.feature_id)] = EntitlementRef(
+                row.allowance_micros, row.reset_period, row.overage
+            )
+    fkeys = sorted({p.feature_key for p in parsed if p.feature_key is not None})
+    enames = sorted({p.event_name for p in parsed if p.event_name is not None})
+    for f in conn.execute(_FEATURES, {"fkeys": fkeys, "enames": enames}):
+        state.features[("key", f.key)] = state.features[("event", f.event_name)] = FeatureRef(
+            f.id, f.key, f.type, f.event_name
+        )
+        if f.cost_micros is not None:
+            state.costs[f.id] = CostRef(f.cost_micros, f.credit_system_id, f.credit_system_key)
+    if not state.customers or not state.features:
+        return state
+
+    pairs: set[tuple[int, str]] = set()
+    counter_keys: set[CounterKey] = set()
+    wallet_keys: set[WalletKey] = set()
+    for p in parsed:
+        customer = state.customers.get(p.customer_key)
+        found = state.features.get(
+            ("key", p.feature_key) if p.feature_key is not None else ("event", p.event_name or "")
+        )
+        if customer is None or found is None:
+            continue
+        if p.event_id is not None:
+            pairs.add((customer.id, p.event_id))
+        counter_keys.add(state.counter_key(customer, found, p.timestamp or now))
+        cost = state.costs.get(found.id)
+        if cost is not None:
+            wallet_keys.add((customer.id, cost.credit_system_id))
+    counters, wallets = _LOCKED[lock]
+    if pairs:
+        for event in conn.execute(_EVENTS, {"pairs": sorted(pairs)}):
+            state.events[(event[0], event[1])] = StoredEvent._make(event[2:])
+    if counter_keys:
+        for cid, fid, start, used in conn.execute(counters, {"ckeys": sorted(counter_keys)}):
+            state.counters[(cid, fid, start)] = used
+    if wallet_keys:
+        for cid, sid, wid, balance in conn.execute(wallets, {"wkeys": sorted(wallet_keys)}):
+            state.wallets[(cid, sid)] = WalletRef(wid, balance)
+    return state
+
+
+# ---------------------------------------------------------------- writes
+
+
+@dataclass
+class Pending:
+    """One accepted event, its rows ready to insert."""
+
+    event: dict[str, Any]
+    ledger: dict[str, Any] | None
+    customer_key: str
+    audit: tuple[str, str, str]  # event_id, feature_key, amount
+
+
+_event_table = cast(Table, UsageEvent.__table__)
+_counter_table = cast(Table, UsageCounter.__table__)
+_wallet_table = cast(Table, Wallet.__table__)
+_daily_table = cast(Table, UsageDaily.__table__)
+_ledger_table = cast(Table, LedgerEntry.__table__)
+_audit_table = cast(Table, AuditLog.__table__)
+_INSERT_EVENTS_RETURNING = insert(_event_table).returning(
+    _event_table.c.id, sort_by_parameter_order=True
+)
+# PostgreSQL: take the ids from the sequence first, so that the rows go in with a plain pipelined
+# executemany (one short cached statement) rather than one huge INSERT ... VALUES ... RETURNING.
+_NEXT_EVENT_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence('usage_events', 'id')) FROM generate_series(1, :n)"
+)
+_LAST_EVENT_ID = text("SELECT coalesce(max(id), 0) FROM usage_events")
+_INSERT_COUNTERS = insert(_counter_table)
+_UPDATE_COUNTER = (
+    update(_counter_table)
+    .where(
+        _counter_table.c.customer_id == bindparam("c"),
+        _counter_table.c.feature_id == bindparam("f"),
+        _counter_table.c.period_start == bindparam("s", type_=_counter_table.c.period_start.type),
+    )
+    .values(used_micros=bindparam("u"))
+)
+_UPDATE_WALLET = (
+    update(_wallet_table)
+    .where(_wallet_table.c.id == bindparam("wid"))
+    .values(
+        balance_micros=bindparam("bal"),
+        updated_at=bindparam("now", type_=_wallet_table.c.updated_at.type),
+    )
+)
+
+
+def _daily_upsert(dialect: Any) -> Insert:
+    # Both parts move in one statement: the low part stays in [0, DAILY_BASE) and carries into
+    # the high part, so that no sum of customers' usage overflows a 64-bit column.
+    stmt = dialect.insert(_daily_table)
+    low = _daily_table.c.amount_micros + stmt.excluded.amount_micros
+    high = _daily_table.c.amount_high + stmt.excluded.amount_high + low // DAILY_BASE
+    upsert: Insert = stmt.on_conflict_do_update(
+        index_elements=["feature_id", "day", "shard"],
+        set_={"amount_micros": low % DAILY_BASE, "amount_high": high},
+    )
+    return upsert
+
+
+_UPSERT_DAILY = {"sqlite": _daily_upsert(sqlite), "postgresql": _daily_upsert(postgresql)}
+
+
+def add_to_daily(conn: Connection, events: Iterable[Mapping[str, Any]]) -> None:
+    """Add events (rows of usage_events: customer_id, feature_id, timestamp, amount_micros) to
+    usage_daily, one upsert per (feature, day, shard), in key order."""
+    sums: dict[tuple[int, date, int], int] = {}
+    for e in events:
+        day = e["timestamp"].astimezone(UTC).date()
+        k = (e["feature_id"], day, e["customer_id"] % DAILY_SHARDS)
+        sums[k] = sums.get(k, 0) + e["amount_micros"]
+    if sums:
+        conn.execute(
+            _UPSERT_DAILY[conn.dialect.name],
+            [
+                {"feature_id": f, "day": d, "shard": sh, "amount_high": high, "amount_micros": low}
+                for (f, d, sh), amount in sorted(sums.items())
+                for high, low in (divmod(amount, DAILY_BASE),)
+            ],
+        )
+
+
+def write(state: State, pending: list[Pending], actor: Actor) -> None:
+    """Insert the accepted events, then (in one round trip where the driver allows) their
+    ledger entries, the counters and wallets they moved, the daily rollup and the audit rows."""
+    if not pending:
+        return
+    conn = db.session.connection()
+    rows = [p.event for p in pending]
+    copy = use_copy(conn, len(rows))
+    if copy or (len(rows) > 1 and conn.dialect.name == "sqlite"):
+        for row, event_pk in zip(rows, _take_event_ids(conn, len(rows), copy), strict=True):
+            row["id"] = event_pk
+        bulk_insert(conn, _event_table, rows)
+    else:
+        for row, event_pk in zip(
+            rows, conn.execute(_INSERT_EVENTS_RETURNING, rows).scalars(), strict=True
+        ):
+            row["id"] = event_pk
+    ledger_rows = []
+    for p in pending:
+        if p.ledger is not None:
+            p.ledger["usage_event_id"] = p.event["id"]
+            ledger_rows.append(p.ledger)
+    # The writes below return nothing: on PostgreSQL without COPY (which pipeline mode cannot
+    # carry) they go out in one round trip instead of one each.
+    with pipelined(conn, enabled=not copy):
+        bulk_insert(conn, _ledger_table, ledger_rows)
+        _write_counters(conn, state)
+        _write_wallets(conn, state)
+        add_to_daily(conn, rows)
+        bulk_insert(conn, _audit_table, _audit_rows(actor, pending))
+
+
+def _take_event_ids(conn: Connection, n: int, copy: bool) -> list[int]:
+    if copy:
+        return sorted(conn.execute(_NEXT_EVENT_IDS, {"n": n}).scalars())
+    # SQLite cannot return the ids of a multi-row insert in order, so SQLAlchemy would insert
+    # row by row. The transaction holds the write lock (BEGIN IMMEDIATE), so the next ids are
+    # ours to take: one plain executemany instead of one statement per event.
+    last: int = conn.execute(_LAST_EVENT_ID).scalar_one()
+    return list(range(last + 1, last + 1 + n))
+
+
+def _write_counters(conn: Connection, state: State) -> None:
+    if state.new_counters:
+        # A concurrent first use of the same counter makes this fail on the unique key;
+        # the transaction is then retried from the start and sees the other one's row.
+        conn.execute(
+            _INSERT_COUNTERS,
+            [
+                {"customer_id": c, "feature_id": f, "period_start": s, "used_micros": used}
+                for (c, f, s) in sorted(state.new_counters)
+                for used in (state.counters[(c, f, s)],)
+            ],
+        )
+    moved = sorted(state.dirty_counters - state.new_counters)
+    if moved:
+        conn.execute(
+            _UPDATE_COUNTER,
+            [{"c": c, "f": f, "s": s, "u": state.counters[(c, f, s)]} for (c, f, s) in moved],
+        )
+
+
+def _write_wallets(conn: Connection, state: State) -> None:
+    if state.dirty_wallets:
+        now = utcnow()
+        conn.execute(
+            _UPDATE_WALLET,
+            [
+                {"wid": wid, "bal": state.dirty_wallets[wid].balance_micros, "now": now}
+                for wid in sorted(state.dirty_wallets)
+            ],
+        )
+
+
+def _audit_rows(actor: Actor, pending: list[Pending]) -> list[dict[str, Any]]:
+    """One audit row per customer per call: the event itself, or the list of a batch's events
+    (each event row also keeps its actor and time)."""
+    by_customer: dict[str, list[tuple[str, str, str]]] = {}
+    for p in pending:
+        by_customer.setdefault(p.customer_key, []).append(p.audit)
+    now = utcnow()
+    rows = []
+    for customer_key, events in by_customer.items():
+        if len(events) == 1:
+            ((event_id, feature_key, amount),) = events
+            target = f"event:{event_id}"
+            details: dict[str, Any] = {"feature": feature_key, "amount": amount}
+        else:
+            target = f"events:{len(events)}"
+            details = {"events": [list(e) for e in events]}
+        rows.append(audit_row(actor, "usage.recorded", customer_key, target, details, now))
+    return rows
