@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.api_support import C, api_as, error_code, row_counts
+from tests.api_support import C, api_as, error_code, make_key, row_counts
 from tests.web import signed_in
 from webapp.errors import InvalidAmount, ValidationError
 from webapp.extensions import db
@@ -144,3 +144,16 @@ def test_out_of_range_timestamp_is_422_on_every_api_door(catalog, client, when):
     for name in ("since", "until"):
         response = api.get(f"/api/v1/customers/{C}/events", query_string={name: when})
         assert (response.status_code, error_code(response)) == (422, "validation_error"), name
+
+
+@pytest.mark.parametrize("when", OUT_OF_RANGE_TIMES)
+def test_out_of_range_timestamp_is_422_on_the_metrifox_door(catalog, client, when):
+    key = make_key("admin")
+    before = row_counts()
+    response = client.post(
+        "/metrifox/meter/usage/events",
+        json={"customer_key": C, "feature_key": "api_calls", "quantity": 1, "timestamp": when},
+        headers={"x-api-key": key},
+    )
+    assert response.status_code == 422, response.get_data()[:300]
+    assert row_counts() == before
