@@ -50,23 +50,26 @@ def test_two_wallets_at_the_maximum_sum_exactly_everywhere(app, catalog, client)
 
 @pytest.fixture
 def tokens(app, catalog):
-    """An unlimited consumable without a credit cost, for two customers in one usage_daily
+    """An unlimited consumable without a credit cost, for three customers in one usage_daily
     shard."""
     catalogs.create_feature(
         SYSTEM, key="tokens", name="Tokens", type="consumable", event_name="tok"
     )
     first = db.session.scalar(select(Customer.id).where(Customer.key == C))
-    for n in range(64):
+    for n in range(2 * 64):
         catalogs.create_customer(SYSTEM, key=f"filler-{n}", name="Filler", email=None)
-    twin = db.session.scalar(select(Customer.key).where(Customer.id == first + 64))
-    assert twin is not None
-    for key in (C, twin):
+    same_shard = [C] + [
+        db.session.scalars(select(Customer.key).where(Customer.id == first + n)).one()
+        for n in (64, 128)
+    ]
+    for key in same_shard:
         catalogs.set_entitlement(SYSTEM, key, "tokens", allowance=None, reset_period="month")
-    return [C, twin]
+    return same_shard
 
 
 def test_usage_at_the_maximum_in_one_daily_shard_sums_exactly(tokens, client, api_as_admin):
-    for key in tokens:
+    *full, third = tokens
+    for key in full:
         for _ in range(STEPS):
             usage.record_usage(SYSTEM, customer_key=key, feature_key="tokens", amount=STEP)
     # The counter is full: one more unit is a clear 422, nothing written.
@@ -85,8 +88,14 @@ def test_usage_at_the_maximum_in_one_daily_shard_sums_exactly(tokens, client, ap
     assert row.used_micros == 2 * MAX_TOTAL_MICROS
     assert verify_ledger().ok
 
-    # The shard row keeps taking usage (another feature, the same shard).
-    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=1)
+    # The shard's row, past 2^63 micros, keeps taking usage.
+    response = api_as_admin.post(
+        "/api/v1/usage", {"customer_key": third, "feature_key": "tokens", "amount": 1}
+    )
+    assert response.status_code == 201, response.get_json()
+    (series,) = [s for s in dashboard.daily_usage(SYSTEM) if s.feature_key == "tokens"]
+    assert series.total_micros == 2 * MAX_TOTAL_MICROS + MICROS
+    assert verify_ledger().ok
     signed_in(client, "admin")
     for url in ("/", "/features", f"/customers/{C}"):
         assert client.get(url).status_code == 200, url
