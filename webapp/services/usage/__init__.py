@@ -185,21 +185,14 @@ def _result(
     *,
     replayed: bool,
 ) -> UsageResult:
+    fields = event._asdict()
+    del fields["fingerprint"]  # the rest are UsageResult's fields, by name
     return UsageResult(
         replayed=replayed,
         event_id=event_id,
         customer_key=customer.key,
-        feature_key=event.feature_key,
-        event_name=event.event_name,
-        feature_type=event.feature_type,
-        amount_micros=event.amount_micros,
-        timestamp=event.timestamp,
-        used_micros=event.used_micros,
-        allowance_micros=event.allowance_micros,
-        overage_micros=event.overage_micros,
-        credits_micros=event.credits_micros,
-        balance_micros=event.balance_micros,
         credit_system=None if cost is None else cost.credit_system_key,
+        **fields,
     )
 
 
