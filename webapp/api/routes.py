@@ -3,78 +3,43 @@ actor, and serializes the result; DomainErrors become JSON errors in webapp.erro
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
-from flask_limiter.errors import RateLimitExceeded
-from flask_limiter.util import get_remote_address
+from flask import Blueprint, Response, g, request
 
-from ..errors import DomainError, Unauthorized
-from ..extensions import limiter
-from ..services import auth, catalog, reads, usage, wallets
+from .. import jsondoor
+from ..errors import DomainError, PayloadTooLarge
+from ..jsondoor import json_body, query
+from ..services import catalog, reads, usage, wallets
 from ..services.actors import Actor
 from ..services.usage import MAX_BATCH
-from . import serializers as out
+from . import schemas as out
 from .openapi import openapi_document
-from .parsing import PayloadTooLarge, body, check_fields, json_body, query
+from .schemas import (
+    AdjustmentRequest,
+    BatchRequest,
+    CreditCostPut,
+    CreditSystemCreate,
+    CustomerCreate,
+    EntitlementPut,
+    FeatureCreate,
+    RecordUsageRequest,
+    TopupRequest,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 PUBLIC_ENDPOINTS = {"api.openapi_json"}
 
-
-def _bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def _rate_key() -> str:
-    """Per API key (its hash, so the key itself is never kept); per address without one."""
-    token = _bearer()
-    if token is None:
-        return "addr:" + (get_remote_address() or "-")
-    return "key:" + hashlib.sha256(token.encode()).hexdigest()
-
-
-limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=_rate_key)(bp)
-
-
-@bp.errorhandler(RateLimitExceeded)
-def rate_limited(exc: RateLimitExceeded):
-    current = limiter.current_limit
-    retry_after = 1
-    if current is not None:
-        retry_after = max(1, int(current.reset_at - time.time()))
-    response = jsonify(
-        {
-            "error": {
-                "code": "rate_limited",
-                "message": f"Too many requests for this API key (limit {exc.description}).",
-                "details": {"retry_after": retry_after},
-            }
-        }
-    )
-    response.status_code = 429
-    response.headers["Retry-After"] = str(retry_after)
-    return response
+jsondoor.limit_per_key(bp)
 
 
 @bp.before_request
 def authenticate() -> None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
-    token = _bearer()
-    if token is None:
-        raise Unauthorized("Send an API key as `Authorization: Bearer <key>`.")
-    key = auth.authenticate_api_key(token)
-    g.api_actor = auth.key_actor(key)
-    auth.touch_api_key(key)
+    g.api_actor = jsondoor.key_actor("Send an API key as `Authorization: Bearer <key>`.")
 
 
 @bp.after_request
@@ -91,11 +56,13 @@ def actor() -> Actor:
 
 def respond(payload: Any, status: int = 200) -> Response:
     """JSON in the field order of api.md (jsonify would sort the keys)."""
+    if isinstance(payload, out.Response):
+        payload = payload.model_dump()
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return Response(text + "\n", status=status, mimetype="application/json")
 
 
-def created_or_replayed(payload: dict[str, Any], replayed: bool) -> Response:
+def created_or_replayed(payload: out.Response, replayed: bool) -> Response:
     response = respond(payload, 200 if replayed else 201)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -107,9 +74,8 @@ def created_or_replayed(payload: dict[str, Any], replayed: bool) -> Response:
 
 @bp.post("/usage")
 def record_usage():
-    fields = body("RecordUsageRequest")
-    result = usage.record_usage(actor(), **fields)
-    return created_or_replayed(out.usage_result(result), result.replayed)
+    result = usage.record_usage(actor(), **RecordUsageRequest.parse(json_body()))
+    return created_or_replayed(out.UsageResult.of(result), result.replayed)
 
 
 @bp.post("/usage/batch")
@@ -122,13 +88,13 @@ def record_usage_batch():
                 field="events",
                 max_events=MAX_BATCH,
             )
-    fields = check_fields(data, "BatchRequest")
+    fields = BatchRequest.parse(data)
     events: list[Any] = fields["events"]
     # Each event is judged alone: one of the wrong shape gets its own error and is not sent on.
     shaped: list[dict[str, Any] | DomainError] = []
     for raw in events:
         try:
-            shaped.append(check_fields(raw, "RecordUsageRequest"))
+            shaped.append(RecordUsageRequest.parse(raw))
         except DomainError as exc:
             shaped.append(exc)
     valid = [e for e in shaped if not isinstance(e, DomainError)]
@@ -140,7 +106,7 @@ def record_usage_batch():
             results.append({"status": outcome.status, "body": outcome.to_dict()})
         else:
             status = 200 if outcome.replayed else 201
-            results.append({"status": status, "body": out.usage_result(outcome)})
+            results.append({"status": status, "body": out.UsageResult.of(outcome).model_dump()})
     return respond({"results": results})
 
 
@@ -154,7 +120,7 @@ def check_entitlement():
         event_name=args["event_name"],
         amount=args["amount"],
     )
-    return respond(out.check_result(result))
+    return respond(out.EntitlementCheck.of(result))
 
 
 # ---------------------------------------------------------------- wallets
@@ -162,14 +128,14 @@ def check_entitlement():
 
 @bp.post("/wallets/topups")
 def topup_wallet():
-    result = wallets.topup_wallet(actor(), **body("TopupRequest"))
-    return created_or_replayed(out.ledger_result(result), result.replayed)
+    result = wallets.topup_wallet(actor(), **TopupRequest.parse(json_body()))
+    return created_or_replayed(out.LedgerResult.of(result), result.replayed)
 
 
 @bp.post("/wallets/adjustments")
 def adjust_wallet():
-    result = wallets.adjust_wallet(actor(), **body("AdjustmentRequest"))
-    return created_or_replayed(out.ledger_result(result), result.replayed)
+    result = wallets.adjust_wallet(actor(), **AdjustmentRequest.parse(json_body()))
+    return created_or_replayed(out.LedgerResult.of(result), result.replayed)
 
 
 # ---------------------------------------------------------------- customers
@@ -179,38 +145,50 @@ def adjust_wallet():
 def list_customers():
     args = query(("cursor", "limit", "search"))
     page = reads.list_customers(actor(), **args)
-    return respond(out.page(page, out.customer))
+    return respond(
+        out.CustomerPage(
+            data=[out.Customer.of(c) for c in page.items], next_cursor=page.next_cursor
+        )
+    )
 
 
 @bp.post("/customers")
 def create_customer():
-    customer = catalog.create_customer(actor(), **body("CustomerCreate"))
-    return respond(out.customer(customer), 201)
+    customer = catalog.create_customer(actor(), **CustomerCreate.parse(json_body()))
+    return respond(out.Customer.of(customer), 201)
 
 
 @bp.get("/customers/<key>")
 def get_customer(key: str):
     query(())
-    return respond(out.customer_detail(reads.customer_summary(actor(), key)))
+    return respond(out.CustomerDetail.of_summary(reads.customer_summary(actor(), key)))
 
 
 @bp.get("/customers/<key>/events")
 def list_events(key: str):
     args = query(("feature_key", "since", "until", "cursor", "limit"))
-    return respond(out.page(reads.list_events(actor(), key, **args), out.event))
+    page = reads.list_events(actor(), key, **args)
+    return respond(
+        out.EventPage(data=[out.Event.of(e) for e in page.items], next_cursor=page.next_cursor)
+    )
 
 
 @bp.get("/customers/<key>/ledger")
 def list_ledger(key: str):
     args = query(("credit_system", "cursor", "limit"))
-    return respond(out.page(reads.list_ledger(actor(), key, **args), out.ledger_entry))
+    page = reads.list_ledger(actor(), key, **args)
+    return respond(
+        out.LedgerPage(
+            data=[out.LedgerEntry.of(e) for e in page.items], next_cursor=page.next_cursor
+        )
+    )
 
 
 @bp.put("/customers/<key>/entitlements/<feature_key>")
 def set_entitlement(key: str, feature_key: str):
-    fields = body("EntitlementPut")
+    fields = EntitlementPut.parse(json_body())
     entitlement = catalog.set_entitlement(actor(), key, feature_key, **fields)
-    return respond(out.entitlement(key, feature_key, entitlement))
+    return respond(out.Entitlement.of(key, feature_key, entitlement))
 
 
 # ---------------------------------------------------------------- catalog
@@ -220,26 +198,26 @@ def set_entitlement(key: str, feature_key: str):
 def list_features():
     query(())
     rows = catalog.list_features(actor())
-    return respond({"data": [out.feature(*row) for row in rows], "next_cursor": None})
+    return respond(out.FeaturePage(data=[out.Feature.of(*row) for row in rows], next_cursor=None))
 
 
 @bp.post("/features")
 def create_feature():
-    feature = catalog.create_feature(actor(), **body("FeatureCreate"))
-    return respond(out.feature(feature, None, None), 201)
+    feature = catalog.create_feature(actor(), **FeatureCreate.parse(json_body()))
+    return respond(out.Feature.of(feature), 201)
 
 
 @bp.put("/features/<feature_key>/credit-cost")
 def set_credit_cost(feature_key: str):
-    fields = body("CreditCostPut")
+    fields = CreditCostPut.parse(json_body())
     cost = catalog.set_credit_cost(actor(), feature_key, **fields)
-    return respond(out.credit_cost(feature_key, fields["credit_system"], cost))
+    return respond(out.CreditCost.of(feature_key, fields["credit_system"], cost))
 
 
 @bp.post("/credit-systems")
 def create_credit_system():
-    system = catalog.create_credit_system(actor(), **body("CreditSystemCreate"))
-    return respond(out.credit_system(system), 201)
+    system = catalog.create_credit_system(actor(), **CreditSystemCreate.parse(json_body()))
+    return respond(out.CreditSystem.of(system), 201)
 
 
 # ---------------------------------------------------------------- the contract itself
