@@ -75,7 +75,7 @@ def created_or_replayed(payload: out.Response, replayed: bool) -> Response:
 @bp.post("/usage")
 def record_usage():
     result = usage.record_usage(actor(), **RecordUsageRequest.parse(json_body()))
-    return created_or_replayed(out.UsageResult.of(result), result.replayed)
+    return created_or_replayed(out.UsageResult.model_validate(result), result.replayed)
 
 
 @bp.post("/usage/batch")
@@ -106,7 +106,9 @@ def record_usage_batch():
             results.append({"status": outcome.status, "body": outcome.to_dict()})
         else:
             status = 200 if outcome.replayed else 201
-            results.append({"status": status, "body": out.UsageResult.of(outcome).model_dump()})
+            results.append(
+                {"status": status, "body": out.UsageResult.model_validate(outcome).model_dump()}
+            )
     return respond({"results": results})
 
 
@@ -120,7 +122,7 @@ def check_entitlement():
         event_name=args["event_name"],
         amount=args["amount"],
     )
-    return respond(out.EntitlementCheck.of(result))
+    return respond(out.EntitlementCheck.model_validate(result))
 
 
 # ---------------------------------------------------------------- wallets
@@ -145,50 +147,51 @@ def adjust_wallet():
 def list_customers():
     args = query(("cursor", "limit", "search"))
     page = reads.list_customers(actor(), **args)
-    return respond(
-        out.CustomerPage(
-            data=[out.Customer.of(c) for c in page.items], next_cursor=page.next_cursor
-        )
-    )
+    return respond(out.CustomerPage.model_validate(page))
 
 
 @bp.post("/customers")
 def create_customer():
     customer = catalog.create_customer(actor(), **CustomerCreate.parse(json_body()))
-    return respond(out.Customer.of(customer), 201)
+    return respond(out.Customer.model_validate(customer), 201)
 
 
 @bp.get("/customers/<key>")
 def get_customer(key: str):
     query(())
-    return respond(out.CustomerDetail.of_summary(reads.customer_summary(actor(), key)))
+    return respond(out.CustomerDetail.of(reads.customer_summary(actor(), key)))
 
 
 @bp.get("/customers/<key>/events")
 def list_events(key: str):
     args = query(("feature_key", "since", "until", "cursor", "limit"))
     page = reads.list_events(actor(), key, **args)
-    return respond(
-        out.EventPage(data=[out.Event.of(e) for e in page.items], next_cursor=page.next_cursor)
-    )
+    return respond(out.EventPage.model_validate(page))
 
 
 @bp.get("/customers/<key>/ledger")
 def list_ledger(key: str):
     args = query(("credit_system", "cursor", "limit"))
     page = reads.list_ledger(actor(), key, **args)
-    return respond(
-        out.LedgerPage(
-            data=[out.LedgerEntry.of(e) for e in page.items], next_cursor=page.next_cursor
-        )
-    )
+    return respond(out.LedgerPage.model_validate(page))
 
 
 @bp.put("/customers/<key>/entitlements/<feature_key>")
 def set_entitlement(key: str, feature_key: str):
     fields = EntitlementPut.parse(json_body())
     entitlement = catalog.set_entitlement(actor(), key, feature_key, **fields)
-    return respond(out.Entitlement.of(key, feature_key, entitlement))
+    return respond(
+        out.Entitlement.model_validate(
+            {
+                "customer_key": key,
+                "feature_key": feature_key,
+                "allowance": entitlement.allowance_micros,
+                "reset_period": entitlement.reset_period,
+                "overage": entitlement.overage,
+                "updated_at": entitlement.updated_at,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------- catalog
@@ -211,13 +214,22 @@ def create_feature():
 def set_credit_cost(feature_key: str):
     fields = CreditCostPut.parse(json_body())
     cost = catalog.set_credit_cost(actor(), feature_key, **fields)
-    return respond(out.CreditCost.of(feature_key, fields["credit_system"], cost))
+    return respond(
+        out.CreditCost.model_validate(
+            {
+                "feature_key": feature_key,
+                "credit_system": fields["credit_system"],
+                "cost": cost.cost_micros,
+                "updated_at": cost.updated_at,
+            }
+        )
+    )
 
 
 @bp.post("/credit-systems")
 def create_credit_system():
     system = catalog.create_credit_system(actor(), **CreditSystemCreate.parse(json_body()))
-    return respond(out.CreditSystem.of(system), 201)
+    return respond(out.CreditSystem.model_validate(system), 201)
 
 
 # ---------------------------------------------------------------- the contract itself

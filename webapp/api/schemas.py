@@ -8,10 +8,20 @@ the models validate Python objects in strict mode and never parse JSON themselve
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+)
 from pydantic import ValidationError as PydanticError
 from pydantic.json_schema import WithJsonSchema
 
@@ -19,7 +29,7 @@ from .. import models as db
 from ..errors import ValidationError
 from ..jsondoor import iso, safe
 from ..models import FEATURE_TYPES, OVERAGE_POLICIES, RESET_PERIODS, TOPUP_KINDS
-from ..services import reads, usage, wallets
+from ..services import reads, wallets
 from ..services.money import format_micros, quantity_json
 from ..services.usage import MAX_BATCH
 
@@ -55,12 +65,6 @@ AMOUNT = {
     "examples": ["2", 2],
 }
 
-Time = Annotated[str, _doc(TIME)]
-OptTime = Annotated[str | None, _doc(_null(TIME))]
-Credits = Annotated[str, _doc(CREDITS)]
-OptCredits = Annotated[str | None, _doc(_null(CREDITS))]
-Quantity = Annotated[int | str, _doc(QUANTITY)]
-OptQuantity = Annotated[int | str | None, _doc(_null(QUANTITY))]
 OptStr = Annotated[StrictStr | None, _doc({"type": ["string", "null"]})]
 Object = Annotated[dict[str, Any], _doc({"type": "object"})]
 OptObject = Annotated[dict[str, Any] | None, _doc({"type": ["object", "null"]})]
@@ -82,14 +86,6 @@ def _enum(values: tuple[str, ...] | list[str], *, null: bool = False, **extra: A
 def _default(value: object) -> Any:
     """Unset (the service applies its default), documented as ``value``."""
     return Field(None, json_schema_extra={"default": value})
-
-
-def credits(micros: int | None) -> str | None:
-    return None if micros is None else format_micros(micros)
-
-
-def quantity(micros: int | None) -> int | str | None:
-    return None if micros is None else quantity_json(micros)
 
 
 # ---------------------------------------------------------------- requests
@@ -286,10 +282,39 @@ class EntitlementPut(Request):
 # ---------------------------------------------------------------- responses
 
 
-class Response(BaseModel):
-    """A response body; its fields in the order the client sees them (docs/api.md)."""
+def _from_micros(convert: Any) -> BeforeValidator:
+    """Service results carry integer micros; the contract shows them converted."""
+    return BeforeValidator(
+        lambda v: v if isinstance(v, bool) or not isinstance(v, int) else convert(v)
+    )
 
-    model_config = ConfigDict(extra="forbid")
+
+_TIME = BeforeValidator(lambda v: iso(v) if isinstance(v, datetime) else v)
+Time = Annotated[str, _TIME, _doc(TIME)]
+OptTime = Annotated[str | None, _TIME, _doc(_null(TIME))]
+Credits = Annotated[str, _from_micros(format_micros), _doc(CREDITS)]
+OptCredits = Annotated[str | None, _from_micros(format_micros), _doc(_null(CREDITS))]
+Quantity = Annotated[int | str, _from_micros(quantity_json), _doc(QUANTITY)]
+OptQuantity = Annotated[int | str | None, _from_micros(quantity_json), _doc(_null(QUANTITY))]
+FeatureType = Annotated[str, _doc({"type": "string", "enum": list(FEATURE_TYPES)})]
+ResetPeriod = Annotated[str, _doc({"type": "string", "enum": list(RESET_PERIODS)})]
+Overage = Annotated[str, _doc({"type": "string", "enum": list(OVERAGE_POLICIES)})]
+
+
+def _renamed(name: str, **extra: Any) -> Any:
+    return Field(validation_alias=name, **extra)
+
+
+class Response(BaseModel):
+    """A response body, its fields in the order the client sees them (docs/api.md), read from a
+    service result's attributes of the same name (``used`` from ``used_micros``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        from_attributes=True,
+        json_schema_serialization_defaults_required=True,
+        alias_generator=AliasGenerator(validation_alias=lambda n: AliasChoices(f"{n}_micros", n)),
+    )
 
 
 class ErrorBody(Response):
@@ -306,47 +331,24 @@ class UsageResult(Response):
     """`allowance`/`available` are null when unlimited; `credits_deducted` and `wallet_balance`
     are null for a feature that is not credit-based."""
 
-    message: Annotated[str, _doc({"type": "string", "const": "Usage recorded"})]
+    message: Literal["Usage recorded"] = "Usage recorded"
     event_name: str
     customer_key: str
     amount: Quantity
     feature_key: str
     event_id: str
     timestamp: Time
-    used: Annotated[
-        int | str, _doc({**QUANTITY, "description": "Used in the current period after this event."})
-    ]
+    used: Quantity = Field(description="Used in the current period after this event.")
     allowance: OptQuantity
     available: OptQuantity
     overage: Quantity
-    credits_deducted: OptCredits
-    wallet_balance: OptCredits
+    credits_deducted: OptCredits = _renamed("credits_micros")
+    wallet_balance: OptCredits = _renamed("balance_micros")
     credit_system: str | None
-
-    @classmethod
-    def of(cls, r: usage.UsageResult) -> UsageResult:
-        return cls(
-            message="Usage recorded",
-            event_name=r.event_name,
-            customer_key=r.customer_key,
-            amount=quantity_json(r.amount_micros),
-            feature_key=r.feature_key,
-            event_id=r.event_id,
-            timestamp=iso(r.timestamp),
-            used=quantity_json(r.used_micros),
-            allowance=quantity(r.allowance_micros),
-            available=quantity(r.available_micros),
-            overage=quantity_json(r.overage_micros),
-            credits_deducted=credits(r.credits_micros),
-            wallet_balance=credits(r.balance_micros),
-            credit_system=r.credit_system,
-        )
 
 
 class BatchItem(Response):
-    status: Annotated[
-        int, _doc({"type": "integer", "description": "What the event alone would get."})
-    ]
+    status: int = Field(description="What the event alone would get.")
     body: UsageResult | Error
 
 
@@ -356,20 +358,14 @@ class BatchResult(Response):
 
 class EntitlementCheck(Response):
     allowed: bool
-    reason: Annotated[
-        str | None,
-        _doc(
-            {
-                "type": ["string", "null"],
-                "description": "When not allowed: the RecordUsage error code it would get.",
-            }
-        ),
-    ]
+    reason: str | None = Field(
+        description="When not allowed: the RecordUsage error code it would get."
+    )
     message: str | None
     customer_key: str
     feature_key: str
     event_name: str
-    type: Annotated[str, _doc({"type": "string", "enum": list(FEATURE_TYPES)})]
+    type: FeatureType = _renamed("feature_type")
     amount: Quantity
     entitled: bool
     used: Quantity
@@ -377,29 +373,8 @@ class EntitlementCheck(Response):
     available: OptQuantity
     reset_at: OptTime
     credits_required: OptCredits
-    wallet_balance: OptCredits
+    wallet_balance: OptCredits = _renamed("balance_micros")
     credit_system: str | None
-
-    @classmethod
-    def of(cls, r: usage.CheckResult) -> EntitlementCheck:
-        return cls(
-            allowed=r.allowed,
-            reason=r.reason,
-            message=r.message,
-            customer_key=r.customer_key,
-            feature_key=r.feature_key,
-            event_name=r.event_name,
-            type=r.feature_type,
-            amount=quantity_json(r.amount_micros),
-            entitled=r.entitled,
-            used=quantity_json(r.used_micros),
-            allowance=quantity(r.allowance_micros),
-            available=quantity(r.available_micros),
-            reset_at=iso(r.reset_at),
-            credits_required=credits(r.credits_required_micros),
-            wallet_balance=credits(r.balance_micros),
-            credit_system=r.credit_system,
-        )
 
 
 class LedgerResult(Response):
@@ -411,27 +386,25 @@ class LedgerResult(Response):
     amount: Credits
     reference: str | None
     note: str | None
-    wallet_balance: Annotated[
-        str, _doc({**CREDITS, "description": "The balance right after this entry."})
-    ]
+    wallet_balance: Credits = Field(description="The balance right after this entry.")
     ledger_entry_id: int
     created_at: Time
 
     @classmethod
     def of(cls, r: wallets.LedgerResult) -> LedgerResult:
-        entry = r.entry
-        return cls(
-            message="Credits added" if entry.type == "topup" else "Wallet adjusted",
-            customer_key=r.customer_key,
-            credit_system=r.credit_system,
-            type=entry.type,
-            kind=entry.kind,
-            amount=format_micros(entry.amount_micros),
-            reference=entry.reference,
-            note=entry.note,
-            wallet_balance=format_micros(r.balance_micros),
-            ledger_entry_id=entry.id,
-            created_at=iso(entry.created_at),
+        e = r.entry
+        message = "Credits added" if e.type == "topup" else "Wallet adjusted"
+        return cls.model_validate(
+            {
+                **{name: getattr(e, name) for name in ("type", "kind", "reference", "note")},
+                "message": message,
+                "customer_key": r.customer_key,
+                "credit_system": r.credit_system,
+                "amount": e.amount_micros,
+                "wallet_balance": r.balance_micros,
+                "ledger_entry_id": e.id,
+                "created_at": e.created_at,
+            }
         )
 
 
@@ -440,55 +413,25 @@ class Customer(Response):
     name: str
     email: str | None
     status: Literal["active", "archived"]
-    metadata: Object
+    metadata: Annotated[Object, BeforeValidator(lambda v: v or {})] = _renamed(
+        AliasChoices("extra", "metadata")
+    )
     created_at: Time
-
-    @classmethod
-    def fields_of(cls, row: db.Customer) -> dict[str, Any]:
-        return {
-            "key": row.key,
-            "name": row.name,
-            "email": row.email,
-            "status": row.status,
-            "metadata": row.extra or {},
-            "created_at": iso(row.created_at),
-        }
-
-    @classmethod
-    def of(cls, row: db.Customer) -> Customer:
-        return cls(**cls.fields_of(row))
 
 
 class CustomerEntitlement(Response):
     feature_key: str
     feature_name: str
     event_name: str
-    type: Annotated[str, _doc({"type": "string", "enum": list(FEATURE_TYPES)})]
+    type: FeatureType = _renamed("feature_type")
     used: Quantity
     allowance: OptQuantity
     available: OptQuantity
-    reset_period: Annotated[str, _doc({"type": "string", "enum": list(RESET_PERIODS)})]
+    reset_period: ResetPeriod
     reset_at: OptTime
-    overage: Annotated[str, _doc({"type": "string", "enum": list(OVERAGE_POLICIES)})]
+    overage: Overage
     credit_system: str | None
-    credit_cost: OptCredits
-
-    @classmethod
-    def of(cls, e: reads.EntitlementView) -> CustomerEntitlement:
-        return cls(
-            feature_key=e.feature_key,
-            feature_name=e.feature_name,
-            event_name=e.event_name,
-            type=e.feature_type,
-            used=quantity_json(e.used_micros),
-            allowance=quantity(e.allowance_micros),
-            available=quantity(e.available_micros),
-            reset_period=e.reset_period,
-            reset_at=iso(e.reset_at),
-            overage=e.overage,
-            credit_system=e.credit_system,
-            credit_cost=credits(e.cost_micros),
-        )
+    credit_cost: OptCredits = _renamed("cost_micros")
 
 
 class Wallet(Response):
@@ -496,23 +439,16 @@ class Wallet(Response):
     name: str
     balance: Credits
 
-    @classmethod
-    def of(cls, w: reads.WalletView) -> Wallet:
-        return cls(
-            credit_system=w.credit_system, name=w.name, balance=format_micros(w.balance_micros)
-        )
-
 
 class CustomerDetail(Customer):
     entitlements: list[CustomerEntitlement]
     wallets: list[Wallet]
 
     @classmethod
-    def of_summary(cls, s: reads.CustomerSummary) -> CustomerDetail:
-        return cls(
-            **Customer.fields_of(s.customer),
-            entitlements=[CustomerEntitlement.of(e) for e in s.entitlements],
-            wallets=[Wallet.of(w) for w in s.wallets],
+    def of(cls, s: reads.CustomerSummary) -> CustomerDetail:
+        customer = Customer.model_validate(s.customer).model_dump()
+        return cls.model_validate(
+            {**customer, "entitlements": s.entitlements, "wallets": s.wallets}
         )
 
 
@@ -523,25 +459,10 @@ class Event(Response):
     amount: Quantity
     timestamp: Time
     metadata: OptObject
-    credits_deducted: OptCredits
+    credits_deducted: OptCredits = _renamed("credits_micros")
     overage: Quantity
     actor: str
     recorded_at: Time
-
-    @classmethod
-    def of(cls, e: reads.EventView) -> Event:
-        return cls(
-            event_id=e.event_id,
-            feature_key=e.feature_key,
-            event_name=e.event_name,
-            amount=quantity_json(e.amount_micros),
-            timestamp=iso(e.timestamp),
-            metadata=e.metadata,
-            credits_deducted=credits(e.credits_micros),
-            overage=quantity_json(e.overage_micros),
-            actor=e.actor,
-            recorded_at=iso(e.recorded_at),
-        )
 
 
 class LedgerEntry(Response):
@@ -549,39 +470,19 @@ class LedgerEntry(Response):
     credit_system: str
     type: Literal["topup", "usage", "adjustment"]
     kind: str | None
-    amount: Annotated[
-        str, _doc({**CREDITS, "description": "Signed: positive adds, negative deducts."})
-    ]
+    amount: Credits = Field(description="Signed: positive adds, negative deducts.")
     balance_after: Credits
     reference: str | None
     note: str | None
-    event_id: Annotated[
-        str | None, _doc({"type": ["string", "null"], "description": "For `usage` entries."})
-    ]
+    event_id: str | None = Field(description="For `usage` entries.")
     actor: str
     created_at: Time
-
-    @classmethod
-    def of(cls, e: reads.LedgerView) -> LedgerEntry:
-        return cls(
-            id=e.id,
-            credit_system=e.credit_system,
-            type=e.type,
-            kind=e.kind,
-            amount=format_micros(e.amount_micros),
-            balance_after=format_micros(e.balance_after_micros),
-            reference=e.reference,
-            note=e.note,
-            event_id=e.event_id,
-            actor=e.actor,
-            created_at=iso(e.created_at),
-        )
 
 
 class Feature(Response):
     key: str
     name: str
-    type: Annotated[str, _doc({"type": "string", "enum": list(FEATURE_TYPES)})]
+    type: FeatureType
     event_name: str
     credit_system: str | None
     credit_cost: OptCredits
@@ -594,14 +495,13 @@ class Feature(Response):
         cost: db.CreditCost | None = None,
         system: db.CreditSystem | None = None,
     ) -> Feature:
-        return cls(
-            key=row.key,
-            name=row.name,
-            type=row.type,
-            event_name=row.event_name,
-            credit_system=None if system is None else system.key,
-            credit_cost=None if cost is None else format_micros(cost.cost_micros),
-            created_at=iso(row.created_at),
+        return cls.model_validate(
+            {
+                **{name: getattr(row, name) for name in ("key", "name", "type", "event_name")},
+                "credit_system": None if system is None else system.key,
+                "credit_cost": None if cost is None else cost.cost_micros,
+                "created_at": row.created_at,
+            }
         )
 
 
@@ -612,16 +512,6 @@ class CreditSystem(Response):
     unit_plural: str
     created_at: Time
 
-    @classmethod
-    def of(cls, row: db.CreditSystem) -> CreditSystem:
-        return cls(
-            key=row.key,
-            name=row.name,
-            unit_singular=row.unit_singular,
-            unit_plural=row.unit_plural,
-            created_at=iso(row.created_at),
-        )
-
 
 class CreditCost(Response):
     feature_key: str
@@ -629,62 +519,37 @@ class CreditCost(Response):
     cost: Credits
     updated_at: Time
 
-    @classmethod
-    def of(cls, feature_key: str, system_key: str, row: db.CreditCost) -> CreditCost:
-        return cls(
-            feature_key=feature_key,
-            credit_system=system_key,
-            cost=format_micros(row.cost_micros),
-            updated_at=iso(row.updated_at),
-        )
-
 
 class Entitlement(Response):
     customer_key: str
     feature_key: str
     allowance: OptQuantity
-    reset_period: Annotated[str, _doc({"type": "string", "enum": list(RESET_PERIODS)})]
-    overage: Annotated[str, _doc({"type": "string", "enum": list(OVERAGE_POLICIES)})]
+    reset_period: ResetPeriod
+    overage: Overage
     updated_at: Time
 
-    @classmethod
-    def of(cls, customer_key: str, feature_key: str, row: db.Entitlement) -> Entitlement:
-        return cls(
-            customer_key=customer_key,
-            feature_key=feature_key,
-            allowance=quantity(row.allowance_micros),
-            reset_period=row.reset_period,
-            overage=row.overage,
-            updated_at=iso(row.updated_at),
-        )
 
-
-NEXT_CURSOR = _doc(
-    {
-        "type": ["string", "null"],
-        "description": "Pass as `cursor` for the next page; null on the last page.",
-    }
-)
+NEXT_CURSOR = "Pass as `cursor` for the next page; null on the last page."
 
 
 class CustomerPage(Response):
-    data: list[Customer]
-    next_cursor: Annotated[str | None, NEXT_CURSOR]
+    data: list[Customer] = _renamed(AliasChoices("items", "data"))
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 class EventPage(Response):
-    data: list[Event]
-    next_cursor: Annotated[str | None, NEXT_CURSOR]
+    data: list[Event] = _renamed(AliasChoices("items", "data"))
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 class LedgerPage(Response):
-    data: list[LedgerEntry]
-    next_cursor: Annotated[str | None, NEXT_CURSOR]
+    data: list[LedgerEntry] = _renamed(AliasChoices("items", "data"))
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 class FeaturePage(Response):
-    data: list[Feature]
-    next_cursor: Annotated[str | None, NEXT_CURSOR]
+    data: list[Feature] = _renamed(AliasChoices("items", "data"))
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 REQUESTS: tuple[type[Request], ...] = (
