@@ -31,7 +31,6 @@ class DomainError(Exception):
 class MalformedJson(DomainError):
     code = "malformed_json"
     status = 400
-    meaning = "wrong content type or broken JSON"
 
 
 class Unauthorized(DomainError):
