@@ -1,18 +1,23 @@
-"""The OpenAPI 3.1 document of the JSON API v1, generated from the pydantic models of
-``schemas`` (bodies) and the error classes of ``webapp.errors`` (each operation lists only the
-errors it can give). It is the contract of docs/api.md in machine form."""
+"""The OpenAPI 3.1 document of the JSON API v1, generated from the routes (each declares its
+operation next to its view), the pydantic models of ``schemas`` (bodies) and the error classes
+of ``webapp.errors`` (each operation lists only the errors it can give). It is the contract of
+docs/api.md in machine form."""
 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
+from flask import Blueprint
 from pydantic.json_schema import models_json_schema
 
 from .. import errors as e
 from . import schemas
 
+F = TypeVar("F", bound=Callable[..., Any])
 JSON = "application/json"
 REF = "#/components/schemas/"
 
@@ -61,7 +66,7 @@ def _error_responses(kinds: tuple[type[e.DomainError], ...]) -> dict[str, Any]:
     return out
 
 
-def _param(name: str, where: str, description: str, *, required: bool = False, schema=None):
+def param(name: str, where: str, description: str, *, required: bool = False, schema=None):
     return {
         "name": name,
         "in": where,
@@ -71,15 +76,15 @@ def _param(name: str, where: str, description: str, *, required: bool = False, s
     }
 
 
-CURSOR = _param("cursor", "query", "The `next_cursor` of the previous page.")
-LIMIT = _param(
+CURSOR = param("cursor", "query", "The `next_cursor` of the previous page.")
+LIMIT = param(
     "limit",
     "query",
     "Page size, 1 to 200 (default 50).",
     schema={"type": "integer", "minimum": 1, "maximum": 200},
 )
-CUSTOMER_KEY_PATH = _param("key", "path", "The customer's key.")
-FEATURE_KEY_PATH = _param("feature_key", "path", "The feature's key.")
+CUSTOMER_KEY_PATH = param("key", "path", "The customer's key.")
+FEATURE_KEY_PATH = param("feature_key", "path", "The feature's key.")
 
 REPLAYED = {
     "Idempotent-Replayed": {
@@ -133,217 +138,37 @@ def _op(
     return op
 
 
-PATHS: dict[str, dict[str, Any]] = {
-    "/api/v1/usage": {
-        "post": _op(
-            "recordUsage",
-            "Record usage of a feature (RecordUsage)",
-            tag="Usage",
-            body="RecordUsageRequest",
-            ok={
-                201: ("UsageResult", "A new event was recorded."),
-                200: ("UsageResult", "A replay of an earlier event with the same `event_id`."),
-            },
-            errors=(
-                e.Forbidden,
-                e.NotEntitled,
-                e.LimitExceeded,
-                e.InsufficientCredits,
-                e.CustomerNotFound,
-                e.FeatureNotFound,
-                e.IdempotencyConflict,
-                e.InvalidAmount,
-                e.FeatureNotRecordable,
-            ),
-            replay=True,
-            description="Usage is always in feature units. A credit-based feature deducts "
-            "`amount x credit cost` from the customer's wallet in the same transaction. "
-            "Entitlement, allowance, persistent counts and the wallet are checked first; on "
-            "any error nothing is written.",
-        )
-    },
-    "/api/v1/usage/batch": {
-        "post": _op(
-            "recordUsageBatch",
-            "Record up to 1000 usage events",
-            tag="Usage",
-            body="BatchRequest",
-            ok={200: ("BatchResult", "One result per event, in order.")},
-            errors=(e.Forbidden,),
-            description="Each event is judged on its own, in order, as if sent alone; an "
-            "invalid event writes nothing and gets its own error.",
-        )
-    },
-    "/api/v1/entitlements/check": {
-        "get": _op(
-            "checkEntitlement",
-            "Would this usage be allowed now? (writes nothing)",
-            tag="Usage",
-            params=[
-                _param("customer_key", "query", "The customer.", required=True),
-                _param("feature_key", "query", "The feature (or `event_name`)."),
-                _param("event_name", "query", "The feature's event name (or `feature_key`)."),
-                _param("amount", "query", "Units to check, default 1."),
-            ],
-            ok={200: ("EntitlementCheck", "The verdict, with the numbers behind it.")},
-            errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound, e.InvalidAmount),
-        )
-    },
-    "/api/v1/wallets/topups": {
-        "post": _op(
-            "topupWallet",
-            "Add credits to a wallet (the only way to add credits)",
-            tag="Wallets",
-            body="TopupRequest",
-            ok={
-                201: ("LedgerResult", "Credits added."),
-                200: ("LedgerResult", "A replay of an earlier topup (same `idempotency_key`)."),
-            },
-            errors=(e.Forbidden, e.CustomerNotFound, e.NotFound, e.IdempotencyConflict),
-            replay=True,
-            description="Finance and admin keys only.",
-        )
-    },
-    "/api/v1/wallets/adjustments": {
-        "post": _op(
-            "adjustWallet",
-            "Correct a wallet with a signed adjustment and a reason",
-            tag="Wallets",
-            body="AdjustmentRequest",
-            ok={201: ("LedgerResult", "The adjustment entry.")},
-            errors=(e.Forbidden, e.InsufficientCredits, e.CustomerNotFound, e.NotFound),
-            description="Finance and admin keys only. Never takes the balance below zero "
-            "(`insufficient_credits`). Not idempotent: send it once.",
-        )
-    },
-    "/api/v1/customers": {
-        "get": _op(
-            "listCustomers",
-            "List customers, newest first",
-            tag="Customers",
-            params=[
-                CURSOR,
-                LIMIT,
-                _param("search", "query", "Part of the key, name or email."),
-            ],
-            ok={200: ("CustomerPage", "A page of customers.")},
-            errors=(e.Forbidden,),
-        ),
-        "post": _op(
-            "createCustomer",
-            "Create a customer (admin)",
-            tag="Customers",
-            body="CustomerCreate",
-            ok={201: ("Customer", "The new customer.")},
-            errors=(e.Forbidden, e.Conflict),
-        ),
-    },
-    "/api/v1/customers/{key}": {
-        "get": _op(
-            "getCustomer",
-            "A customer with every entitlement and wallet balance",
-            tag="Customers",
-            params=[CUSTOMER_KEY_PATH],
-            ok={200: ("CustomerDetail", "The customer.")},
-            errors=(e.Forbidden, e.CustomerNotFound),
-        )
-    },
-    "/api/v1/customers/{key}/events": {
-        "get": _op(
-            "listEvents",
-            "A customer's usage events, newest first",
-            tag="Customers",
-            params=[
-                CUSTOMER_KEY_PATH,
-                _param("feature_key", "query", "Only this feature."),
-                _param("since", "query", "Usage at or after this time (RFC 3339)."),
-                _param("until", "query", "Usage before this time (RFC 3339)."),
-                CURSOR,
-                LIMIT,
-            ],
-            ok={200: ("EventPage", "A page of events.")},
-            errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound),
-        )
-    },
-    "/api/v1/customers/{key}/ledger": {
-        "get": _op(
-            "listLedger",
-            "A customer's ledger entries, newest first",
-            tag="Customers",
-            params=[
-                CUSTOMER_KEY_PATH,
-                _param("credit_system", "query", "Only this credit system."),
-                CURSOR,
-                LIMIT,
-            ],
-            ok={200: ("LedgerPage", "A page of ledger entries.")},
-            errors=(e.Forbidden, e.CustomerNotFound, e.NotFound),
-        )
-    },
-    "/api/v1/customers/{key}/entitlements/{feature_key}": {
-        "put": _op(
-            "setEntitlement",
-            "Create or change a customer's entitlement to a feature (admin)",
-            tag="Configuration",
-            params=[CUSTOMER_KEY_PATH, FEATURE_KEY_PATH],
-            body="EntitlementPut",
-            ok={200: ("Entitlement", "The entitlement as it now is.")},
-            errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound),
-        )
-    },
-    "/api/v1/features": {
-        "get": _op(
-            "listFeatures",
-            "Every feature, with its credit cost",
-            tag="Configuration",
-            ok={200: ("FeaturePage", "All features in one page (`next_cursor` is null).")},
-            errors=(e.Forbidden,),
-        ),
-        "post": _op(
-            "createFeature",
-            "Create a feature (admin)",
-            tag="Configuration",
-            body="FeatureCreate",
-            ok={201: ("Feature", "The new feature.")},
-            errors=(e.Forbidden, e.Conflict),
-        ),
-    },
-    "/api/v1/features/{feature_key}/credit-cost": {
-        "put": _op(
-            "setCreditCost",
-            "Make a feature credit-based, or change its cost (admin)",
-            tag="Configuration",
-            params=[FEATURE_KEY_PATH],
-            body="CreditCostPut",
-            ok={200: ("CreditCost", "The credit cost as it now is.")},
-            errors=(e.Forbidden, e.FeatureNotFound, e.NotFound, e.FeatureNotRecordable),
-        )
-    },
-    "/api/v1/credit-systems": {
-        "post": _op(
-            "createCreditSystem",
-            "Create a credit system (admin)",
-            tag="Configuration",
-            body="CreditSystemCreate",
-            ok={201: ("CreditSystem", "The new credit system.")},
-            errors=(e.Forbidden, e.Conflict),
-        )
-    },
-    "/api/v1/openapi.json": {
-        "get": _op(
-            "getOpenApi",
-            "This document (public)",
-            tag="Meta",
-            ok={200: ("", "The OpenAPI 3.1 document.")},
-            errors=(),
-            public=True,
-        )
-    },
-}
+class Operations:
+    """The routes of a blueprint and their OpenAPI operations, declared in one place:
+    ``@api.post(rule, operation_id, summary, ...)`` registers the view and documents it."""
+
+    def __init__(self, bp: Blueprint, prefix: str) -> None:
+        self.bp, self.prefix = bp, prefix
+        self.paths: dict[str, dict[str, Any]] = {}
+
+    def route(self, method: str, rule: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        def register(view: F) -> F:
+            self.bp.add_url_rule(rule, view_func=view, methods=[method.upper()])
+            path = self.prefix + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
+            self.paths.setdefault(path, {})[method] = _op(*args, **kwargs)
+            return view
+
+        return register
+
+    def get(self, rule: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        return self.route("get", rule, *args, **kwargs)
+
+    def post(self, rule: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        return self.route("post", rule, *args, **kwargs)
+
+    def put(self, rule: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        return self.route("put", rule, *args, **kwargs)
 
 
 @cache
 def _document() -> dict[str, Any]:
+    from .routes import api
+
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
@@ -366,7 +191,7 @@ def _document() -> dict[str, Any]:
             {"name": "Configuration", "description": "Features, credit systems, entitlements."},
             {"name": "Meta", "description": "This document."},
         ],
-        "paths": PATHS,
+        "paths": api.paths,
         "components": {
             "schemas": components(),
             "securitySchemes": {

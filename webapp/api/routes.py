@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
+from .. import errors as e
 from .. import jsondoor
 from ..errors import DomainError, PayloadTooLarge
 from ..jsondoor import json_body, query
@@ -15,7 +16,15 @@ from ..services import catalog, reads, usage, wallets
 from ..services.actors import Actor
 from ..services.usage import MAX_BATCH
 from . import schemas as out
-from .openapi import openapi_document
+from .openapi import (
+    CURSOR,
+    CUSTOMER_KEY_PATH,
+    FEATURE_KEY_PATH,
+    LIMIT,
+    Operations,
+    openapi_document,
+    param,
+)
 from .schemas import (
     AdjustmentRequest,
     BatchRequest,
@@ -30,6 +39,7 @@ from .schemas import (
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
+api = Operations(bp, "/api/v1")
 PUBLIC_ENDPOINTS = {"api.openapi_json"}
 
 jsondoor.limit_per_key(bp)
@@ -72,13 +82,49 @@ def created_or_replayed(payload: out.Response, replayed: bool) -> Response:
 # ---------------------------------------------------------------- usage
 
 
-@bp.post("/usage")
+@api.post(
+    "/usage",
+    "recordUsage",
+    "Record usage of a feature (RecordUsage)",
+    tag="Usage",
+    body="RecordUsageRequest",
+    ok={
+        201: ("UsageResult", "A new event was recorded."),
+        200: ("UsageResult", "A replay of an earlier event with the same `event_id`."),
+    },
+    errors=(
+        e.Forbidden,
+        e.NotEntitled,
+        e.LimitExceeded,
+        e.InsufficientCredits,
+        e.CustomerNotFound,
+        e.FeatureNotFound,
+        e.IdempotencyConflict,
+        e.InvalidAmount,
+        e.FeatureNotRecordable,
+    ),
+    replay=True,
+    description="Usage is always in feature units. A credit-based feature deducts "
+    "`amount x credit cost` from the customer's wallet in the same transaction. "
+    "Entitlement, allowance, persistent counts and the wallet are checked first; on "
+    "any error nothing is written.",
+)
 def record_usage():
     result = usage.record_usage(actor(), **RecordUsageRequest.parse(json_body()))
     return created_or_replayed(out.UsageResult.model_validate(result), result.replayed)
 
 
-@bp.post("/usage/batch")
+@api.post(
+    "/usage/batch",
+    "recordUsageBatch",
+    "Record up to 1000 usage events",
+    tag="Usage",
+    body="BatchRequest",
+    ok={200: ("BatchResult", "One result per event, in order.")},
+    errors=(e.Forbidden,),
+    description="Each event is judged on its own, in order, as if sent alone; an "
+    "invalid event writes nothing and gets its own error.",
+)
 def record_usage_batch():
     data = json_body()
     if isinstance(data, dict) and isinstance(data.get("events"), list):
@@ -112,7 +158,20 @@ def record_usage_batch():
     return respond({"results": results})
 
 
-@bp.get("/entitlements/check")
+@api.get(
+    "/entitlements/check",
+    "checkEntitlement",
+    "Would this usage be allowed now? (writes nothing)",
+    tag="Usage",
+    params=[
+        param("customer_key", "query", "The customer.", required=True),
+        param("feature_key", "query", "The feature (or `event_name`)."),
+        param("event_name", "query", "The feature's event name (or `feature_key`)."),
+        param("amount", "query", "Units to check, default 1."),
+    ],
+    ok={200: ("EntitlementCheck", "The verdict, with the numbers behind it.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound, e.InvalidAmount),
+)
 def check_entitlement():
     args = query(("customer_key", "feature_key", "event_name", "amount"))
     result = usage.check_entitlement(
@@ -128,13 +187,36 @@ def check_entitlement():
 # ---------------------------------------------------------------- wallets
 
 
-@bp.post("/wallets/topups")
+@api.post(
+    "/wallets/topups",
+    "topupWallet",
+    "Add credits to a wallet (the only way to add credits)",
+    tag="Wallets",
+    body="TopupRequest",
+    ok={
+        201: ("LedgerResult", "Credits added."),
+        200: ("LedgerResult", "A replay of an earlier topup (same `idempotency_key`)."),
+    },
+    errors=(e.Forbidden, e.CustomerNotFound, e.NotFound, e.IdempotencyConflict),
+    replay=True,
+    description="Finance and admin keys only.",
+)
 def topup_wallet():
     result = wallets.topup_wallet(actor(), **TopupRequest.parse(json_body()))
     return created_or_replayed(out.LedgerResult.of(result), result.replayed)
 
 
-@bp.post("/wallets/adjustments")
+@api.post(
+    "/wallets/adjustments",
+    "adjustWallet",
+    "Correct a wallet with a signed adjustment and a reason",
+    tag="Wallets",
+    body="AdjustmentRequest",
+    ok={201: ("LedgerResult", "The adjustment entry.")},
+    errors=(e.Forbidden, e.InsufficientCredits, e.CustomerNotFound, e.NotFound),
+    description="Finance and admin keys only. Never takes the balance below zero "
+    "(`insufficient_credits`). Not idempotent: send it once.",
+)
 def adjust_wallet():
     result = wallets.adjust_wallet(actor(), **AdjustmentRequest.parse(json_body()))
     return created_or_replayed(out.LedgerResult.of(result), result.replayed)
@@ -143,40 +225,105 @@ def adjust_wallet():
 # ---------------------------------------------------------------- customers
 
 
-@bp.get("/customers")
+@api.get(
+    "/customers",
+    "listCustomers",
+    "List customers, newest first",
+    tag="Customers",
+    params=[
+        CURSOR,
+        LIMIT,
+        param("search", "query", "Part of the key, name or email."),
+    ],
+    ok={200: ("CustomerPage", "A page of customers.")},
+    errors=(e.Forbidden,),
+)
 def list_customers():
     args = query(("cursor", "limit", "search"))
     page = reads.list_customers(actor(), **args)
     return respond(out.CustomerPage.model_validate(page))
 
 
-@bp.post("/customers")
+@api.post(
+    "/customers",
+    "createCustomer",
+    "Create a customer (admin)",
+    tag="Customers",
+    body="CustomerCreate",
+    ok={201: ("Customer", "The new customer.")},
+    errors=(e.Forbidden, e.Conflict),
+)
 def create_customer():
     customer = catalog.create_customer(actor(), **CustomerCreate.parse(json_body()))
     return respond(out.Customer.model_validate(customer), 201)
 
 
-@bp.get("/customers/<key>")
+@api.get(
+    "/customers/<key>",
+    "getCustomer",
+    "A customer with every entitlement and wallet balance",
+    tag="Customers",
+    params=[CUSTOMER_KEY_PATH],
+    ok={200: ("CustomerDetail", "The customer.")},
+    errors=(e.Forbidden, e.CustomerNotFound),
+)
 def get_customer(key: str):
     query(())
     return respond(out.CustomerDetail.of(reads.customer_summary(actor(), key)))
 
 
-@bp.get("/customers/<key>/events")
+@api.get(
+    "/customers/<key>/events",
+    "listEvents",
+    "A customer's usage events, newest first",
+    tag="Customers",
+    params=[
+        CUSTOMER_KEY_PATH,
+        param("feature_key", "query", "Only this feature."),
+        param("since", "query", "Usage at or after this time (RFC 3339)."),
+        param("until", "query", "Usage before this time (RFC 3339)."),
+        CURSOR,
+        LIMIT,
+    ],
+    ok={200: ("EventPage", "A page of events.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound),
+)
 def list_events(key: str):
     args = query(("feature_key", "since", "until", "cursor", "limit"))
     page = reads.list_events(actor(), key, **args)
     return respond(out.EventPage.model_validate(page))
 
 
-@bp.get("/customers/<key>/ledger")
+@api.get(
+    "/customers/<key>/ledger",
+    "listLedger",
+    "A customer's ledger entries, newest first",
+    tag="Customers",
+    params=[
+        CUSTOMER_KEY_PATH,
+        param("credit_system", "query", "Only this credit system."),
+        CURSOR,
+        LIMIT,
+    ],
+    ok={200: ("LedgerPage", "A page of ledger entries.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.NotFound),
+)
 def list_ledger(key: str):
     args = query(("credit_system", "cursor", "limit"))
     page = reads.list_ledger(actor(), key, **args)
     return respond(out.LedgerPage.model_validate(page))
 
 
-@bp.put("/customers/<key>/entitlements/<feature_key>")
+@api.put(
+    "/customers/<key>/entitlements/<feature_key>",
+    "setEntitlement",
+    "Create or change a customer's entitlement to a feature (admin)",
+    tag="Configuration",
+    params=[CUSTOMER_KEY_PATH, FEATURE_KEY_PATH],
+    body="EntitlementPut",
+    ok={200: ("Entitlement", "The entitlement as it now is.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound),
+)
 def set_entitlement(key: str, feature_key: str):
     fields = EntitlementPut.parse(json_body())
     entitlement = catalog.set_entitlement(actor(), key, feature_key, **fields)
@@ -197,20 +344,44 @@ def set_entitlement(key: str, feature_key: str):
 # ---------------------------------------------------------------- catalog
 
 
-@bp.get("/features")
+@api.get(
+    "/features",
+    "listFeatures",
+    "Every feature, with its credit cost",
+    tag="Configuration",
+    ok={200: ("FeaturePage", "All features in one page (`next_cursor` is null).")},
+    errors=(e.Forbidden,),
+)
 def list_features():
     query(())
     rows = catalog.list_features(actor())
     return respond(out.FeaturePage(data=[out.Feature.of(*row) for row in rows], next_cursor=None))
 
 
-@bp.post("/features")
+@api.post(
+    "/features",
+    "createFeature",
+    "Create a feature (admin)",
+    tag="Configuration",
+    body="FeatureCreate",
+    ok={201: ("Feature", "The new feature.")},
+    errors=(e.Forbidden, e.Conflict),
+)
 def create_feature():
     feature = catalog.create_feature(actor(), **FeatureCreate.parse(json_body()))
     return respond(out.Feature.of(feature), 201)
 
 
-@bp.put("/features/<feature_key>/credit-cost")
+@api.put(
+    "/features/<feature_key>/credit-cost",
+    "setCreditCost",
+    "Make a feature credit-based, or change its cost (admin)",
+    tag="Configuration",
+    params=[FEATURE_KEY_PATH],
+    body="CreditCostPut",
+    ok={200: ("CreditCost", "The credit cost as it now is.")},
+    errors=(e.Forbidden, e.FeatureNotFound, e.NotFound, e.FeatureNotRecordable),
+)
 def set_credit_cost(feature_key: str):
     fields = CreditCostPut.parse(json_body())
     cost = catalog.set_credit_cost(actor(), feature_key, **fields)
@@ -226,7 +397,15 @@ def set_credit_cost(feature_key: str):
     )
 
 
-@bp.post("/credit-systems")
+@api.post(
+    "/credit-systems",
+    "createCreditSystem",
+    "Create a credit system (admin)",
+    tag="Configuration",
+    body="CreditSystemCreate",
+    ok={201: ("CreditSystem", "The new credit system.")},
+    errors=(e.Forbidden, e.Conflict),
+)
 def create_credit_system():
     system = catalog.create_credit_system(actor(), **CreditSystemCreate.parse(json_body()))
     return respond(out.CreditSystem.model_validate(system), 201)
@@ -235,6 +414,14 @@ def create_credit_system():
 # ---------------------------------------------------------------- the contract itself
 
 
-@bp.get("/openapi.json")
+@api.get(
+    "/openapi.json",
+    "getOpenApi",
+    "This document (public)",
+    tag="Meta",
+    ok={200: ("", "The OpenAPI 3.1 document.")},
+    errors=(),
+    public=True,
+)
 def openapi_json():
     return respond(openapi_document())
