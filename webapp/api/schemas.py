@@ -69,11 +69,7 @@ OptStr = Annotated[StrictStr | None, _doc({"type": ["string", "null"]})]
 Object = Annotated[dict[str, Any], _doc({"type": "object"})]
 OptObject = Annotated[dict[str, Any] | None, _doc({"type": ["object", "null"]})]
 # An amount in: a JSON string or number (Decimal or int after parsing; a bool is not a number).
-Amount = StrictStr | StrictInt | Decimal
-
-
-def _amount(description: str, **extra: Any) -> Any:
-    return Annotated[Amount, _doc({**AMOUNT, "description": description, **extra})]
+Amount = Annotated[StrictStr | StrictInt | Decimal, _doc(AMOUNT)]
 
 
 def _enum(values: tuple[str, ...] | list[str], *, null: bool = False, **extra: Any) -> Any:
@@ -135,52 +131,28 @@ def _type_words(schema: dict[str, Any]) -> str:
 class RecordUsageRequest(Request):
     """One RecordUsage call. Unknown fields are rejected."""
 
-    customer_key: Annotated[StrictStr, _doc({"type": "string", "examples": ["cust-6d11ca90"]})]
-    event_name: Annotated[
-        StrictStr | None,
-        _doc(
-            {
-                "type": ["string", "null"],
-                "description": "The feature's event name; exactly one of this and `feature_key`.",
-                "examples": ["candidate.sourced"],
-            }
-        ),
-    ] = None
-    feature_key: Annotated[
-        StrictStr | None,
-        _doc(
-            {
-                "type": ["string", "null"],
-                "description": "The feature's key; exactly one of this and `event_name`.",
-            }
-        ),
-    ] = None
-    amount: Annotated[
-        Amount | None,
-        _doc(
-            {
-                **AMOUNT,
-                "type": ["string", "number", "null"],
-                "description": "Feature units (never credits); negative only for persistent "
-                "features. Null or left out: 1.",
-            }
-        ),
-    ] = _default(1)
-    event_id: Annotated[
-        StrictStr | None,
-        _doc(
-            {
-                "type": ["string", "null"],
-                "description": "Idempotency key (printable ASCII, up to 200); the server makes "
-                "one.",
-            }
-        ),
-    ] = None
+    customer_key: StrictStr = Field(examples=["cust-6d11ca90"])
+    event_name: OptStr = Field(
+        None,
+        description="The feature's event name; exactly one of this and `feature_key`.",
+        examples=["candidate.sourced"],
+    )
+    feature_key: OptStr = Field(
+        None, description="The feature's key; exactly one of this and `event_name`."
+    )
+    amount: Annotated[Amount | None, _doc({**AMOUNT, "type": ["string", "number", "null"]})] = (
+        Field(
+            None,
+            description="Feature units (never credits); negative only for persistent features. "
+            "Null or left out: 1.",
+            json_schema_extra={"default": 1},
+        )
+    )
+    event_id: OptStr = Field(
+        None, description="Idempotency key (printable ASCII, up to 200); the server makes one."
+    )
     timestamp: Annotated[StrictStr | None, _doc(_null(TIME))] = None
-    metadata: Annotated[
-        dict[str, Any] | None,
-        _doc({"type": ["object", "null"], "description": "Free-form JSON object, 4 KiB."}),
-    ] = None
+    metadata: OptObject = Field(None, description="Free-form JSON object, 4 KiB.")
 
     @classmethod
     def parse(cls, data: Any) -> dict[str, Any]:
@@ -191,30 +163,23 @@ class RecordUsageRequest(Request):
 
 
 class BatchRequest(Request):
-    events: Annotated[
-        list[Any],
-        _doc(
-            {
-                "type": "array",
-                "maxItems": MAX_BATCH,
-                "items": {
-                    "description": "A RecordUsage body. An event that is not valid gets its own "
-                    "error in `results`; the others are still recorded."
-                },
+    events: list[Any] = Field(
+        max_length=MAX_BATCH,
+        json_schema_extra={
+            "items": {
+                "description": "A RecordUsage body. An event that is not valid gets its own "
+                "error in `results`; the others are still recorded."
             }
-        ),
-    ]
+        },
+    )
 
 
 class TopupRequest(Request):
     customer_key: StrictStr
-    credit_system: Annotated[StrictStr, _doc({"type": "string", "examples": ["credits"]})]
-    amount: _amount("Credits to add, greater than zero.")
+    credit_system: StrictStr = Field(examples=["credits"])
+    amount: Amount = Field(description="Credits to add, greater than zero.")
     kind: _enum(TOPUP_KINDS, null=True) = _default("purchased")
-    reference: Annotated[
-        StrictStr | None,
-        _doc({"type": ["string", "null"], "description": "E.g. an invoice number."}),
-    ] = None
+    reference: OptStr = Field(None, description="E.g. an invoice number.")
     note: OptStr = None
     idempotency_key: OptStr = None
 
@@ -222,34 +187,25 @@ class TopupRequest(Request):
 class AdjustmentRequest(Request):
     customer_key: StrictStr
     credit_system: StrictStr
-    amount: _amount("Signed credits: positive adds, negative removes (never below zero).")
-    reason: Annotated[
-        StrictStr, _doc({"type": "string", "description": "Why; kept in the ledger entry's note."})
-    ]
+    amount: Amount = Field(
+        description="Signed credits: positive adds, negative removes (never below zero)."
+    )
+    reason: StrictStr = Field(description="Why; kept in the ledger entry's note.")
     reference: OptStr = None
 
 
 class CustomerCreate(Request):
-    key: Annotated[
-        StrictStr,
-        _doc({"type": "string", "description": "Stable key: letters, digits and . _ : @ -"}),
-    ]
+    key: StrictStr = Field(description="Stable key: letters, digits and . _ : @ -")
     name: StrictStr
     email: OptStr = None
     metadata: OptObject = None
 
 
 class FeatureCreate(Request):
-    key: Annotated[
-        StrictStr,
-        _doc({"type": "string", "description": "Lower case letters, digits and _ . -"}),
-    ]
+    key: StrictStr = Field(description="Lower case letters, digits and _ . -")
     name: StrictStr
     type: _enum(FEATURE_TYPES)
-    event_name: Annotated[
-        StrictStr | None,
-        _doc({"type": ["string", "null"], "description": "Defaults to the key."}),
-    ] = None
+    event_name: OptStr = Field(None, description="Defaults to the key.")
 
 
 class CreditSystemCreate(Request):
@@ -261,20 +217,16 @@ class CreditSystemCreate(Request):
 
 class CreditCostPut(Request):
     credit_system: StrictStr
-    cost: _amount("Credits per feature unit, greater than zero.")
+    cost: Amount = Field(description="Credits per feature unit, greater than zero.")
 
 
 class EntitlementPut(Request):
-    allowance: Annotated[
-        Amount | None,
-        _doc(
-            {
-                "type": ["string", "number", "null"],
-                "description": "Units per reset period (consumable) or in total (persistent); "
-                "null = unlimited. Required, so that unlimited is never an accident.",
-            }
-        ),
-    ]
+    allowance: Annotated[Amount | None, _doc({**AMOUNT, "type": ["string", "number", "null"]})] = (
+        Field(
+            description="Units per reset period (consumable) or in total (persistent); "
+            "null = unlimited. Required, so that unlimited is never an accident."
+        )
+    )
     reset_period: _enum(RESET_PERIODS, null=True) = _default("never")
     overage: _enum(OVERAGE_POLICIES, null=True) = _default("block")
 
