@@ -1,5 +1,7 @@
-"""The routes of /api/v1. Each parses its input, calls one service function with the API key's
-actor, and serializes the result; DomainErrors become JSON errors in webapp.errorhandlers."""
+"""The routes of /api/v1. Each declares its OpenAPI operation (bodies, the errors it can give),
+parses its input with a request model of ``schemas``, calls one service function with the API
+key's actor, and answers with a response model; DomainErrors become JSON errors in
+webapp.errorhandlers."""
 
 from __future__ import annotations
 
