@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    create_model,
 )
 from pydantic import ValidationError as PydanticError
 from pydantic.json_schema import WithJsonSchema
@@ -481,27 +482,23 @@ class Entitlement(Response):
     updated_at: Time
 
 
-NEXT_CURSOR = "Pass as `cursor` for the next page; null on the last page."
+def _page_of(name: str, item: type[Response]) -> type[Response]:
+    """``{"data": [item, ...], "next_cursor": ...}``, read from a ``paging.Page``."""
+    return create_model(
+        name,
+        __base__=Response,
+        data=(list[item], _renamed(AliasChoices("items", "data"))),  # type: ignore[valid-type]
+        next_cursor=(
+            str | None,
+            Field(description="Pass as `cursor` for the next page; null on the last page."),
+        ),
+    )
 
 
-class CustomerPage(Response):
-    data: list[Customer] = _renamed(AliasChoices("items", "data"))
-    next_cursor: str | None = Field(description=NEXT_CURSOR)
-
-
-class EventPage(Response):
-    data: list[Event] = _renamed(AliasChoices("items", "data"))
-    next_cursor: str | None = Field(description=NEXT_CURSOR)
-
-
-class LedgerPage(Response):
-    data: list[LedgerEntry] = _renamed(AliasChoices("items", "data"))
-    next_cursor: str | None = Field(description=NEXT_CURSOR)
-
-
-class FeaturePage(Response):
-    data: list[Feature] = _renamed(AliasChoices("items", "data"))
-    next_cursor: str | None = Field(description=NEXT_CURSOR)
+CustomerPage = _page_of("CustomerPage", Customer)
+EventPage = _page_of("EventPage", Event)
+LedgerPage = _page_of("LedgerPage", LedgerEntry)
+FeaturePage = _page_of("FeaturePage", Feature)
 
 
 REQUESTS: tuple[type[Request], ...] = (

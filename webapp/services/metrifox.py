@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from ..extensions import db
 from ..models import AuditLog, Customer, Feature, UsageEvent
 from .actors import VIEW, Actor, require
 from .catalog import get_customer, get_feature
 from .paging import NumberedPage, numbered_page
-from .reads import EventView
+from .reads import EventView, customers_matching
 
 
 def list_events_paged(
@@ -46,12 +46,7 @@ def list_customers_paged(
 ) -> NumberedPage[Customer]:
     """Customers, newest first, optionally matching ``search`` in key, name or email."""
     require(actor, VIEW)
-    stmt = select(Customer)
-    if search not in (None, ""):
-        term = f"%{str(search)[:100].lower()}%"
-        stmt = stmt.where(
-            or_(Customer.key.ilike(term), Customer.name.ilike(term), Customer.email.ilike(term))
-        )
+    stmt = customers_matching(search)
     return numbered_page(stmt, Customer.id, page=page, per_page=per_page, scalars=True)
 
 

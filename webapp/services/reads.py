@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 
 from ..extensions import db
 from ..models import (
@@ -270,14 +270,20 @@ def list_ledger(
     )
 
 
-def list_customers(
-    actor: Actor, *, cursor: str | None = None, limit: object = None, search: object = None
-) -> Page[Customer]:
-    require(actor, VIEW)
+def customers_matching(search: object) -> Select[tuple[Customer]]:
+    """Customers whose key, name or email contains ``search`` (all of them without one)."""
     stmt = select(Customer)
     if search not in (None, ""):
         term = f"%{str(search)[:100].lower()}%"
         stmt = stmt.where(
             or_(Customer.key.ilike(term), Customer.name.ilike(term), Customer.email.ilike(term))
         )
+    return stmt
+
+
+def list_customers(
+    actor: Actor, *, cursor: str | None = None, limit: object = None, search: object = None
+) -> Page[Customer]:
+    require(actor, VIEW)
+    stmt = customers_matching(search)
     return keyset_page(stmt, Customer.id, lambda c: c.id, cursor=cursor, limit=limit, scalars=True)
