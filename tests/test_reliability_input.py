@@ -340,11 +340,19 @@ def test_the_metrifox_door_has_the_same_body_rules_as_the_api(client, catalog, r
 @given(name=st.text(min_size=1, max_size=8).map(lambda s: s + "\ud800"))
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_unknown_field_names_with_lone_surrogates_are_a_clean_422(client, catalog, name):
+    key = make_key("admin")
     raw = json.dumps({**GOOD, name: 1}).encode()  # ensure_ascii: "\ud800" travels as an escape
-    response = _post(client, "/api/v1/usage", raw, make_key("admin"))
+    response = _post(client, "/api/v1/usage", raw, key)
     assert response.status_code == 422
     error = response.get_json()["error"]
     assert error["code"] == "validation_error" and error["details"]["field"]
+    # In a batch the error is echoed inside a 200 answer.
+    response = _post(
+        client, "/api/v1/usage/batch", json.dumps({"events": [{name: 1}]}).encode(), key
+    )
+    assert response.status_code == 200
+    [result] = response.get_json()["results"]
+    assert result["status"] == 422 and result["body"]["error"]["details"]["field"]
 
 
 def test_amount_null_on_usage_means_not_given(client, catalog):
