@@ -136,6 +136,40 @@ def test_rate_limit_is_per_key_with_retry_after(database_url, catalog):
         create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url})
 
 
+def test_one_rate_limit_per_key_across_every_door(database_url, catalog):
+    key = make_key("admin")
+    app = create_app(
+        {
+            **TEST_CONFIG,
+            "RATELIMIT_ENABLED": True,
+            "API_RATE_LIMIT": "4 per minute",
+            "SQLALCHEMY_DATABASE_URI": database_url,
+        }
+    )
+    try:
+        with app.app_context():
+            client = app.test_client()
+            bearer = {"Authorization": f"Bearer {key}"}
+            calls = [
+                client.get("/api/v1/features", headers=bearer),
+                client.get(f"/metrifox/api/v1/customers/{C}", headers={"x-api-key": key}),
+                client.get("/api/v1/features", headers=bearer),
+                client.get("/metrifox/meter/usage/events", headers={"x-api-key": key}),
+                client.get(f"/metrifox/api/v1/customers/{C}", headers={"x-api-key": key}),
+                client.get("/api/v1/features", headers=bearer),
+            ]
+            assert [r.status_code for r in calls] == [200, 200, 200, 200, 429, 429]
+            limited = calls[4].get_json()
+            assert limited["error"]["code"] == "rate_limited" and limited["message"]
+            assert 1 <= int(calls[4].headers["Retry-After"]) <= 61
+            # Without a key: per address, on the Metrifox door too.
+            anonymous = [client.get("/metrifox/meter/usage/events").status_code for _ in range(5)]
+            assert anonymous == [401, 401, 401, 401, 429]
+            db.session.remove()
+    finally:
+        create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url})
+
+
 def test_openapi_document_and_docs_page_are_public(client):
     response = client.get("/api/v1/openapi.json")
     assert response.status_code == 200

@@ -20,7 +20,6 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 
-from .errors import Unauthorized
 from .extensions import db
 from .models import DAILY_SHARDS
 
@@ -43,15 +42,9 @@ def register(app: Flask) -> None:
 
 @bp.before_request
 def authenticate() -> None:
-    from .services import auth
+    from .jsondoor import key_actor
 
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Send an API key as `Authorization: Bearer <key>`.")
-    key = auth.authenticate_api_key(token.strip())
-    g.api_actor = auth.key_actor(key)
-    auth.touch_api_key(key)
+    g.api_actor = key_actor("Send an API key as `Authorization: Bearer <key>`.")
 
 
 def _json(payload: Any, status: int = 200) -> Response:

@@ -1,4 +1,6 @@
-"""Domain errors. Each kind has a stable code and the HTTP status of ../docs/api.md.
+"""Domain errors: the one table of error codes. Each kind carries its stable code, its HTTP status
+and a line for the contract; the JSON error handlers, the Metrifox door, the OpenAPI document and
+the table in docs/api.md are all made from (or checked against) ``ERRORS`` below.
 
 Services raise these; the API turns them into ``{"error": {...}}`` bodies and the dashboard into a
 message next to the field named by ``field``.
@@ -12,6 +14,7 @@ from typing import Any
 class DomainError(Exception):
     code = "validation_error"
     status = 422
+    meaning = ""  # what the code means, for the contract (docs/api.md and the OpenAPI document)
 
     def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -25,19 +28,14 @@ class DomainError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
-class ValidationError(DomainError):
-    code = "validation_error"
-    status = 422
+class MalformedJson(DomainError):
+    code = "malformed_json"
+    status = 400
 
 
-class InvalidAmount(DomainError):
-    code = "invalid_amount"
-    status = 422
-
-
-class FeatureNotRecordable(DomainError):
-    code = "feature_not_recordable"
-    status = 422
+class Unauthorized(DomainError):
+    code = "unauthorized"
+    status = 401
 
 
 class InsufficientCredits(DomainError):
@@ -75,6 +73,11 @@ class NotFound(DomainError):
     status = 404
 
 
+class MethodNotAllowed(DomainError):
+    code = "method_not_allowed"
+    status = 405
+
+
 class IdempotencyConflict(DomainError):
     code = "idempotency_conflict"
     status = 409
@@ -83,48 +86,93 @@ class IdempotencyConflict(DomainError):
 class Conflict(DomainError):
     code = "conflict"
     status = 409
+    meaning = "creating what already exists"
 
 
-class Unauthorized(DomainError):
-    code = "unauthorized"
-    status = 401
+class PayloadTooLarge(DomainError):
+    code = "payload_too_large"
+    status = 413
+
+
+class ValidationError(DomainError):
+    code = "validation_error"
+    status = 422
+
+
+class InvalidAmount(DomainError):
+    code = "invalid_amount"
+    status = 422
+
+
+class FeatureNotRecordable(DomainError):
+    code = "feature_not_recordable"
+    status = 422
+
+
+class RateLimited(DomainError):
+    code = "rate_limited"
+    status = 429
+    meaning = "with `Retry-After`"
+
+
+class NotImplementedByServer(DomainError):
+    code = "not_implemented"
+    status = 501
+    meaning = "the Metrifox door only: what this server does not do"
 
 
 class ServiceUnavailable(DomainError):
     code = "service_unavailable"
     status = 503
+    meaning = "database down or busy; with `Retry-After`"
 
 
-ERROR_CLASSES: dict[str, type[DomainError]] = {
-    cls.code: cls
+# The table, in the order of docs/api.md.
+ERRORS: tuple[type[DomainError], ...] = (
+    MalformedJson,
+    Unauthorized,
+    InsufficientCredits,
+    NotEntitled,
+    LimitExceeded,
+    Forbidden,
+    CustomerNotFound,
+    FeatureNotFound,
+    NotFound,
+    MethodNotAllowed,
+    IdempotencyConflict,
+    Conflict,
+    PayloadTooLarge,
+    ValidationError,
+    InvalidAmount,
+    FeatureNotRecordable,
+    RateLimited,
+    NotImplementedByServer,
+    ServiceUnavailable,
+)
+ERROR_CLASSES: dict[str, type[DomainError]] = {cls.code: cls for cls in ERRORS}
+
+# The kind of an error raised by the HTTP layer itself (werkzeug's HTTPException), by status.
+HTTP_ERRORS: dict[int, type[DomainError]] = {
+    cls.status: cls
     for cls in (
-        ValidationError,
-        InvalidAmount,
-        FeatureNotRecordable,
-        InsufficientCredits,
-        NotEntitled,
-        LimitExceeded,
-        Forbidden,
-        CustomerNotFound,
-        FeatureNotFound,
-        NotFound,
-        IdempotencyConflict,
-        Conflict,
+        MalformedJson,
         Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        ValidationError,
+        RateLimited,
+        NotImplementedByServer,
         ServiceUnavailable,
     )
-}
+} | {415: MalformedJson}
 
 
-# Stable codes for errors raised by the HTTP layer itself (werkzeug's HTTPException), not a service.
-HTTP_ERROR_CODES: dict[int, str] = {
-    400: "malformed_json",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "malformed_json",
-    429: "rate_limited",
-    501: "not_implemented",
-}
+def from_http(status: int, message: str) -> DomainError:
+    """A werkzeug HTTP error (404, 405, 413, ...) as the DomainError of the same status."""
+    error = HTTP_ERRORS.get(status, DomainError)(message)
+    error.status = status  # 415 is a malformed_json of its own status
+    if status not in HTTP_ERRORS:
+        error.code = "http_error"
+    return error

@@ -24,6 +24,8 @@ def inline(text: str) -> Markup:
 def _schema_name(schema: dict[str, Any] | None) -> str | None:
     if not schema:
         return None
+    if "allOf" in schema:  # an error response: the Error schema with the operation's codes
+        return _schema_name(schema["allOf"][0])
     target = schema.get("$ref", "")
     return target.rsplit("/", 1)[-1] if target else None
 
@@ -35,8 +37,8 @@ def _type_text(schema: dict[str, Any]) -> str:
     text = " | ".join(kind) if isinstance(kind, list) else str(kind)
     if kind == "array" and isinstance(schema.get("items"), dict):
         text = f"array of {_type_text(schema['items']) or 'any'}"
-    if "oneOf" in schema:
-        text = " | ".join(_type_text(s) for s in schema["oneOf"])
+    if "anyOf" in schema:
+        text = " | ".join(_type_text(s) for s in schema["anyOf"])
     if "enum" in schema:
         text += " (" + ", ".join("null" if v is None else str(v) for v in schema["enum"]) + ")"
     return text

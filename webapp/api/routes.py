@@ -1,80 +1,57 @@
-"""The routes of /api/v1. Each parses its input, calls one service function with the API key's
-actor, and serializes the result; DomainErrors become JSON errors in webapp.errorhandlers."""
+"""The routes of /api/v1. Each declares its OpenAPI operation (bodies, the errors it can give),
+parses its input with a request model of ``schemas``, calls one service function with the API
+key's actor, and answers with a response model; DomainErrors become JSON errors in
+webapp.errorhandlers."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
-from flask_limiter.errors import RateLimitExceeded
-from flask_limiter.util import get_remote_address
+from flask import Blueprint, Response, g, request
 
-from ..errors import DomainError, Unauthorized
-from ..extensions import limiter
-from ..services import auth, catalog, reads, usage, wallets
+from .. import errors as e
+from .. import jsondoor
+from ..errors import DomainError, PayloadTooLarge
+from ..jsondoor import json_body, query
+from ..services import catalog, reads, usage, wallets
 from ..services.actors import Actor
 from ..services.usage import MAX_BATCH
-from . import serializers as out
-from .openapi import openapi_document
-from .parsing import PayloadTooLarge, body, check_fields, json_body, query
+from . import schemas as out
+from .openapi import (
+    CURSOR,
+    CUSTOMER_KEY_PATH,
+    FEATURE_KEY_PATH,
+    LIMIT,
+    Operations,
+    openapi_document,
+    param,
+)
+from .schemas import (
+    AdjustmentRequest,
+    BatchRequest,
+    CreditCostPut,
+    CreditSystemCreate,
+    CustomerCreate,
+    EntitlementPut,
+    FeatureCreate,
+    RecordUsageRequest,
+    TopupRequest,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
+api = Operations(bp, "/api/v1")
 PUBLIC_ENDPOINTS = {"api.openapi_json"}
 
-
-def _bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def _rate_key() -> str:
-    """Per API key (its hash, so the key itself is never kept); per address without one."""
-    token = _bearer()
-    if token is None:
-        return "addr:" + (get_remote_address() or "-")
-    return "key:" + hashlib.sha256(token.encode()).hexdigest()
-
-
-limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=_rate_key)(bp)
-
-
-@bp.errorhandler(RateLimitExceeded)
-def rate_limited(exc: RateLimitExceeded):
-    current = limiter.current_limit
-    retry_after = 1
-    if current is not None:
-        retry_after = max(1, int(current.reset_at - time.time()))
-    response = jsonify(
-        {
-            "error": {
-                "code": "rate_limited",
-                "message": f"Too many requests for this API key (limit {exc.description}).",
-                "details": {"retry_after": retry_after},
-            }
-        }
-    )
-    response.status_code = 429
-    response.headers["Retry-After"] = str(retry_after)
-    return response
+jsondoor.limit_per_key(bp)
 
 
 @bp.before_request
 def authenticate() -> None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
-    token = _bearer()
-    if token is None:
-        raise Unauthorized("Send an API key as `Authorization: Bearer <key>`.")
-    key = auth.authenticate_api_key(token)
-    g.api_actor = auth.key_actor(key)
-    auth.touch_api_key(key)
+    g.api_actor = jsondoor.key_actor("Send an API key as `Authorization: Bearer <key>`.")
 
 
 @bp.after_request
@@ -91,11 +68,13 @@ def actor() -> Actor:
 
 def respond(payload: Any, status: int = 200) -> Response:
     """JSON in the field order of api.md (jsonify would sort the keys)."""
+    if isinstance(payload, out.Response):
+        payload = payload.model_dump()
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return Response(text + "\n", status=status, mimetype="application/json")
 
 
-def created_or_replayed(payload: dict[str, Any], replayed: bool) -> Response:
+def created_or_replayed(payload: out.Response, replayed: bool) -> Response:
     response = respond(payload, 200 if replayed else 201)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -105,14 +84,49 @@ def created_or_replayed(payload: dict[str, Any], replayed: bool) -> Response:
 # ---------------------------------------------------------------- usage
 
 
-@bp.post("/usage")
+@api.post(
+    "/usage",
+    "recordUsage",
+    "Record usage of a feature (RecordUsage)",
+    tag="Usage",
+    body="RecordUsageRequest",
+    ok={
+        201: ("UsageResult", "A new event was recorded."),
+        200: ("UsageResult", "A replay of an earlier event with the same `event_id`."),
+    },
+    errors=(
+        e.Forbidden,
+        e.NotEntitled,
+        e.LimitExceeded,
+        e.InsufficientCredits,
+        e.CustomerNotFound,
+        e.FeatureNotFound,
+        e.IdempotencyConflict,
+        e.InvalidAmount,
+        e.FeatureNotRecordable,
+    ),
+    replay=True,
+    description="Usage is always in feature units. A credit-based feature deducts "
+    "`amount x credit cost` from the customer's wallet in the same transaction. "
+    "Entitlement, allowance, persistent counts and the wallet are checked first; on "
+    "any error nothing is written.",
+)
 def record_usage():
-    fields = body("RecordUsageRequest")
-    result = usage.record_usage(actor(), **fields)
-    return created_or_replayed(out.usage_result(result), result.replayed)
+    result = usage.record_usage(actor(), **RecordUsageRequest.parse(json_body()))
+    return created_or_replayed(out.UsageResult.model_validate(result), result.replayed)
 
 
-@bp.post("/usage/batch")
+@api.post(
+    "/usage/batch",
+    "recordUsageBatch",
+    "Record up to 1000 usage events",
+    tag="Usage",
+    body="BatchRequest",
+    ok={200: ("BatchResult", "One result per event, in order.")},
+    errors=(e.Forbidden,),
+    description="Each event is judged on its own, in order, as if sent alone; an "
+    "invalid event writes nothing and gets its own error.",
+)
 def record_usage_batch():
     data = json_body()
     if isinstance(data, dict) and isinstance(data.get("events"), list):
@@ -122,13 +136,13 @@ def record_usage_batch():
                 field="events",
                 max_events=MAX_BATCH,
             )
-    fields = check_fields(data, "BatchRequest")
+    fields = BatchRequest.parse(data)
     events: list[Any] = fields["events"]
     # Each event is judged alone: one of the wrong shape gets its own error and is not sent on.
     shaped: list[dict[str, Any] | DomainError] = []
     for raw in events:
         try:
-            shaped.append(check_fields(raw, "RecordUsageRequest"))
+            shaped.append(RecordUsageRequest.parse(raw))
         except DomainError as exc:
             shaped.append(exc)
     valid = [e for e in shaped if not isinstance(e, DomainError)]
@@ -140,11 +154,26 @@ def record_usage_batch():
             results.append({"status": outcome.status, "body": outcome.to_dict()})
         else:
             status = 200 if outcome.replayed else 201
-            results.append({"status": status, "body": out.usage_result(outcome)})
+            results.append(
+                {"status": status, "body": out.UsageResult.model_validate(outcome).model_dump()}
+            )
     return respond({"results": results})
 
 
-@bp.get("/entitlements/check")
+@api.get(
+    "/entitlements/check",
+    "checkEntitlement",
+    "Would this usage be allowed now? (writes nothing)",
+    tag="Usage",
+    params=[
+        param("customer_key", "query", "The customer.", required=True),
+        param("feature_key", "query", "The feature (or `event_name`)."),
+        param("event_name", "query", "The feature's event name (or `feature_key`)."),
+        param("amount", "query", "Units to check, default 1."),
+    ],
+    ok={200: ("EntitlementCheck", "The verdict, with the numbers behind it.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound, e.InvalidAmount),
+)
 def check_entitlement():
     args = query(("customer_key", "feature_key", "event_name", "amount"))
     result = usage.check_entitlement(
@@ -154,97 +183,247 @@ def check_entitlement():
         event_name=args["event_name"],
         amount=args["amount"],
     )
-    return respond(out.check_result(result))
+    return respond(out.EntitlementCheck.model_validate(result))
 
 
 # ---------------------------------------------------------------- wallets
 
 
-@bp.post("/wallets/topups")
+@api.post(
+    "/wallets/topups",
+    "topupWallet",
+    "Add credits to a wallet (the only way to add credits)",
+    tag="Wallets",
+    body="TopupRequest",
+    ok={
+        201: ("LedgerResult", "Credits added."),
+        200: ("LedgerResult", "A replay of an earlier topup (same `idempotency_key`)."),
+    },
+    errors=(e.Forbidden, e.CustomerNotFound, e.NotFound, e.IdempotencyConflict),
+    replay=True,
+    description="Finance and admin keys only.",
+)
 def topup_wallet():
-    result = wallets.topup_wallet(actor(), **body("TopupRequest"))
-    return created_or_replayed(out.ledger_result(result), result.replayed)
+    result = wallets.topup_wallet(actor(), **TopupRequest.parse(json_body()))
+    return created_or_replayed(out.LedgerResult.of(result), result.replayed)
 
 
-@bp.post("/wallets/adjustments")
+@api.post(
+    "/wallets/adjustments",
+    "adjustWallet",
+    "Correct a wallet with a signed adjustment and a reason",
+    tag="Wallets",
+    body="AdjustmentRequest",
+    ok={201: ("LedgerResult", "The adjustment entry.")},
+    errors=(e.Forbidden, e.InsufficientCredits, e.CustomerNotFound, e.NotFound),
+    description="Finance and admin keys only. Never takes the balance below zero "
+    "(`insufficient_credits`). Not idempotent: send it once.",
+)
 def adjust_wallet():
-    result = wallets.adjust_wallet(actor(), **body("AdjustmentRequest"))
-    return created_or_replayed(out.ledger_result(result), result.replayed)
+    result = wallets.adjust_wallet(actor(), **AdjustmentRequest.parse(json_body()))
+    return created_or_replayed(out.LedgerResult.of(result), result.replayed)
 
 
 # ---------------------------------------------------------------- customers
 
 
-@bp.get("/customers")
+@api.get(
+    "/customers",
+    "listCustomers",
+    "List customers, newest first",
+    tag="Customers",
+    params=[
+        CURSOR,
+        LIMIT,
+        param("search", "query", "Part of the key, name or email."),
+    ],
+    ok={200: ("CustomerPage", "A page of customers.")},
+    errors=(e.Forbidden,),
+)
 def list_customers():
     args = query(("cursor", "limit", "search"))
     page = reads.list_customers(actor(), **args)
-    return respond(out.page(page, out.customer))
+    return respond(out.CustomerPage.model_validate(page))
 
 
-@bp.post("/customers")
+@api.post(
+    "/customers",
+    "createCustomer",
+    "Create a customer (admin)",
+    tag="Customers",
+    body="CustomerCreate",
+    ok={201: ("Customer", "The new customer.")},
+    errors=(e.Forbidden, e.Conflict),
+)
 def create_customer():
-    customer = catalog.create_customer(actor(), **body("CustomerCreate"))
-    return respond(out.customer(customer), 201)
+    customer = catalog.create_customer(actor(), **CustomerCreate.parse(json_body()))
+    return respond(out.Customer.model_validate(customer), 201)
 
 
-@bp.get("/customers/<key>")
+@api.get(
+    "/customers/<key>",
+    "getCustomer",
+    "A customer with every entitlement and wallet balance",
+    tag="Customers",
+    params=[CUSTOMER_KEY_PATH],
+    ok={200: ("CustomerDetail", "The customer.")},
+    errors=(e.Forbidden, e.CustomerNotFound),
+)
 def get_customer(key: str):
     query(())
-    return respond(out.customer_detail(reads.customer_summary(actor(), key)))
+    return respond(out.CustomerDetail.of(reads.customer_summary(actor(), key)))
 
 
-@bp.get("/customers/<key>/events")
+@api.get(
+    "/customers/<key>/events",
+    "listEvents",
+    "A customer's usage events, newest first",
+    tag="Customers",
+    params=[
+        CUSTOMER_KEY_PATH,
+        param("feature_key", "query", "Only this feature."),
+        param("since", "query", "Usage at or after this time (RFC 3339)."),
+        param("until", "query", "Usage before this time (RFC 3339)."),
+        CURSOR,
+        LIMIT,
+    ],
+    ok={200: ("EventPage", "A page of events.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound),
+)
 def list_events(key: str):
     args = query(("feature_key", "since", "until", "cursor", "limit"))
-    return respond(out.page(reads.list_events(actor(), key, **args), out.event))
+    page = reads.list_events(actor(), key, **args)
+    return respond(out.EventPage.model_validate(page))
 
 
-@bp.get("/customers/<key>/ledger")
+@api.get(
+    "/customers/<key>/ledger",
+    "listLedger",
+    "A customer's ledger entries, newest first",
+    tag="Customers",
+    params=[
+        CUSTOMER_KEY_PATH,
+        param("credit_system", "query", "Only this credit system."),
+        CURSOR,
+        LIMIT,
+    ],
+    ok={200: ("LedgerPage", "A page of ledger entries.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.NotFound),
+)
 def list_ledger(key: str):
     args = query(("credit_system", "cursor", "limit"))
-    return respond(out.page(reads.list_ledger(actor(), key, **args), out.ledger_entry))
+    page = reads.list_ledger(actor(), key, **args)
+    return respond(out.LedgerPage.model_validate(page))
 
 
-@bp.put("/customers/<key>/entitlements/<feature_key>")
+@api.put(
+    "/customers/<key>/entitlements/<feature_key>",
+    "setEntitlement",
+    "Create or change a customer's entitlement to a feature (admin)",
+    tag="Configuration",
+    params=[CUSTOMER_KEY_PATH, FEATURE_KEY_PATH],
+    body="EntitlementPut",
+    ok={200: ("Entitlement", "The entitlement as it now is.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound),
+)
 def set_entitlement(key: str, feature_key: str):
-    fields = body("EntitlementPut")
+    fields = EntitlementPut.parse(json_body())
     entitlement = catalog.set_entitlement(actor(), key, feature_key, **fields)
-    return respond(out.entitlement(key, feature_key, entitlement))
+    return respond(
+        out.Entitlement.model_validate(
+            {
+                "customer_key": key,
+                "feature_key": feature_key,
+                "allowance": entitlement.allowance_micros,
+                "reset_period": entitlement.reset_period,
+                "overage": entitlement.overage,
+                "updated_at": entitlement.updated_at,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------- catalog
 
 
-@bp.get("/features")
+@api.get(
+    "/features",
+    "listFeatures",
+    "Every feature, with its credit cost",
+    tag="Configuration",
+    ok={200: ("FeaturePage", "All features in one page (`next_cursor` is null).")},
+    errors=(e.Forbidden,),
+)
 def list_features():
     query(())
     rows = catalog.list_features(actor())
-    return respond({"data": [out.feature(*row) for row in rows], "next_cursor": None})
+    return respond(out.FeaturePage(data=[out.Feature.of(*row) for row in rows], next_cursor=None))
 
 
-@bp.post("/features")
+@api.post(
+    "/features",
+    "createFeature",
+    "Create a feature (admin)",
+    tag="Configuration",
+    body="FeatureCreate",
+    ok={201: ("Feature", "The new feature.")},
+    errors=(e.Forbidden, e.Conflict),
+)
 def create_feature():
-    feature = catalog.create_feature(actor(), **body("FeatureCreate"))
-    return respond(out.feature(feature, None, None), 201)
+    feature = catalog.create_feature(actor(), **FeatureCreate.parse(json_body()))
+    return respond(out.Feature.of(feature), 201)
 
 
-@bp.put("/features/<feature_key>/credit-cost")
+@api.put(
+    "/features/<feature_key>/credit-cost",
+    "setCreditCost",
+    "Make a feature credit-based, or change its cost (admin)",
+    tag="Configuration",
+    params=[FEATURE_KEY_PATH],
+    body="CreditCostPut",
+    ok={200: ("CreditCost", "The credit cost as it now is.")},
+    errors=(e.Forbidden, e.FeatureNotFound, e.NotFound, e.FeatureNotRecordable),
+)
 def set_credit_cost(feature_key: str):
-    fields = body("CreditCostPut")
+    fields = CreditCostPut.parse(json_body())
     cost = catalog.set_credit_cost(actor(), feature_key, **fields)
-    return respond(out.credit_cost(feature_key, fields["credit_system"], cost))
+    return respond(
+        out.CreditCost.model_validate(
+            {
+                "feature_key": feature_key,
+                "credit_system": fields["credit_system"],
+                "cost": cost.cost_micros,
+                "updated_at": cost.updated_at,
+            }
+        )
+    )
 
 
-@bp.post("/credit-systems")
+@api.post(
+    "/credit-systems",
+    "createCreditSystem",
+    "Create a credit system (admin)",
+    tag="Configuration",
+    body="CreditSystemCreate",
+    ok={201: ("CreditSystem", "The new credit system.")},
+    errors=(e.Forbidden, e.Conflict),
+)
 def create_credit_system():
-    system = catalog.create_credit_system(actor(), **body("CreditSystemCreate"))
-    return respond(out.credit_system(system), 201)
+    system = catalog.create_credit_system(actor(), **CreditSystemCreate.parse(json_body()))
+    return respond(out.CreditSystem.model_validate(system), 201)
 
 
 # ---------------------------------------------------------------- the contract itself
 
 
-@bp.get("/openapi.json")
+@api.get(
+    "/openapi.json",
+    "getOpenApi",
+    "This document (public)",
+    tag="Meta",
+    ok={200: ("", "The OpenAPI 3.1 document.")},
+    errors=(),
+    public=True,
+)
 def openapi_json():
     return respond(openapi_document())

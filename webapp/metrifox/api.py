@@ -11,22 +11,14 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import DomainError, ValidationError
+from ..errors import DomainError, PayloadTooLarge, ValidationError
+from ..jsondoor import json_object
 from ..models import Customer
 from ..services import catalog, reads
 from ..services import metrifox as paged
 from ..services.actors import ADMIN, require
 from ..services.reads import EntitlementView, WalletView
-from .common import (
-    PayloadTooLarge,
-    actor,
-    in_sdk_terms,
-    install,
-    json_body,
-    not_supported,
-    num,
-    respond,
-)
+from .common import actor, in_sdk_terms, install, not_supported, num, respond
 
 bp = Blueprint("metrifox_api", __name__)
 install(bp)
@@ -164,7 +156,7 @@ def _create(body: dict[str, Any]) -> Customer:
 
 @bp.post("/customers/new")
 def create_customer() -> Response:
-    customer = _create(json_body())
+    customer = _create(json_object())
     return respond({"message": "Customer created", "data": customer_json(customer)}, 201)
 
 
@@ -176,7 +168,7 @@ def get_customer(key: str) -> Response:
 
 @bp.patch("/customers/<key>")
 def update_customer(key: str) -> Response:
-    body = json_body()
+    body = json_object()
     if body.get("customer_key") not in (None, key):
         raise ValidationError("`customer_key` cannot change.", field="customer_key")
     changes, user = _split(body)
@@ -217,14 +209,7 @@ def list_customers() -> Response:
     return respond(
         {
             "data": [customer_json(c, archived.get(c.key)) for c in page.items],
-            "meta": {
-                "current_page": page.page,
-                "prev_page": page.prev_page,
-                "next_page": page.next_page,
-                "total_count": page.total_count,
-                "total_pages": page.total_pages,
-                "per_page": page.per_page,
-            },
+            "meta": page.meta(),
         }
     )
 
@@ -270,7 +255,7 @@ def customer_details(key: str) -> Response:
 def bulk_create() -> Response:
     # A role that may not create customers is refused as a whole (403), not once per customer.
     require(actor(), ADMIN)
-    body = json_body()
+    body = json_object()
     items = body.get("customers")
     if not isinstance(items, list):
         raise ValidationError("Send `customers`: a list of customers.", field="customers")

@@ -4,43 +4,21 @@ top-level ``message`` (the SDK raises ``APIError`` with it)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from flask import Blueprint, Response, g, request
-from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import NotFound
 
-from ..errors import (
-    HTTP_ERROR_CODES,
-    DomainError,
-    ServiceUnavailable,
-    Unauthorized,
-    ValidationError,
-)
-from ..services import auth
+from ..errorhandlers import as_domain_error, json_error
+from ..errors import DomainError, NotImplementedByServer, ValidationError
+from ..jsondoor import iso, key_actor, limit_per_key
 from ..services.actors import Actor
 from ..services.money import format_micros
 from ..services.periods import EPOCH
-from ..services.tx import is_unavailable
 
 MILLISECOND = timedelta(milliseconds=1)
-
-
-class MalformedJson(DomainError):
-    code = "malformed_json"
-    status = 400
-
-
-class NotImplementedByServer(DomainError):
-    code = "not_implemented"
-    status = 501
-
-
-class PayloadTooLarge(DomainError):
-    code = "payload_too_large"
-    status = 413
 
 
 def in_sdk_terms(exc: DomainError, names: dict[str, str]) -> DomainError:
@@ -85,12 +63,6 @@ def respond(body: Any, status: int = 200, headers: dict[str, str] | None = None)
     return Response(dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def millis(value: datetime) -> int:
     """An aware datetime as Unix milliseconds (exact, integer arithmetic)."""
     return (value - EPOCH) // MILLISECOND
@@ -116,91 +88,31 @@ def from_millis(value: object, *, field: str = "timestamp") -> object:
 # ---------------------------------------------------------------- requests
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def json_body() -> dict[str, Any]:
-    """The request's JSON object; numbers with a point or exponent become Decimal, never float."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
-    except (ValueError, RecursionError):
-        raise MalformedJson("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise MalformedJson("The request body must be a JSON object.")
-    return body
-
-
 def actor() -> Actor:
     return g.metrifox_actor
 
 
 def _authenticate() -> None:
-    secret = request.headers.get("x-api-key")
-    if not secret:
-        header = request.headers.get("Authorization", "")
-        if header.lower().startswith("bearer "):
-            secret = header[7:].strip()
-    if not secret:
-        raise Unauthorized("Send your API key in the `x-api-key` header.")
-    key = auth.authenticate_api_key(secret)
-    auth.touch_api_key(key)
-    g.metrifox_actor = auth.key_actor(key)
-
-
-# ---------------------------------------------------------------- errors
-
-
-def error_response(exc: DomainError) -> Response:
-    body = {"message": exc.message, **exc.to_dict()}
-    headers = {}
-    if isinstance(exc, ServiceUnavailable):
-        headers["Retry-After"] = str(exc.details.get("retry_after", 1))
-    return respond(body, exc.status, headers)
-
-
-def _http_error(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    message = exc.description or exc.name
-    body = {
-        "message": message,
-        "error": {
-            "code": HTTP_ERROR_CODES.get(status, "http_error"),
-            "message": message,
-            "details": {},
-        },
-    }
-    headers = {"Retry-After": "60"} if status == 429 else {}
-    return respond(body, status, headers)
-
-
-def _database_error(exc: DBAPIError) -> Response:
-    if not is_unavailable(exc):
-        raise exc
-    return error_response(
-        ServiceUnavailable("The database is unavailable or busy; retry shortly.", retry_after=1)
-    )
+    g.metrifox_actor = key_actor("Send your API key in the `x-api-key` header.")
 
 
 def install(bp: Blueprint) -> None:
-    """Auth before every request of ``bp``; its errors as Metrifox-style JSON."""
+    """Auth before every request of ``bp`` (its errors are Metrifox-style JSON by
+    ``errorhandlers.json_error``)."""
     bp.before_request(_authenticate)
-    bp.register_error_handler(DomainError, error_response)
-    bp.register_error_handler(HTTPException, _http_error)
-    bp.register_error_handler(DBAPIError, _database_error)
+    limit_per_key(bp)
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     def unknown(rest: str) -> Response:
         # Routing errors never reach a blueprint's handlers; this catch-all keeps them Metrifox
         # shaped (with `message`) for every path under the prefix.
-        return _http_error(NotFound(f"No Metrifox endpoint {request.method} /{rest} here."))
+        return json_error(
+            as_domain_error(NotFound(f"No Metrifox endpoint {request.method} /{rest} here."))
+        )
 
 
 def not_supported(what: str) -> Response:
-    return error_response(
+    return json_error(
         NotImplementedByServer(
             f"{what} is a Metrifox feature this server does not provide: it meters usage, "
             "entitlements and credit wallets only (no checkout, subscriptions or invoices)."

@@ -8,10 +8,11 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from ..errors import DomainError, ValidationError
+from ..jsondoor import json_object
 from ..services import metrifox as paged
 from ..services import usage
 from ..services.reads import EventView
-from .common import actor, from_millis, in_sdk_terms, install, json_body, millis, num, respond
+from .common import actor, from_millis, in_sdk_terms, install, millis, num, respond
 
 bp = Blueprint("metrifox_meter", __name__)
 install(bp)
@@ -39,7 +40,7 @@ def _metadata(body: dict[str, Any]) -> object:
 
 @bp.post("/usage/events")
 def record_usage() -> Response:
-    body = json_body()
+    body = json_object()
     # `quantity` is the SDK's name; `amount` its deprecated alias (and our own API's name).
     quantity = body["quantity"] if "quantity" in body else body.get("amount", 1)
     # `credit_used` is accepted and ignored: credits follow the feature's credit cost only.
@@ -149,13 +150,6 @@ def list_events() -> Response:
     return respond(
         {
             "data": [event_json(e) for e in page.items],
-            "meta": {
-                "current_page": page.page,
-                "prev_page": page.prev_page,
-                "next_page": page.next_page,
-                "total_count": page.total_count,
-                "total_pages": page.total_pages,
-                "per_page": page.per_page,
-            },
+            "meta": page.meta(),
         }
     )

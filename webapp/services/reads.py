@@ -1,20 +1,15 @@
 """Read models for the dashboard and the API: customer summary, events, ledger, customers.
 
-Lists use keyset pagination over ``id`` (newest first) with an opaque cursor, so a page costs the
-same at the millionth row as at the first."""
+Lists are keyset pages over ``id``, newest first (``paging``)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from sqlalchemy import Select, or_, select
 
-from ..errors import ValidationError
 from ..extensions import db
 from ..models import (
     CreditCost,
@@ -31,65 +26,8 @@ from ..models import (
 from . import validation
 from .actors import VIEW, Actor, require
 from .catalog import get_credit_system, get_customer, get_feature
+from .paging import Page, keyset_page
 from .periods import effective_period, next_reset, period_start
-
-T = TypeVar("T")
-MAX_LIMIT = 200
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_cursor: str | None
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    if cursor in (None, ""):
-        return None
-    assert isinstance(cursor, str)
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, value = text.partition(":")
-        if prefix != "v1":
-            raise ValueError
-        last_id = int(value)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise ValidationError(
-            "`cursor` is not a cursor this server gave out.", field="cursor"
-        ) from None
-    return last_id
-
-
-def parse_limit(limit: object, default: int = 50) -> int:
-    if limit in (None, ""):
-        return default
-    try:
-        value = int(str(limit))
-    except ValueError:
-        raise ValidationError("`limit` must be a whole number.", field="limit") from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise ValidationError(f"`limit` must be between 1 and {MAX_LIMIT}.", field="limit")
-    return value
-
-
-def _keyset(
-    stmt: Select[*tuple[Any, ...]], id_column: Any, cursor: str | None, limit: int
-) -> tuple[Any, int]:
-    after = decode_cursor(cursor)
-    if after is not None:
-        stmt = stmt.where(id_column < after)
-    return stmt.order_by(id_column.desc()).limit(limit + 1), limit
-
-
-def _page(rows: Sequence[Any], limit: int, last_id: Any) -> Page[Any]:
-    more = len(rows) > limit
-    rows = list(rows[:limit])
-    return Page(rows, encode_cursor(last_id(rows[-1])) if more and rows else None)
-
 
 # ---------------------------------------------------------------- customer summary
 
@@ -258,7 +196,6 @@ def list_events(
 ) -> Page[EventView]:
     require(actor, VIEW)
     customer = get_customer(customer_key)
-    size = parse_limit(limit)
     stmt = (
         select(UsageEvent, Feature)
         .join(Feature, Feature.id == UsageEvent.feature_id)
@@ -270,9 +207,7 @@ def list_events(
         stmt = stmt.where(UsageEvent.timestamp >= validation.parse_time(since, field="since"))
     if until not in (None, ""):
         stmt = stmt.where(UsageEvent.timestamp < validation.parse_time(until, field="until"))
-    stmt, size = _keyset(stmt, UsageEvent.id, cursor, size)
-    rows = db.session.execute(stmt).all()
-    page = _page(rows, size, lambda row: row[0].id)
+    page = keyset_page(stmt, UsageEvent.id, lambda row: row[0].id, cursor=cursor, limit=limit)
     return Page(
         [EventView.of(e, f, customer.key) for e, f in page.items],
         page.next_cursor,
@@ -304,7 +239,6 @@ def list_ledger(
 ) -> Page[LedgerView]:
     require(actor, VIEW)
     customer = get_customer(customer_key)
-    size = parse_limit(limit)
     stmt = (
         select(LedgerEntry, CreditSystem.key, UsageEvent.event_id)
         .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
@@ -314,8 +248,7 @@ def list_ledger(
     )
     if credit_system not in (None, ""):
         stmt = stmt.where(Wallet.credit_system_id == get_credit_system(credit_system).id)
-    stmt, size = _keyset(stmt, LedgerEntry.id, cursor, size)
-    page = _page(db.session.execute(stmt).all(), size, lambda row: row[0].id)
+    page = keyset_page(stmt, LedgerEntry.id, lambda row: row[0].id, cursor=cursor, limit=limit)
     return Page(
         [
             LedgerView(
@@ -337,16 +270,20 @@ def list_ledger(
     )
 
 
-def list_customers(
-    actor: Actor, *, cursor: str | None = None, limit: object = None, search: object = None
-) -> Page[Customer]:
-    require(actor, VIEW)
-    size = parse_limit(limit)
+def customers_matching(search: object) -> Select[tuple[Customer]]:
+    """Customers whose key, name or email contains ``search`` (all of them without one)."""
     stmt = select(Customer)
     if search not in (None, ""):
         term = f"%{str(search)[:100].lower()}%"
         stmt = stmt.where(
             or_(Customer.key.ilike(term), Customer.name.ilike(term), Customer.email.ilike(term))
         )
-    stmt, size = _keyset(stmt, Customer.id, cursor, size)
-    return _page(list(db.session.scalars(stmt)), size, lambda c: c.id)
+    return stmt
+
+
+def list_customers(
+    actor: Actor, *, cursor: str | None = None, limit: object = None, search: object = None
+) -> Page[Customer]:
+    require(actor, VIEW)
+    stmt = customers_matching(search)
+    return keyset_page(stmt, Customer.id, lambda c: c.id, cursor=cursor, limit=limit, scalars=True)

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, render_template, request, stream_with_con
 from ..services import catalog, dashboard, reads
 from ..services.actors import VIEW
 from ..services.money import format_micros
+from ..services.paging import MAX_ID, MAX_PAGE, whole_number
 from .charts import bar_chart
 from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
 from .htmx import target
@@ -24,11 +25,9 @@ RECENT = 15
 EXPORT_PAGE = 200  # rows per keyset page while streaming a CSV
 
 
-def _int_arg(name: str, default: int) -> int:
-    try:
-        return int(request.args.get(name, default))
-    except ValueError:
-        return default
+def _int_arg(name: str, default: int, high: int = MAX_PAGE) -> int:
+    """A page number or id from the URL; out of range or not a number: a 422 page."""
+    return whole_number(request.args.get(name), field=name, low=1, high=high, default=default)
 
 
 @bp.get("/")
@@ -262,7 +261,6 @@ def wallets():
 @bp.get("/audit")
 @requires(VIEW)
 def audit():
-    before = request.args.get("before")
     args = {
         "actor": request.args.get("actor", ""),
         "action": request.args.get("action", ""),
@@ -273,7 +271,7 @@ def audit():
         actor_label=args["actor"] or None,
         action=args["action"] or None,
         customer_key=args["customer"] or None,
-        before=int(before) if before and before.isdigit() else None,
+        before=_int_arg("before", 0, high=MAX_ID) or None,
     )
     next_url = url_for("pages.audit", **args, before=page.next_before) if page.next_before else None
     return render_template("audit.html", page=page, args=args, next_url=next_url)

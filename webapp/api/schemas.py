@@ -1,0 +1,531 @@
+"""Every request and response of /api/v1 as a pydantic model, one per shape. The routes parse
+bodies with the request models and answer with the response models; the OpenAPI document
+(``openapi.py``) is generated from these same classes, so the contract cannot drift from the code.
+
+Request models check the shape only (known fields, JSON types); the services judge the values.
+Bodies arrive already parsed by ``jsondoor.json_body`` (numbers as Decimal, never a float), so
+the models validate Python objects in strict mode and never parse JSON themselves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
+from pydantic import ValidationError as PydanticError
+from pydantic.json_schema import WithJsonSchema
+
+from .. import models as db
+from ..errors import ValidationError
+from ..jsondoor import iso, safe
+from ..models import FEATURE_TYPES, OVERAGE_POLICIES, RESET_PERIODS, TOPUP_KINDS
+from ..services import reads, wallets
+from ..services.money import format_micros, quantity_json
+from ..services.usage import MAX_BATCH
+
+
+def _doc(schema: dict[str, Any]) -> WithJsonSchema:
+    return WithJsonSchema(schema)
+
+
+def _null(schema: dict[str, Any]) -> dict[str, Any]:
+    kind = schema["type"]
+    out = {**schema, "type": [*([kind] if isinstance(kind, str) else kind), "null"]}
+    if "enum" in out:
+        out["enum"] = [*out["enum"], None]
+    return out
+
+
+# ---------------------------------------------------------------- value types of the contract
+
+TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC (`...Z`)."}
+CREDITS = {
+    "type": "string",
+    "pattern": r"^-?[0-9]+(\.[0-9]{1,6})?$",
+    "description": 'Credits as a decimal string with up to 6 places, e.g. `"0.08"`.',
+    "examples": ["0.08"],
+}
+QUANTITY = {
+    "type": ["integer", "string"],
+    "description": "Feature units: a JSON number when whole, a decimal string otherwise.",
+}
+AMOUNT = {
+    "type": ["string", "number"],
+    "description": "A decimal with at most 6 places, as a JSON string or number (never rounded).",
+    "examples": ["2", 2],
+}
+
+OptStr = Annotated[StrictStr | None, _doc({"type": ["string", "null"]})]
+Object = Annotated[dict[str, Any], _doc({"type": "object"})]
+OptObject = Annotated[dict[str, Any] | None, _doc({"type": ["object", "null"]})]
+# An amount in: a JSON string or number (Decimal or int after parsing; a bool is not a number).
+Amount = Annotated[StrictStr | StrictInt | Decimal, _doc(AMOUNT)]
+
+
+def _enum(values: tuple[str, ...] | list[str], *, null: bool = False, **extra: Any) -> Any:
+    schema = {"type": "string", "enum": list(values), **extra}
+    return Annotated[
+        StrictStr | None if null else StrictStr, _doc(_null(schema) if null else schema)
+    ]
+
+
+def _default(value: object) -> Any:
+    """Unset (the service applies its default), documented as ``value``."""
+    return Field(None, json_schema_extra={"default": value})
+
+
+# ---------------------------------------------------------------- requests
+
+
+class Request(BaseModel):
+    """A request body: only these fields, each of its JSON type; values are the services' to
+    judge. ``parse`` turns pydantic's complaints into our ``validation_error``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @classmethod
+    def parse(cls, data: Any) -> dict[str, Any]:
+        """The fields the client sent (unset ones left to the services' defaults)."""
+        if not isinstance(data, dict):
+            raise ValidationError("The body must be a JSON object.")
+        for name in data:
+            if name not in cls.model_fields:
+                known = ", ".join(sorted(cls.model_fields))
+                raise ValidationError(
+                    f"Unknown field `{safe(name)}`; this request takes: {known}.", field=safe(name)
+                )
+        try:
+            model = cls.model_validate(data)
+        except PydanticError as exc:
+            raise cls._complaint(exc.errors()[0]) from None
+        return {name: getattr(model, name) for name in model.model_fields_set}
+
+    @classmethod
+    def _complaint(cls, error: Any) -> ValidationError:
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if error["type"] == "missing":
+            return ValidationError(f"`{name}` is required.", field=name)
+        schema = cls.model_json_schema()["properties"].get(name, {})
+        return ValidationError(f"`{name}` must be {_type_words(schema)}.", field=name)
+
+
+def _type_words(schema: dict[str, Any]) -> str:
+    kinds = schema.get("type") or [s.get("type", "") for s in schema.get("anyOf", [])]
+    names = [kinds] if isinstance(kinds, str) else kinds
+    words = {"number": "a number", "string": "a string", "object": "a JSON object"}
+    words |= {"integer": "a whole number", "array": "a list", "null": "null"}
+    words |= {"boolean": "true or false"}
+    return " or ".join(words.get(n, n) for n in names) or "something else"
+
+
+class RecordUsageRequest(Request):
+    """One RecordUsage call. Unknown fields are rejected."""
+
+    customer_key: StrictStr = Field(examples=["cust-6d11ca90"])
+    event_name: OptStr = Field(
+        None,
+        description="The feature's event name; exactly one of this and `feature_key`.",
+        examples=["candidate.sourced"],
+    )
+    feature_key: OptStr = Field(
+        None, description="The feature's key; exactly one of this and `event_name`."
+    )
+    amount: Annotated[Amount | None, _doc({**AMOUNT, "type": ["string", "number", "null"]})] = (
+        Field(
+            None,
+            description="Feature units (never credits); negative only for persistent features. "
+            "Null or left out: 1.",
+            json_schema_extra={"default": 1},
+        )
+    )
+    event_id: OptStr = Field(
+        None, description="Idempotency key (printable ASCII, up to 200); the server makes one."
+    )
+    timestamp: Annotated[StrictStr | None, _doc(_null(TIME))] = None
+    metadata: OptObject = Field(None, description="Free-form JSON object, 4 KiB.")
+
+    @classmethod
+    def parse(cls, data: Any) -> dict[str, Any]:
+        fields = super().parse(data)
+        if fields.get("amount", 1) is None:
+            del fields["amount"]  # null means "not given" (docs/api.md): 1
+        return fields
+
+
+class BatchRequest(Request):
+    events: list[Any] = Field(
+        max_length=MAX_BATCH,
+        json_schema_extra={
+            "items": {
+                "description": "A RecordUsage body. An event that is not valid gets its own "
+                "error in `results`; the others are still recorded."
+            }
+        },
+    )
+
+
+class TopupRequest(Request):
+    customer_key: StrictStr
+    credit_system: StrictStr = Field(examples=["credits"])
+    amount: Amount = Field(description="Credits to add, greater than zero.")
+    kind: _enum(TOPUP_KINDS, null=True) = _default("purchased")
+    reference: OptStr = Field(None, description="E.g. an invoice number.")
+    note: OptStr = None
+    idempotency_key: OptStr = None
+
+
+class AdjustmentRequest(Request):
+    customer_key: StrictStr
+    credit_system: StrictStr
+    amount: Amount = Field(
+        description="Signed credits: positive adds, negative removes (never below zero)."
+    )
+    reason: StrictStr = Field(description="Why; kept in the ledger entry's note.")
+    reference: OptStr = None
+
+
+class CustomerCreate(Request):
+    key: StrictStr = Field(description="Stable key: letters, digits and . _ : @ -")
+    name: StrictStr
+    email: OptStr = None
+    metadata: OptObject = None
+
+
+class FeatureCreate(Request):
+    key: StrictStr = Field(description="Lower case letters, digits and _ . -")
+    name: StrictStr
+    type: _enum(FEATURE_TYPES)
+    event_name: OptStr = Field(None, description="Defaults to the key.")
+
+
+class CreditSystemCreate(Request):
+    key: StrictStr
+    name: StrictStr
+    unit_singular: OptStr = None
+    unit_plural: OptStr = None
+
+
+class CreditCostPut(Request):
+    credit_system: StrictStr
+    cost: Amount = Field(description="Credits per feature unit, greater than zero.")
+
+
+class EntitlementPut(Request):
+    allowance: Annotated[Amount | None, _doc({**AMOUNT, "type": ["string", "number", "null"]})] = (
+        Field(
+            description="Units per reset period (consumable) or in total (persistent); "
+            "null = unlimited. Required, so that unlimited is never an accident."
+        )
+    )
+    reset_period: _enum(RESET_PERIODS, null=True) = _default("never")
+    overage: _enum(OVERAGE_POLICIES, null=True) = _default("block")
+
+
+# ---------------------------------------------------------------- responses
+
+
+def _from_micros(convert: Any) -> BeforeValidator:
+    """Service results carry integer micros; the contract shows them converted."""
+    return BeforeValidator(
+        lambda v: v if isinstance(v, bool) or not isinstance(v, int) else convert(v)
+    )
+
+
+_TIME = BeforeValidator(lambda v: iso(v) if isinstance(v, datetime) else v)
+Time = Annotated[str, _TIME, _doc(TIME)]
+OptTime = Annotated[str | None, _TIME, _doc(_null(TIME))]
+Credits = Annotated[str, _from_micros(format_micros), _doc(CREDITS)]
+OptCredits = Annotated[str | None, _from_micros(format_micros), _doc(_null(CREDITS))]
+Quantity = Annotated[int | str, _from_micros(quantity_json), _doc(QUANTITY)]
+OptQuantity = Annotated[int | str | None, _from_micros(quantity_json), _doc(_null(QUANTITY))]
+FeatureType = Annotated[str, _doc({"type": "string", "enum": list(FEATURE_TYPES)})]
+ResetPeriod = Annotated[str, _doc({"type": "string", "enum": list(RESET_PERIODS)})]
+Overage = Annotated[str, _doc({"type": "string", "enum": list(OVERAGE_POLICIES)})]
+
+
+def _renamed(name: str, **extra: Any) -> Any:
+    return Field(validation_alias=name, **extra)
+
+
+class Response(BaseModel):
+    """A response body, its fields in the order the client sees them (docs/api.md), read from a
+    service result's attributes of the same name (``used`` from ``used_micros``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        from_attributes=True,
+        json_schema_serialization_defaults_required=True,
+        alias_generator=AliasGenerator(validation_alias=lambda n: AliasChoices(f"{n}_micros", n)),
+    )
+
+
+class ErrorBody(Response):
+    code: Annotated[str, _doc({"type": "string", "examples": ["insufficient_credits"]})]
+    message: str
+    details: Object
+
+
+class Error(Response):
+    error: ErrorBody
+
+
+class UsageResult(Response):
+    """`allowance`/`available` are null when unlimited; `credits_deducted` and `wallet_balance`
+    are null for a feature that is not credit-based."""
+
+    message: Literal["Usage recorded"] = "Usage recorded"
+    event_name: str
+    customer_key: str
+    amount: Quantity
+    feature_key: str
+    event_id: str
+    timestamp: Time
+    used: Quantity = Field(description="Used in the current period after this event.")
+    allowance: OptQuantity
+    available: OptQuantity
+    overage: Quantity
+    credits_deducted: OptCredits = _renamed("credits_micros")
+    wallet_balance: OptCredits = _renamed("balance_micros")
+    credit_system: str | None
+
+
+class BatchItem(Response):
+    status: int = Field(description="What the event alone would get.")
+    body: UsageResult | Error
+
+
+class BatchResult(Response):
+    results: list[BatchItem]
+
+
+class EntitlementCheck(Response):
+    allowed: bool
+    reason: str | None = Field(
+        description="When not allowed: the RecordUsage error code it would get."
+    )
+    message: str | None
+    customer_key: str
+    feature_key: str
+    event_name: str
+    type: FeatureType = _renamed("feature_type")
+    amount: Quantity
+    entitled: bool
+    used: Quantity
+    allowance: OptQuantity
+    available: OptQuantity
+    reset_at: OptTime
+    credits_required: OptCredits
+    wallet_balance: OptCredits = _renamed("balance_micros")
+    credit_system: str | None
+
+
+class LedgerResult(Response):
+    message: Literal["Credits added", "Wallet adjusted"]
+    customer_key: str
+    credit_system: str
+    type: Literal["topup", "adjustment"]
+    kind: str | None
+    amount: Credits
+    reference: str | None
+    note: str | None
+    wallet_balance: Credits = Field(description="The balance right after this entry.")
+    ledger_entry_id: int
+    created_at: Time
+
+    @classmethod
+    def of(cls, r: wallets.LedgerResult) -> LedgerResult:
+        e = r.entry
+        message = "Credits added" if e.type == "topup" else "Wallet adjusted"
+        return cls.model_validate(
+            {
+                **{name: getattr(e, name) for name in ("type", "kind", "reference", "note")},
+                "message": message,
+                "customer_key": r.customer_key,
+                "credit_system": r.credit_system,
+                "amount": e.amount_micros,
+                "wallet_balance": r.balance_micros,
+                "ledger_entry_id": e.id,
+                "created_at": e.created_at,
+            }
+        )
+
+
+class Customer(Response):
+    key: str
+    name: str
+    email: str | None
+    status: Literal["active", "archived"]
+    metadata: Annotated[Object, BeforeValidator(lambda v: v or {})] = _renamed(
+        AliasChoices("extra", "metadata")
+    )
+    created_at: Time
+
+
+class CustomerEntitlement(Response):
+    feature_key: str
+    feature_name: str
+    event_name: str
+    type: FeatureType = _renamed("feature_type")
+    used: Quantity
+    allowance: OptQuantity
+    available: OptQuantity
+    reset_period: ResetPeriod
+    reset_at: OptTime
+    overage: Overage
+    credit_system: str | None
+    credit_cost: OptCredits = _renamed("cost_micros")
+
+
+class Wallet(Response):
+    credit_system: str
+    name: str
+    balance: Credits
+
+
+class CustomerDetail(Customer):
+    entitlements: list[CustomerEntitlement]
+    wallets: list[Wallet]
+
+    @classmethod
+    def of(cls, s: reads.CustomerSummary) -> CustomerDetail:
+        customer = Customer.model_validate(s.customer).model_dump()
+        return cls.model_validate(
+            {**customer, "entitlements": s.entitlements, "wallets": s.wallets}
+        )
+
+
+class Event(Response):
+    event_id: str
+    feature_key: str
+    event_name: str
+    amount: Quantity
+    timestamp: Time
+    metadata: OptObject
+    credits_deducted: OptCredits = _renamed("credits_micros")
+    overage: Quantity
+    actor: str
+    recorded_at: Time
+
+
+class LedgerEntry(Response):
+    id: int
+    credit_system: str
+    type: Literal["topup", "usage", "adjustment"]
+    kind: str | None
+    amount: Credits = Field(description="Signed: positive adds, negative deducts.")
+    balance_after: Credits
+    reference: str | None
+    note: str | None
+    event_id: str | None = Field(description="For `usage` entries.")
+    actor: str
+    created_at: Time
+
+
+class Feature(Response):
+    key: str
+    name: str
+    type: FeatureType
+    event_name: str
+    credit_system: str | None
+    credit_cost: OptCredits
+    created_at: Time
+
+    @classmethod
+    def of(
+        cls,
+        row: db.Feature,
+        cost: db.CreditCost | None = None,
+        system: db.CreditSystem | None = None,
+    ) -> Feature:
+        return cls.model_validate(
+            {
+                **{name: getattr(row, name) for name in ("key", "name", "type", "event_name")},
+                "credit_system": None if system is None else system.key,
+                "credit_cost": None if cost is None else cost.cost_micros,
+                "created_at": row.created_at,
+            }
+        )
+
+
+class CreditSystem(Response):
+    key: str
+    name: str
+    unit_singular: str
+    unit_plural: str
+    created_at: Time
+
+
+class CreditCost(Response):
+    feature_key: str
+    credit_system: str
+    cost: Credits
+    updated_at: Time
+
+
+class Entitlement(Response):
+    customer_key: str
+    feature_key: str
+    allowance: OptQuantity
+    reset_period: ResetPeriod
+    overage: Overage
+    updated_at: Time
+
+
+def _page_of(name: str, item: type[Response]) -> type[Response]:
+    """``{"data": [item, ...], "next_cursor": ...}``, read from a ``paging.Page``."""
+    return create_model(
+        name,
+        __base__=Response,
+        data=(list[item], _renamed(AliasChoices("items", "data"))),  # type: ignore[valid-type]
+        next_cursor=(
+            str | None,
+            Field(description="Pass as `cursor` for the next page; null on the last page."),
+        ),
+    )
+
+
+CustomerPage = _page_of("CustomerPage", Customer)
+EventPage = _page_of("EventPage", Event)
+LedgerPage = _page_of("LedgerPage", LedgerEntry)
+FeaturePage = _page_of("FeaturePage", Feature)
+
+
+REQUESTS: tuple[type[Request], ...] = (
+    RecordUsageRequest,
+    BatchRequest,
+    TopupRequest,
+    AdjustmentRequest,
+    CustomerCreate,
+    FeatureCreate,
+    CreditSystemCreate,
+    CreditCostPut,
+    EntitlementPut,
+)
+RESPONSES: tuple[type[Response], ...] = (
+    Error,
+    UsageResult,
+    BatchResult,
+    EntitlementCheck,
+    LedgerResult,
+    Customer,
+    CustomerDetail,
+    CustomerPage,
+    EventPage,
+    LedgerPage,
+    Feature,
+    FeaturePage,
+    CreditSystem,
+    CreditCost,
+    Entitlement,
+)
