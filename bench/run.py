@@ -500,7 +500,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--skip-dashboard", action="store_true")
     parser.add_argument("--only-dashboard", action="store_true")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=["FULL", "NORMAL"],
+        help="SQLITE_SYNCHRONOUS for every process of the run (default: the app's, FULL)",
+    )
     args = parser.parse_args()
+    if args.sqlite_synchronous:
+        os.environ["WEBAPP_SQLITE_SYNCHRONOUS"] = args.sqlite_synchronous  # app_env passes it on
     if args.seconds is None:
         args.seconds = 1 if args.quick else 15
     args.rounds = 1 if args.quick else 3
@@ -531,7 +538,8 @@ def main() -> None:
         f"Python {m['python']}. gunicorn {args.workers} sync workers"
         f"{f' x {args.threads} threads' if args.threads > 1 else ''}, wrk 2 threads, "
         f"{CONNECTIONS} connections, {args.seconds:g} s per scenario (noop/raw/single and "
-        f"hot/spread interleaved in {args.rounds} rounds each; batch in one run)."
+        f"hot/spread interleaved in {args.rounds} rounds each; batch in one run). "
+        f"SQLite synchronous={os.environ.get('WEBAPP_SQLITE_SYNCHRONOUS', 'FULL')}."
     )
     text = f"{head}\n\n{table}\n\n{summary}\n"
     print(text)

@@ -15,6 +15,7 @@ class Defaults:
     SQLALCHEMY_DATABASE_URI: str | None = None  # set from DATABASE_URL or instance/ in create_app
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
     SQLITE_BUSY_TIMEOUT_MS = 5000
+    SQLITE_SYNCHRONOUS = "FULL"  # or NORMAL: faster commits, may lose the last ones on power loss
     MAX_CONTENT_LENGTH = 1024 * 1024
     WTF_CSRF_TIME_LIMIT = None  # token lives as long as the session
     SESSION_COOKIE_HTTPONLY = True
