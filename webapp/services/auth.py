@@ -114,11 +114,16 @@ def set_password(actor: Actor, user_id: int, password: object) -> User:
 
 @transactional
 def end_sessions(actor: Actor, user_id: int) -> None:
-    """Log a user out everywhere."""
+    """Log a user out everywhere: oneself, or anyone as an admin."""
+    if actor.id != user_id or actor.kind != "user":
+        require(actor, ADMIN)
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.", field="user")
     db.session.execute(
         update(User).where(User.id == user_id).values(session_version=User.session_version + 1)
     )
-    audit.record(actor, "user.logged_out")
+    audit.record(actor, "user.logged_out", target=f"user:{user.email}")
 
 
 # ---------------------------------------------------------------- API keys
