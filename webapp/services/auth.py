@@ -16,7 +16,7 @@ from ..errors import Conflict, NotFound, Unauthorized, ValidationError
 from ..extensions import db
 from ..models import ROLES, ApiKey, User, utcnow
 from . import audit, validation
-from .actors import ADMIN, Actor, require
+from .actors import ADMIN, ANONYMOUS, Actor, require
 from .tx import transactional, write_transaction
 
 # argon2id with the RFC 9106 "low memory" profile (t=3, m=64 MiB, p=4), above OWASP's minimum.
@@ -73,6 +73,25 @@ def authenticate(email: object, password: object) -> User | None:
     if user is None or not user.active:
         return None
     return user
+
+
+def sign_in(email: object, password: object, *, address: str | None) -> User | None:
+    """``authenticate``, and record the attempt in the audit log whichever way it went: the
+    account (the email as typed, normalised), the address, and whether it succeeded."""
+    user = authenticate(email, password)
+    typed = email.strip().lower()[:254] if isinstance(email, str) else ""
+    _record_sign_in(user, typed, address)
+    return user
+
+
+@transactional
+def _record_sign_in(user: User | None, typed: str, address: str | None) -> None:
+    audit.record(
+        ANONYMOUS if user is None else user_actor(user),
+        "user.sign_in_failed" if user is None else "user.signed_in",
+        target=f"user:{typed}",
+        details={"address": address},
+    )
 
 
 def get_user(user_id: int) -> User | None:
