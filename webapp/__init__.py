@@ -50,10 +50,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
     remove_sessions_safely(app, db)
 
-    from . import cli, errorhandlers
+    from . import cli, edge, errorhandlers
 
     cli.register(app)
     errorhandlers.register(app)
+    edge.register(app)
     _register_blueprints(app)
     return app
 
