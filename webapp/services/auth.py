@@ -76,20 +76,24 @@ def authenticate(email: object, password: object) -> User | None:
 
 
 def sign_in(email: object, password: object, *, address: str | None) -> User | None:
-    """``authenticate``, and record the attempt in the audit log whichever way it went: the
-    account (the email as typed, normalised), the address, and whether it succeeded."""
+    """``authenticate``, and record the attempt in the audit log whichever way it went, with
+    the address. A failure names the account only if it exists: what was typed for an unknown
+    one (sometimes a password, typed into the wrong field) is not kept."""
     user = authenticate(email, password)
-    typed = email.strip().lower()[:254] if isinstance(email, str) else ""
-    _record_sign_in(user, typed, address)
+    typed = email.strip().lower() if isinstance(email, str) else ""
+    known = user is not None or (
+        db.session.scalar(select(User.id).where(User.email == typed)) is not None
+    )
+    _record_sign_in(user, typed if known else None, address)
     return user
 
 
 @transactional
-def _record_sign_in(user: User | None, typed: str, address: str | None) -> None:
+def _record_sign_in(user: User | None, account: str | None, address: str | None) -> None:
     audit.record(
         ANONYMOUS if user is None else user_actor(user),
         "user.sign_in_failed" if user is None else "user.signed_in",
-        target=f"user:{typed}",
+        target=None if account is None else f"user:{account}",
         details={"address": address},
     )
 
