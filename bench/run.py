@@ -401,6 +401,33 @@ def run_dashboard(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"pages": pages, "seed_s": large["seed_s"]}
 
 
+def sqlite_commit_cost(commits: int = 300) -> dict[str, float]:
+    """Microseconds per one-row write transaction on a WAL file in bench/results, for each
+    SQLITE_SYNCHRONOUS level: what FULL's fsync at every commit costs on this disk, apart from
+    the load on the CPUs (the HTTP runs above share them)."""
+    import sqlite3
+
+    path = RESULTS / "synchronous.sqlite3"
+    out = {}
+    for level in ("FULL", "NORMAL"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={level}")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        started = time.perf_counter()
+        for _ in range(commits):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 200,))
+            conn.execute("COMMIT")
+        out[level] = (time.perf_counter() - started) / commits * 1e6
+        conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    return out
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -500,7 +527,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--skip-dashboard", action="store_true")
     parser.add_argument("--only-dashboard", action="store_true")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=["FULL", "NORMAL"],
+        help="SQLITE_SYNCHRONOUS for every process of the run (default: the app's, FULL)",
+    )
     args = parser.parse_args()
+    if args.sqlite_synchronous:
+        os.environ["WEBAPP_SQLITE_SYNCHRONOUS"] = args.sqlite_synchronous  # app_env passes it on
     if args.seconds is None:
         args.seconds = 1 if args.quick else 15
     args.rounds = 1 if args.quick else 3
@@ -531,9 +565,16 @@ def main() -> None:
         f"Python {m['python']}. gunicorn {args.workers} sync workers"
         f"{f' x {args.threads} threads' if args.threads > 1 else ''}, wrk 2 threads, "
         f"{CONNECTIONS} connections, {args.seconds:g} s per scenario (noop/raw/single and "
-        f"hot/spread interleaved in {args.rounds} rounds each; batch in one run)."
+        f"hot/spread interleaved in {args.rounds} rounds each; batch in one run). "
+        f"SQLite synchronous={os.environ.get('WEBAPP_SQLITE_SYNCHRONOUS', 'FULL')}."
     )
     text = f"{head}\n\n{table}\n\n{summary}\n"
+    if "sqlite" in args.db.split(","):
+        cost = sqlite_commit_cost()
+        text += (
+            f"\nSQLite commit alone (one-row write transaction, WAL): synchronous=FULL "
+            f"{cost['FULL']:.0f} µs, NORMAL {cost['NORMAL']:.0f} µs.\n"
+        )
     print(text)
     (RESULTS / ("quick.md" if args.quick else "latest.md")).write_text(text)
     (RESULTS / ("quick.json" if args.quick else "latest.json")).write_text(

@@ -163,3 +163,23 @@ def test_ledger_pages_newest_first(catalog):
         reads.list_ledger(SYSTEM, C, cursor="garbage!")
     with pytest.raises(ValidationError):
         reads.list_ledger(SYSTEM, C, limit=1000)
+
+
+@pytest.mark.parametrize(
+    ("write", "amount"),
+    [("topup", "5"), ("adjustment", "5"), ("adjustment", "-1")],
+)
+def test_no_wallet_write_for_an_archived_customer(catalog, write, amount):
+    from webapp.services import catalog as cat
+
+    cat.set_customer_status(SYSTEM, C, "archived")
+    before = ledger_count()
+    with pytest.raises(ValidationError, match="archived") as raised:
+        if write == "topup":
+            wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount=amount)
+        else:
+            wallets.adjust_wallet(
+                SYSTEM, customer_key=C, credit_system="credits", amount=amount, reason="fix"
+            )
+    assert raised.value.field == "customer_key"
+    assert ledger_count() == before

@@ -45,13 +45,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     limiter.init_app(app)
     with app.app_context():
-        configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])
+        configure_engine(
+            db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"], app.config["SQLITE_SYNCHRONOUS"]
+        )
     remove_sessions_safely(app, db)
 
-    from . import cli, errorhandlers
+    from . import cli, edge, errorhandlers
 
     cli.register(app)
     errorhandlers.register(app)
+    edge.register(app)
     _register_blueprints(app)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key"
@@ -15,6 +16,7 @@ class Defaults:
     SQLALCHEMY_DATABASE_URI: str | None = None  # set from DATABASE_URL or instance/ in create_app
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
     SQLITE_BUSY_TIMEOUT_MS = 5000
+    SQLITE_SYNCHRONOUS = "FULL"  # or NORMAL: faster commits, may lose the last ones on power loss
     MAX_CONTENT_LENGTH = 1024 * 1024
     WTF_CSRF_TIME_LIMIT = None  # token lives as long as the session
     SESSION_COOKIE_HTTPONLY = True
@@ -27,8 +29,14 @@ class Defaults:
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"
     API_RATE_LIMIT = "6000 per minute"
-    LOGIN_RATE_LIMIT = "10 per minute"  # per address
-    LOGIN_ACCOUNT_RATE_LIMIT = "30 per hour"  # per account (the submitted email), any address
+    LOGIN_RATE_LIMIT = "10 per minute"  # per address, whatever the accounts
+    LOGIN_PAIR_RATE_LIMIT = "20 per hour"  # per account (the submitted email) and address
+    # Per account from every address: far above the pair limit, so that locking someone out
+    # takes many addresses, not one persistent guesser.
+    LOGIN_ACCOUNT_RATE_LIMIT = "500 per hour"
+    SESSION_IDLE_MINUTES = 60  # a dashboard session ends after this long without a request
+    SESSION_MAX_HOURS = 12  # and this long after signing in, whatever happens
+    CLOCK = time.time  # seconds since the epoch; tests inject their own
     BENCH_MODE = False
     PAGE_SIZE = 50
 

@@ -90,9 +90,23 @@ def write_gate(engine: Engine) -> Iterator[None]:
         yield
 
 
-def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
+SQLITE_SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def sqlite_synchronous(value: object) -> str:
+    """The ``SQLITE_SYNCHRONOUS`` setting, checked: a typo must not silently weaken durability."""
+    level = str(value).upper()
+    if level not in SQLITE_SYNCHRONOUS_LEVELS:
+        raise RuntimeError(
+            f"SQLITE_SYNCHRONOUS is {value!r}: use one of {', '.join(SQLITE_SYNCHRONOUS_LEVELS)}."
+        )
+    return level
+
+
+def configure_engine(engine: Engine, busy_timeout_ms: int, synchronous: str = "FULL") -> None:
     if engine.dialect.name != "sqlite":
         return
+    synchronous = sqlite_synchronous(synchronous)
     database = engine.url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         _gates[engine] = SQLiteWriteGate(os.path.abspath(database), busy_timeout_ms / 1000)
@@ -105,7 +119,9 @@ def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before it is acknowledged (power cut included); NORMAL in
+        # WAL mode: it survives the process being killed, not the machine losing power.
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
         # Exact sums past 64 bits (models.exact_sum): SQLite's own sum() overflows.
         dbapi_connection.create_window_function("exact_sum", 1, ExactSum)

@@ -37,6 +37,7 @@ class Actor:
 
 
 SYSTEM = Actor(kind="system", id=None, name="cli", role="admin")
+ANONYMOUS = Actor(kind="anonymous", id=None, name="anonymous", role="")
 
 
 def require(actor: Actor, permission: str) -> None:

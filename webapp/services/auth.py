@@ -16,7 +16,7 @@ from ..errors import Conflict, NotFound, Unauthorized, ValidationError
 from ..extensions import db
 from ..models import ROLES, ApiKey, User, utcnow
 from . import audit, validation
-from .actors import ADMIN, Actor, require
+from .actors import ADMIN, ANONYMOUS, Actor, require
 from .tx import transactional, write_transaction
 
 # argon2id with the RFC 9106 "low memory" profile (t=3, m=64 MiB, p=4), above OWASP's minimum.
@@ -75,6 +75,29 @@ def authenticate(email: object, password: object) -> User | None:
     return user
 
 
+def sign_in(email: object, password: object, *, address: str | None) -> User | None:
+    """``authenticate``, and record the attempt in the audit log whichever way it went, with
+    the address. A failure names the account only if it exists: what was typed for an unknown
+    one (sometimes a password, typed into the wrong field) is not kept."""
+    user = authenticate(email, password)
+    typed = email.strip().lower() if isinstance(email, str) else ""
+    known = user is not None or (
+        db.session.scalar(select(User.id).where(User.email == typed)) is not None
+    )
+    _record_sign_in(user, typed if known else None, address)
+    return user
+
+
+@transactional
+def _record_sign_in(user: User | None, account: str | None, address: str | None) -> None:
+    audit.record(
+        ANONYMOUS if user is None else user_actor(user),
+        "user.sign_in_failed" if user is None else "user.signed_in",
+        target=None if account is None else f"user:{account}",
+        details={"address": address},
+    )
+
+
 def get_user(user_id: int) -> User | None:
     return db.session.get(User, user_id)
 
@@ -114,11 +137,16 @@ def set_password(actor: Actor, user_id: int, password: object) -> User:
 
 @transactional
 def end_sessions(actor: Actor, user_id: int) -> None:
-    """Log a user out everywhere."""
+    """Log a user out everywhere: oneself, or anyone as an admin."""
+    if actor.id != user_id or actor.kind != "user":
+        require(actor, ADMIN)
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.", field="user")
     db.session.execute(
         update(User).where(User.id == user_id).values(session_version=User.session_version + 1)
     )
-    audit.record(actor, "user.logged_out")
+    audit.record(actor, "user.logged_out", target=f"user:{user.email}")
 
 
 # ---------------------------------------------------------------- API keys

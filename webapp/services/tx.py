@@ -4,6 +4,7 @@ races PostgreSQL reports (a unique key taken by a concurrent insert, deadlock, s
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
@@ -20,6 +21,11 @@ R = TypeVar("R")
 
 MAX_ATTEMPTS = 5
 _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+# SQLite's primary result codes for "locked past the busy timeout" and "cannot open the file".
+_SQLITE_UNAVAILABLE = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN}
+# PostgreSQL: connection exception, insufficient resources, operator intervention (shutdown,
+# statement timeout); 55P03 lock_not_available; no SQLSTATE at all: the connection failed.
+_PG_UNAVAILABLE_CLASSES = {"08", "53", "57"}
 
 
 @contextmanager
@@ -75,10 +81,19 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """A database that is down, unreachable or locked past the busy timeout."""
-    if isinstance(exc, OperationalError):
-        return _sqlstate(exc) not in _RETRY_SQLSTATES
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    """A database that is down, unreachable or locked past the busy timeout: worth a 503 and a
+    retry. Any other error (a missing table, a malformed statement) is a bug, left to be a 500."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None:  # SQLite says "operational" of nearly everything: only these qualify
+        return code & 0xFF in _SQLITE_UNAVAILABLE
+    state = _sqlstate(exc)
+    return state is None or state == "55P03" or state[:2] in _PG_UNAVAILABLE_CLASSES
 
 
 def transactional(fn: Callable[P, R]) -> Callable[P, R]:
@@ -95,8 +110,11 @@ def transactional(fn: Callable[P, R]) -> Callable[P, R]:
                 if attempt == MAX_ATTEMPTS:
                     raise Conflict("A concurrent change conflicted with this one; retry.") from exc
             except OperationalError as exc:
-                if _sqlstate(exc) in _RETRY_SQLSTATES and attempt < MAX_ATTEMPTS:
-                    continue
+                if _sqlstate(exc) in _RETRY_SQLSTATES:
+                    if attempt < MAX_ATTEMPTS:
+                        continue
+                elif not is_unavailable(exc):
+                    raise
                 raise ServiceUnavailable(
                     "The database is unavailable or busy; retry shortly.", retry_after=1
                 ) from exc

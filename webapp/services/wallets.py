@@ -30,6 +30,10 @@ class LedgerResult:
 
 
 def _locked_wallet(customer: Customer, system: CreditSystem, *, create: bool) -> Wallet | None:
+    """The wallet to write to, locked. Every wallet write comes here first, so an archived
+    customer's wallets are refused in one place, whatever the write (topup, adjustment)."""
+    if customer.status != "active":
+        raise ValidationError(f"Customer {customer.key!r} is archived.", field="customer_key")
     stmt = (
         select(Wallet)
         .where(Wallet.customer_id == customer.id, Wallet.credit_system_id == system.id)
@@ -127,8 +131,6 @@ def topup_wallet(
                     field="idempotency_key",
                 )
             return LedgerResult(True, previous, customer.key, system.key)
-    if customer.status != "active":
-        raise ValidationError(f"Customer {customer.key!r} is archived.", field="customer_key")
     wallet = _locked_wallet(customer, system, create=True)
     assert wallet is not None
     entry = _post(

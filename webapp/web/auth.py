@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from collections.abc import Callable
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_limiter.util import get_remote_address
 from flask_login import current_user, login_user, logout_user
 
 from ..errors import DomainError
@@ -10,37 +22,54 @@ from ..extensions import limiter
 from ..services import auth
 from ..services.actors import VIEW
 from .forms import ActionForm, LoginForm, PasswordForm, show_error
-from .session import SessionUser, current_actor, requires, safe_next
+from .session import SessionUser, current_actor, requires, safe_next, start_session
 
 bp = Blueprint("auth", __name__)
 
 
-def _login_limit() -> str:
-    return current_app.config["LOGIN_RATE_LIMIT"]
+def _limit(name: str) -> Callable[[], str]:
+    return lambda: current_app.config[name]
 
 
-def _account_limit() -> str:
-    return current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]
+def _account() -> str:
+    return request.form.get("email", "").strip().lower()[:254]
+
+
+def _pair_key() -> str:
+    """Attempts on one account from one address: a guesser is stopped, the account's owner
+    signing in from elsewhere is not."""
+    return f"login-pair:{_account()}|{get_remote_address()}"
 
 
 def _account_key() -> str:
-    """Attempts on one account, from whatever addresses they come (a spread-out guesser)."""
-    email = request.form.get("email", "")
-    return "login-account:" + email.strip().lower()[:254]
+    """Attempts on one account from every address: the ceiling for a spread-out guesser."""
+    return "login-account:" + _account()
+
+
+def _failed(response: Response) -> bool:
+    return response.status_code != 303  # a successful sign-in uses up no attempt
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(_login_limit, methods=["POST"])
-@limiter.limit(_account_limit, methods=["POST"], key_func=_account_key)
+@limiter.limit(_limit("LOGIN_RATE_LIMIT"), methods=["POST"], deduct_when=_failed)
+@limiter.limit(
+    _limit("LOGIN_PAIR_RATE_LIMIT"), methods=["POST"], key_func=_pair_key, deduct_when=_failed
+)
+@limiter.limit(
+    _limit("LOGIN_ACCOUNT_RATE_LIMIT"),
+    methods=["POST"],
+    key_func=_account_key,
+    deduct_when=_failed,
+)
 def login():
     form = LoginForm()
     next_url = safe_next(request.args.get("next"))
     if current_user.is_authenticated and request.method == "GET":
         return redirect(next_url or url_for("pages.overview"))
     if form.validate_on_submit():
-        user = auth.authenticate(form.email.data, form.password.data)
+        user = auth.sign_in(form.email.data, form.password.data, address=get_remote_address())
         if user is not None:
-            login_user(SessionUser(user))
+            start_session(user)
             return redirect(next_url or url_for("pages.overview"), 303)
         form.form_errors.append("Wrong email or password.")
     status = 422 if request.method == "POST" else 200

@@ -15,6 +15,7 @@ from ..services.actors import VIEW
 from ..services.money import format_micros
 from ..services.paging import MAX_ID, MAX_PAGE, whole_number
 from .charts import bar_chart
+from .csv_cells import QUOTING, safe_row
 from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
 from .htmx import target
 from .session import current_actor, requires
@@ -127,13 +128,13 @@ def customer_ledger(key: str):
 
 def _csv_stream(header: list[str], pages: Iterator[list[list[Any]]]) -> Iterator[str]:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, quoting=QUOTING)
     writer.writerow(header)
     yield buffer.getvalue()
     for rows in pages:
         buffer.seek(0)
         buffer.truncate()
-        writer.writerows(rows)
+        writer.writerows(safe_row(row) for row in rows)
         yield buffer.getvalue()
 
 

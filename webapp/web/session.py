@@ -1,5 +1,10 @@
 """Sign-in sessions: Flask-Login stores ``"<user id>:<session_version>"``, so bumping the version
-(logout everywhere, password change, role change) ends every other session of that user."""
+(logout everywhere, password change, role change) ends every other session of that user.
+
+Sessions also end by themselves, checked by the server on every request: after
+``SESSION_IDLE_MINUTES`` without a request and ``SESSION_MAX_HOURS`` after signing in, whatever
+the browser does with the cookie (the times are inside the signed session, out of reach of the
+client). The clock is ``app.config["CLOCK"]`` (seconds, ``time.time``), so tests can move time."""
 
 from __future__ import annotations
 
@@ -8,16 +13,29 @@ from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, make_response, redirect, request, url_for
-from flask_login import AnonymousUserMixin, current_user
+from flask import (
+    Flask,
+    abort,
+    current_app,
+    flash,
+    g,
+    make_response,
+    redirect,
+    request,
+    session,
+    url_for,
+)
+from flask_login import AnonymousUserMixin, current_user, login_user, logout_user
 
 from ..extensions import login_manager
 from ..models import User
 from ..services import auth
-from ..services.actors import Actor
+from ..services.actors import ANONYMOUS, Actor
 
 F = TypeVar("F", bound=Callable[..., Any])
-ANONYMOUS = Actor(kind="anonymous", id=None, name="anonymous", role="")
+SIGNED_IN_AT = "signed_in_at"
+SEEN_AT = "seen_at"
+SEEN_GRANULARITY_S = 60  # the cookie is rewritten at most once a minute to keep the idle time
 
 
 class SessionUser:
@@ -62,6 +80,41 @@ def init_login(app: Flask) -> None:
     login_manager.unauthorized_handler(unauthorized)
     login_manager.anonymous_user = AnonymousUserMixin
     login_manager.session_protection = "basic"
+    app.before_request(end_expired_session)
+
+
+def _now() -> float:
+    return current_app.config["CLOCK"]()
+
+
+def start_session(user: User) -> None:
+    """A new session for a user who just proved who they are: nothing of the session before
+    sign-in survives (the CSRF secret included: a token seen before sign-in is no good after)."""
+    session.clear()
+    g.pop("csrf_token", None)  # Flask-WTF's per-request copy of the secret
+    login_user(SessionUser(user))
+    session[SIGNED_IN_AT] = session[SEEN_AT] = _now()
+
+
+def end_expired_session() -> None:
+    """Sign out a session idle for ``SESSION_IDLE_MINUTES`` or older than ``SESSION_MAX_HOURS``
+    (one without these times predates them: it ends too)."""
+    if "_user_id" not in session:
+        return
+    now = _now()
+    signed_in_at, seen_at = session.get(SIGNED_IN_AT), session.get(SEEN_AT)
+    config = current_app.config
+    if (
+        not isinstance(signed_in_at, int | float)
+        or not isinstance(seen_at, int | float)
+        or now - seen_at > config["SESSION_IDLE_MINUTES"] * 60
+        or now - signed_in_at > config["SESSION_MAX_HOURS"] * 3600
+    ):
+        logout_user()
+        session.clear()
+        flash("Your session has ended; sign in again.")
+    elif now - seen_at >= SEEN_GRANULARITY_S:
+        session[SEEN_AT] = now
 
 
 def current_actor() -> Actor:
