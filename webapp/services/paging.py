@@ -18,6 +18,7 @@ from ..errors import ValidationError
 from ..extensions import db
 
 T = TypeVar("T")
+AnySelect = Select[*tuple[Any, ...]]
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 DEFAULT_PER_PAGE = 25
@@ -75,12 +76,12 @@ def parse_limit(limit: object, default: int = DEFAULT_LIMIT) -> int:
     return whole_number(limit, field="limit", low=1, high=MAX_LIMIT, default=default)
 
 
-def _newest_first(stmt: Select[Any], id_column: Any, size: int) -> Select[Any]:
+def _newest_first(stmt: AnySelect, id_column: Any, size: int) -> AnySelect:
     return stmt.order_by(id_column.desc()).limit(size)
 
 
 def keyset_page(
-    stmt: Select[Any],
+    stmt: AnySelect,
     id_column: Any,
     last_id: Callable[[Any], int],
     *,
@@ -136,7 +137,7 @@ class NumberedPage(Generic[T]):
 
 
 def numbered_page(
-    stmt: Select[Any], id_column: Any, *, page: object, per_page: object, scalars: bool = False
+    stmt: AnySelect, id_column: Any, *, page: object, per_page: object, scalars: bool = False
 ) -> NumberedPage[Any]:
     """Page ``page`` of ``stmt`` in the same order as the keyset pages, with the total count."""
     number = whole_number(page, field="page", low=1, high=MAX_PAGE, default=1)

@@ -270,7 +270,7 @@ def list_ledger(
     )
 
 
-def customers_matching(search: object) -> Select[tuple[Customer]]:
+def customers_matching(search: object) -> Select[Customer]:
     """Customers whose key, name or email contains ``search`` (all of them without one)."""
     stmt = select(Customer)
     if search not in (None, ""):
