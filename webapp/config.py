@@ -30,6 +30,7 @@ class Defaults:
     LOGIN_RATE_LIMIT = "10 per minute"  # per address
     LOGIN_ACCOUNT_RATE_LIMIT = "30 per hour"  # per account (the submitted email), any address
     BENCH_MODE = False
+    PASSWORD_HASH_PROFILE = "RFC_9106_LOW_MEMORY"  # a name in argon2.profiles; tests: CHEAPEST
     PAGE_SIZE = 50
 
 
