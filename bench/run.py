@@ -348,12 +348,15 @@ def run_api(kind: str, args: argparse.Namespace, port: int) -> dict[str, Any]:
                 )
             )
             before = count_events(url)
-            # A quick run sends one batch per worker at a time: 16 queued batches of 1,000 events
-            # would keep the workers busy for seconds after a one-second run.
-            batch_connections = args.workers if args.quick else CONNECTIONS
-            res["batch"] = run("/api/v1/usage/batch", "batch.lua", connections=batch_connections)(
-                secs
+            # A quick run sends one batch per worker at a time (16 queued batches of 1,000 events
+            # would keep the workers busy for seconds after the run), for two seconds: on a busy
+            # machine one batch can take longer than one.
+            batch = run(
+                "/api/v1/usage/batch",
+                "batch.lua",
+                connections=args.workers if args.quick else CONNECTIONS,
             )
+            res["batch"] = batch(max(secs, 2) if args.quick else secs)
             recorded = count_events(url) - before
             b = res["batch"]
             b["events"] = min(recorded, b["requests"] * 1000)
@@ -489,8 +492,15 @@ def ratio(top: dict[str, Any], bottom: dict[str, Any]) -> str:
 def served(x: dict[str, Any]) -> str:
     """Throughput, p50 and p99 cells of a wrk run."""
     if not x["requests"]:
-        return "no requests served | | "
+        return "n/a: no requests served | | "
     return f"{x['rps']:,.0f} req/s | {ms(x['p50_us'])} | {ms(x['p99_us'])}"
+
+
+def batches(b: dict[str, Any]) -> str:
+    """Throughput, p50 and p99 cells of the batch run."""
+    if not b["requests"]:
+        return "n/a: no batch served | | "
+    return f"{b['events_per_s']:,.0f} events/s | {ms(b['p50_us'])} | {ms(b['p99_us'])}"
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, str]:
@@ -512,8 +522,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
                 )
             b = a["batch"]
             rows.append(
-                f"| {d} | 2. batch of 1,000 `POST /api/v1/usage/batch` | "
-                f"{b['events_per_s']:,.0f} events/s | {ms(b['p50_us'])} | {ms(b['p99_us'])} | "
+                f"| {d} | 2. batch of 1,000 `POST /api/v1/usage/batch` | {batches(b)} | "
                 f"{b['requests']:,} batches, all recorded: {b['all_recorded']}; "
                 f"worker RSS after: {a['rss_mb']:.0f} MB |"
             )
@@ -530,7 +539,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
             ratios += [
                 f"{d}: single/raw = {ratio(a['single'], a['raw'])} (≥ 0.75), "
                 f"single p99 = {a['single']['p99_us'] / 1000:.1f} ms (≤ 15)",
-                f"{d}: batch = {b['events_per_s']:,.0f} events/s (≥ {target2:,})",
+                f"{d}: batch = {batches(b).split(' |')[0]} (≥ {target2:,} events/s)",
                 f"{d}: hot/spread = {ratio(a['hot'], a['spread'])} (≥ 0.5), "
                 f"verify {'clean' if a['verify_ok'] else 'FAILED'}, {non2xx} non-2xx (0)",
                 f"{d}: worker RSS = {a['rss_mb']:.0f} MB (< 150)",
