@@ -1,34 +1,46 @@
-# Two commands: `make run` (app with demo data on SQLite) and `make test` (whole suite, SQLite
-# and PostgreSQL). Both set everything up from a machine with only Python 3.11+.
+# Two commands: `make run` (app with demo data on SQLite, on PORT, default 5000) and `make test`
+# (lint, then the whole suite on SQLite and PostgreSQL, browser tests included). Both set
+# everything up from a machine with only Python 3.11+. `make test-fast` is the quick tier.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app webapp
+PORT ?= 5000
 export FLASK_APP := webapp
 
-.PHONY: run test install lint bench bench-quick wrk soak clean
+.PHONY: run test test-fast install lint bench bench-quick wrk soak clean
 
-$(VENV)/.installed: pyproject.toml
+# Two stamps: what running needs (`make run`), and the developer tools on top (tests, lint).
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.dev
 
 instance/config.py:
 	mkdir -p instance
 	$(BIN)/python -c "import secrets; print('# Local settings (git-ignored).\nSECRET_KEY = %r\n# Served over plain http on 127.0.0.1 by make run.\nSESSION_COOKIE_SECURE = False' % secrets.token_hex(32))" > $@
 
-run: install instance/config.py
+run: $(VENV)/.runtime instance/config.py
 	$(FLASK) db upgrade
 	$(FLASK) demo seed --if-empty
 	$(FLASK) demo users
-	$(BIN)/gunicorn --bind 127.0.0.1:5000 --workers 2 --access-logfile - 'webapp:create_app()'
+	$(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers 2 --access-logfile - 'webapp:create_app()'
 
-test: install
+test: lint
 	bash .ci/ensure-services.sh
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# SQLite only, no browser, nothing marked slow: the tier to run while working (under 90 s here).
+test-fast: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile -k "not postgresql" \
+		-m "not browser and not slow" $(PYTEST_ARGS)
 
 # A bounded load test on a real gunicorn, SQLite then PostgreSQL, SOAK_MINUTES each (default 1):
 # prints what was sent, acknowledged and stored, and fails on any difference or ledger violation.
@@ -38,8 +50,11 @@ soak: install
 	bash .ci/ensure-services.sh
 	$(BIN)/python scripts/soak.py
 
+# mypy takes its files and strictness from [tool.mypy] in pyproject.toml.
 lint: install
 	$(BIN)/ruff check webapp tests bench scripts
+	$(BIN)/ruff format --check webapp tests bench scripts
+	$(BIN)/mypy
 
 # Benchmarks (bench/run.py): gunicorn + wrk on SQLite and PostgreSQL (127.0.0.1:5432, database
 # bench_sqlalchemy*, created and dropped by the script). Prints a markdown table and a summary line.

@@ -1,5 +1,8 @@
 """Fixtures: every database test runs on SQLite (a fresh file per test) and on PostgreSQL (one
-database per xdist worker, emptied between tests).
+database per xdist worker, emptied between tests). After every test that used the `app` fixture,
+`ledger verify` runs on its database and a violation fails the test (mark a test that breaks the
+ledger on purpose with `@pytest.mark.breaks_ledger`). Passwords hash with argon2's cheapest
+profile here (TEST_CONFIG); production keeps RFC 9106's (tests/test_password_hashing.py).
 
 PostgreSQL comes from TEST_DATABASE_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test).
 Without a server the PostgreSQL half is skipped with the reason shown, except under CI=true, where
@@ -30,6 +33,7 @@ TEST_CONFIG = {
     "SECRET_KEY": "test-secret-key-that-is-long-enough-0123456789",
     "RATELIMIT_ENABLED": False,
     "WTF_CSRF_ENABLED": False,
+    "PASSWORD_HASH_PROFILE": "CHEAPEST",
 }
 
 
@@ -159,12 +163,26 @@ def backend(database_url: str) -> str:
 
 
 @pytest.fixture
-def app(database_url: str) -> Iterator[Flask]:
+def app(request: pytest.FixtureRequest, database_url: str) -> Iterator[Flask]:
     app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
         yield app
         db.session.remove()
-        db.engine.dispose()
+        try:
+            if not request.node.get_closest_marker("breaks_ledger"):
+                assert_ledger_holds()
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
+def assert_ledger_holds() -> None:
+    """`ledger verify` on the current app's database: every invariant of docs/domain.md."""
+    from webapp.services.verify import verify_ledger
+
+    report = verify_ledger()
+    if not report.ok:
+        pytest.fail("ledger verify after the test:\n" + "\n".join(report.violations), pytrace=False)
 
 
 @pytest.fixture

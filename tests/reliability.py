@@ -52,6 +52,16 @@ def _conninfo(url) -> dict:
     }
 
 
+def wait_until(condition, what: str, timeout: float = 30, interval: float = 0.05) -> None:
+    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` seconds.
+    Tests wait for the state they need, never for a fixed time: a busy machine only slows them."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -403,6 +403,7 @@ def test_sign_in_is_rate_limited_per_account_from_any_address(database_url):
 
 
 # ---------------------------------------------------------------- SECRET_KEY in real processes
+# (marked slow: each starts flask or gunicorn, about a second of CPU apiece)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -411,6 +412,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "secret",
     [None, "dev-only-insecure-secret-key", "too-short"],
@@ -452,6 +454,7 @@ def test_flask_and_gunicorn_refuse_to_start_without_a_real_secret_key(tmp_path, 
     assert "SECRET_KEY is missing or the development default" in gunicorn.stderr
 
 
+@pytest.mark.slow
 def test_a_real_secret_key_or_debug_mode_lets_the_app_start(tmp_path):
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
     bin_dir = Path(sys.executable).parent
@@ -470,6 +473,7 @@ def test_a_real_secret_key_or_debug_mode_lets_the_app_start(tmp_path):
         assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("line", "starts"),
     [(f"SECRET_KEY = {'i' * 40!r}", True), ("SECRET_KEY = 'dev-only-insecure-secret-key'", False)],

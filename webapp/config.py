@@ -38,6 +38,7 @@ class Defaults:
     SESSION_MAX_HOURS = 12  # and this long after signing in, whatever happens
     CLOCK = time.time  # seconds since the epoch; tests inject their own
     BENCH_MODE = False
+    PASSWORD_HASH_PROFILE = "RFC_9106_LOW_MEMORY"  # a name in argon2.profiles; tests: CHEAPEST
     PAGE_SIZE = 50
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app
 from sqlalchemy import func, select, update
 
 from ..errors import Conflict, NotFound, Unauthorized, ValidationError
@@ -19,13 +21,26 @@ from . import audit, validation
 from .actors import ADMIN, ANONYMOUS, Actor, require
 from .tx import transactional, write_transaction
 
-# argon2id with the RFC 9106 "low memory" profile (t=3, m=64 MiB, p=4), above OWASP's minimum.
-_hasher = PasswordHasher()
-# Verified against when the email is unknown, so that both paths take the same time.
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
 MIN_PASSWORD = 10
 KEY_PREFIX = "mk_"
 LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
+@functools.cache
+def _hashers(profile: str) -> tuple[PasswordHasher, str]:
+    """The hasher of an argon2 profile, and a hash verified against when the email is unknown, so
+    that both paths take the same time. Checking a password reads the parameters from its hash."""
+    hasher = PasswordHasher.from_parameters(getattr(profiles, profile))
+    return hasher, hasher.hash("not-a-real-password")
+
+
+def _hasher() -> tuple[PasswordHasher, str]:
+    """argon2id with PASSWORD_HASH_PROFILE: RFC 9106's "low memory" profile (t=3, m=64 MiB, p=4,
+    above OWASP's minimum); only a TESTING app may choose argon2's CHEAPEST."""
+    profile = current_app.config["PASSWORD_HASH_PROFILE"]
+    if profile == "CHEAPEST" and not current_app.testing:
+        raise RuntimeError("PASSWORD_HASH_PROFILE = 'CHEAPEST' is for tests only.")
+    return _hashers(profile)
 
 
 def user_actor(user: User) -> Actor:
@@ -54,7 +69,7 @@ def create_user(actor: Actor, *, email: object, role: object, password: object) 
     secret = _password(password)
     if db.session.scalar(select(User.id).where(func.lower(User.email) == address)) is not None:
         raise Conflict(f"A user with email {address!r} already exists.", field="email")
-    user = User(email=address, role=role_value, password_hash=_hasher.hash(secret))
+    user = User(email=address, role=role_value, password_hash=_hasher()[0].hash(secret))
     db.session.add(user)
     db.session.flush()
     audit.record(actor, "user.created", target=f"user:{address}", details={"role": role_value})
@@ -66,8 +81,9 @@ def authenticate(email: object, password: object) -> User | None:
     if not isinstance(email, str) or not isinstance(password, str) or len(password) > 1000:
         return None
     user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
+    hasher, dummy_hash = _hasher()
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        hasher.verify(user.password_hash if user else dummy_hash, password)
     except (VerificationError, InvalidHashError):
         return None
     if user is None or not user.active:
@@ -129,7 +145,7 @@ def set_password(actor: Actor, user_id: int, password: object) -> User:
     user = db.session.get(User, user_id)
     if user is None:
         raise NotFound("No such user.", field="user")
-    user.password_hash = _hasher.hash(_password(password))
+    user.password_hash = _hasher()[0].hash(_password(password))
     user.session_version += 1  # other logged-in copies end
     audit.record(actor, "user.password_changed", target=f"user:{user.email}")
     return user
