@@ -385,8 +385,7 @@ def _next_ids() -> dict[str, int]:
         "ledger_entries": LedgerEntry.id,
     }
     return {
-        name: (db.session.scalar(select(func.max(column))) or 0) + 1
-        for name, column in ids.items()
+        name: (db.session.scalar(select(func.max(column))) or 0) + 1 for name, column in ids.items()
     }
 
 

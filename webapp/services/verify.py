@@ -197,8 +197,9 @@ def _daily_matches_events() -> Check:
     sums: dict[tuple[int, str, int], int] = {
         (fid, str(d), sh): total
         for fid, d, sh, total in db.session.execute(
-            select(UsageEvent.feature_id, day, shard, exact_sum(UsageEvent.amount_micros))
-            .group_by(UsageEvent.feature_id, day, shard)
+            select(UsageEvent.feature_id, day, shard, exact_sum(UsageEvent.amount_micros)).group_by(
+                UsageEvent.feature_id, day, shard
+            )
         )
     }
     d = UsageDaily
