@@ -38,6 +38,7 @@ EXPECTED: dict[str, str] = {
     "admin.user_role": ADMIN,
     "admin.user_password": ADMIN,
     "admin.user_logout": ADMIN,
+    "admin.user_active": ADMIN,
     "admin.api_keys": ADMIN,
     "admin.revoke_api_key": ADMIN,
     "admin.new_customer": ADMIN,

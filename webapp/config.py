@@ -29,6 +29,9 @@ class Defaults:
     API_RATE_LIMIT = "6000 per minute"
     LOGIN_RATE_LIMIT = "10 per minute"  # per address
     LOGIN_ACCOUNT_RATE_LIMIT = "30 per hour"  # per account (the submitted email), any address
+    # Dashboard top-ups and adjustments above this many credits ask again, showing the balance
+    # they lead to (checked on the server: a page that skips the question is refused).
+    LARGE_AMOUNT_CONFIRM = 10_000
     BENCH_MODE = False
     PAGE_SIZE = 50
 

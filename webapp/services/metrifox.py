@@ -102,9 +102,13 @@ def list_customers_paged(
     number, size = parse_page(page, per_page)
     conditions: list[Any] = []
     if search not in (None, ""):
-        term = f"%{str(search)[:100].lower()}%"
+        term = str(search)[:100].lower()  # `%` and `_` are letters here (autoescape)
         conditions.append(
-            or_(Customer.key.ilike(term), Customer.name.ilike(term), Customer.email.ilike(term))
+            or_(
+                Customer.key.icontains(term, autoescape=True),
+                Customer.name.icontains(term, autoescape=True),
+                Customer.email.icontains(term, autoescape=True),
+            )
         )
     total = db.session.scalar(select(func.count()).select_from(Customer).where(*conditions)) or 0
     customers = list(

@@ -341,9 +341,13 @@ def list_customers(
     size = parse_limit(limit)
     stmt = select(Customer)
     if search not in (None, ""):
-        term = f"%{str(search)[:100].lower()}%"
+        term = str(search)[:100].lower()  # `%` and `_` are letters here (autoescape)
         stmt = stmt.where(
-            or_(Customer.key.ilike(term), Customer.name.ilike(term), Customer.email.ilike(term))
+            or_(
+                Customer.key.icontains(term, autoescape=True),
+                Customer.name.icontains(term, autoescape=True),
+                Customer.email.icontains(term, autoescape=True),
+            )
         )
     stmt, size = _keyset(stmt, Customer.id, cursor, size)
     return _page(list(db.session.scalars(stmt)), size, lambda c: c.id)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
 from flask_wtf import FlaskForm
 
-from ..errors import DomainError
-from ..services import usage, wallets
+from ..errors import DomainError, ValidationError
+from ..services import reads, usage, wallets
 from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
+from ..services.money import MICROS, parse_micros
 from .filters import credits, qty
 from .forms import AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, blank, show_error
 from .htmx import is_htmx
@@ -91,12 +92,42 @@ def reclaim_seats(key: str):
     return _handle(key, "reclaim_form", form, call)
 
 
+def _confirm_large(key: str, form: TopupForm | AdjustForm, verb: str) -> None:
+    """Ask again before a large amount: the message shows the balance it leads to, the form a
+    checkbox whose value is the amount confirmed (a changed amount asks again)."""
+    amount = form.amount.data.strip()
+    try:
+        micros = parse_micros(amount)
+    except DomainError:
+        return  # the service names what is wrong with it
+    limit = current_app.config["LARGE_AMOUNT_CONFIRM"] * MICROS
+    if abs(micros) <= limit or form.confirm.data == amount:
+        return
+    wallet = next(
+        (
+            w
+            for w in reads.customer_summary(current_actor(), key).wallets
+            if w.credit_system == form.credit_system.data
+        ),
+        None,
+    )
+    balance = (wallet.balance_micros if wallet else 0) + micros
+    units = wallet.unit_plural if wallet else "credits"
+    form.needs_confirm = f"{credits(micros)} {units}"  # what the checkbox says
+    raise ValidationError(
+        f"That is a large amount: after it the balance will be {credits(balance)} {units}. "
+        f"Tick the box to {verb} {credits(micros)} {units}, then send again.",
+        field="confirm",
+    )
+
+
 @bp.post("/customers/<key>/topup")
 @requires(MANAGE_WALLETS)
 def topup(key: str):
     form = TopupForm()
 
     def call() -> str:
+        _confirm_large(key, form, "top up")
         result = wallets.topup_wallet(
             current_actor(),
             customer_key=key,
@@ -123,6 +154,7 @@ def adjust(key: str):
     form = AdjustForm()
 
     def call() -> str:
+        _confirm_large(key, form, "adjust by")
         result = wallets.adjust_wallet(
             current_actor(),
             customer_key=key,

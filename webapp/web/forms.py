@@ -62,6 +62,10 @@ class PasswordForm(FlaskForm):
     password = PasswordField("New password", validators=[DataRequired()])
 
 
+class OwnPasswordForm(PasswordForm):
+    current_password = PasswordField("Current password", validators=[DataRequired()])
+
+
 class RecordUsageForm(PrefixedForm):
     form_prefix = "usage"
     feature_key = _select("Feature", validators=[DataRequired()])
@@ -85,6 +89,9 @@ class TopupForm(PrefixedForm):
     reference = StringField("Reference (invoice)", validators=[Optional(), Length(max=200)])
     note = StringField("Note", validators=[Optional(), Length(max=2000)])
     idempotency_key = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+    # A checkbox whose value is the amount it confirms (templates/customers/_confirm_large.html).
+    confirm = StringField(validators=[Optional()])
+    needs_confirm = ""  # set to what is to be confirmed: "1,000,000.00 credits"
 
 
 class AdjustForm(PrefixedForm):
@@ -93,6 +100,8 @@ class AdjustForm(PrefixedForm):
     amount = StringField("Amount (+ or −)", validators=[DataRequired()])
     reason = StringField("Reason", validators=[DataRequired(), Length(max=2000)])
     reference = StringField("Reference", validators=[Optional(), Length(max=200)])
+    confirm = StringField(validators=[Optional()])
+    needs_confirm = ""
 
 
 class UserForm(FlaskForm):
