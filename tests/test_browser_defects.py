@@ -230,3 +230,60 @@ def test_15_error_pages_have_navigation_and_human_words(page_for):
     page.goto(f"{_origin(page)}/api/docs")
     expect(page.get_by_role("link", name="Dashboard")).to_be_visible()
     assert page.locator("link[rel=icon]").count() == 1
+
+
+def test_12_errors_and_numbers_read_as_sentences_in_the_pages_format(page_for):
+    expect = _expect()
+    page = page_for("support")
+    for amount in ("-1", "1.5"):
+        page.fill("#reclaim-amount", amount)
+        page.click("#reclaim-form button")
+        expect(page.locator("#reclaim-amount-error")).to_have_text(
+            "Enter a whole number of seats, such as 1 or 2."
+        )
+    page.fill("#usage-amount", "0")
+    page.click("#usage-form button")
+    expect(page.locator("#usage-amount-error")).to_have_text("Amount may not be zero.")
+    page.fill("#usage-amount", "10000000000000")
+    page.click("#usage-form button")
+    expect(page.locator("#usage-amount-error")).to_contain_text("1,000,000,000,000")
+    page.fill("#usage-amount", "2")
+    page.click("#usage-form button")
+    expect(page.locator("#usage-form .success")).to_contain_text("Recorded 2 API calls")
+    expect(page.get_by_text("Recorded 2 API calls")).to_have_count(1)  # once, in one place
+    events = page.locator("#events tbody")
+    expect(events).to_contain_text("API calls")
+    expect(events).not_to_contain_text("api_calls")
+    expect(page.locator("#entitlements")).not_to_contain_text("month, block")
+    expect(page.locator("#entitlements")).not_to_contain_text("access")
+    page.goto(f"{_origin(page)}/")
+    usage_rows = page.locator("section", has_text="Usage in the current period")
+    expect(_row(usage_rows, "API calls").locator("td").last).not_to_have_text("")
+    recent = page.locator("section", has_text="Recent changes")
+    expect(recent).not_to_contain_text("system:cli")
+    expect(recent).not_to_contain_text("user.created")
+    _shot(page, "defect-12-overview")
+
+
+def test_9_charts_have_readable_axes_a_window_switch_and_a_table(page_for):
+    expect = _expect()
+    page = page_for("account_manager")
+    chart = page.locator("#charts figure.chart").first
+    for label in ("y-max", "x-first"):
+        size = chart.locator(f".{label}").evaluate(
+            "e => parseFloat(getComputedStyle(e).fontSize) * e.getBoundingClientRect().height"
+            " / e.offsetHeight"
+        )
+        assert size >= 11, (label, size)
+    page.get_by_role("link", name="7 days").click()
+    expect(page.locator("#charts h2")).to_have_text("Usage per day, last 7 days")
+    table = page.locator("#charts figure.chart").first.locator("table")
+    expect(table.locator("tbody tr")).to_have_count(7)
+    expect(table.locator("caption")).to_contain_text("last 7 days")
+    phone = page_for("account_manager", width=390, height=844)
+    size = phone.locator("#charts .y-max").first.evaluate(
+        "e => parseFloat(getComputedStyle(e).fontSize)"
+    )
+    assert size >= 11
+    phone.locator("#charts").scroll_into_view_if_needed()
+    _shot(phone, "defect-9-charts-phone", full_page=False)

@@ -20,7 +20,7 @@ from ..services.money import MICROS, parse_micros
 from .filters import credits, qty
 from .forms import AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, blank, show_error
 from .htmx import is_htmx
-from .pages import customer_context
+from .pages import customer_context, feature_names
 from .session import current_actor, requires
 
 bp = Blueprint("actions", __name__)
@@ -60,7 +60,8 @@ def record_usage(key: str):
         )
         if result.replayed:
             return "Already recorded: this form was sent before, nothing changed."
-        text = f"Recorded {qty(result.amount_micros)} {result.feature_key}"
+        name = feature_names().get(result.feature_key, result.feature_key)
+        text = f"Recorded {qty(result.amount_micros)} {name}"
         if result.credits_micros:
             text += f" ({credits(result.credits_micros)} {result.credit_system})"
         return text + "."
@@ -85,9 +86,8 @@ def reclaim_seats(key: str):
             return "Already reclaimed: this form was sent before, nothing changed."
         in_use = qty(result.used_micros)
         of = "" if result.allowance_micros is None else f" of {qty(result.allowance_micros)}"
-        return (
-            f"Reclaimed {qty(-result.amount_micros)} of {result.feature_key}: {in_use}{of} in use."
-        )
+        name = feature_names().get(result.feature_key, result.feature_key)
+        return f"Reclaimed {qty(-result.amount_micros)} of {name}: {in_use}{of} in use."
 
     return _handle(key, "reclaim_form", form, call)
 

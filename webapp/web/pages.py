@@ -13,7 +13,7 @@ from flask import Blueprint, Response, render_template, request, stream_with_con
 from ..services import catalog, dashboard, reads
 from ..services.actors import VIEW
 from ..services.money import format_micros
-from .charts import bar_chart
+from .charts import bar_chart, window
 from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
 from .htmx import target
 from .session import current_actor, requires
@@ -35,10 +35,12 @@ def _int_arg(name: str, default: int) -> int:
 @requires(VIEW)
 def overview():
     actor = current_actor()
+    days = window(request.args.get("days"))
     return render_template(
         "overview.html",
         stats=dashboard.overview(actor),
-        charts=[bar_chart(s) for s in dashboard.daily_usage(actor)],
+        days=days,
+        charts=[bar_chart(s) for s in dashboard.daily_usage(actor, days=days)],
         wallets=dashboard.lowest_wallets(actor, per_page=5),
         audit=dashboard.audit_log(actor, per_page=8),
     )
@@ -59,6 +61,11 @@ def customers():
     return render_template(template, listing=listing, args=args)
 
 
+def feature_names() -> dict[str, str]:
+    """Feature key -> name, for tables of events (one query)."""
+    return {f.key: f.name for f, _, _ in catalog.list_features(current_actor())}
+
+
 def customer_context(key: str, **forms: Any) -> dict[str, Any]:
     """Everything the customer page and its fragments show; a constant number of queries."""
     actor = current_actor()
@@ -72,6 +79,12 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         if e.feature_type == "persistent"
     ]
     systems = [(s.key, s.name) for s in catalog.list_credit_systems(current_actor())]
+    days = window(request.args.get("days"))
+    daily = {  # a daily allowance compares with daily bars: drawn as a line
+        e.feature_key: e.allowance_micros
+        for e in summary.entitlements
+        if e.reset_period == "day" and e.allowance_micros
+    }
     usage_form = forms.get("usage_form") or RecordUsageForm(formdata=None)
     reclaim_form = forms.get("reclaim_form") or ReclaimSeatsForm(formdata=None)
     topup_form = forms.get("topup_form") or TopupForm(formdata=None)
@@ -84,9 +97,13 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         "summary": summary,
         "customer": summary.customer,
         "events": reads.list_events(actor, key, limit=RECENT),
+        "feature_names": feature_names(),
         "ledger": reads.list_ledger(actor, key, limit=RECENT),
+        "days": days,
         "charts": [
-            bar_chart(s) for s in dashboard.daily_usage(actor, customer_key=key) if s.total_micros
+            bar_chart(s, daily.get(s.feature_key))
+            for s in dashboard.daily_usage(actor, customer_key=key, days=days)
+            if s.total_micros
         ],
         "usage_form": usage_form,
         "reclaim_form": reclaim_form,
@@ -114,7 +131,12 @@ def customer_events(key: str):
         cursor=request.args.get("cursor"),
         limit=50,
     )
-    return render_template("customers/events.html", customer=summary.customer, events=page)
+    return render_template(
+        "customers/events.html",
+        customer=summary.customer,
+        events=page,
+        feature_names=feature_names(),
+    )
 
 
 @bp.get("/customers/<key>/ledger")
