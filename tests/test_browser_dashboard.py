@@ -82,6 +82,11 @@ def _seed() -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
+    yield from serve(tmp_path, _seed)
+
+
+def serve(tmp_path: Path, seed) -> Iterator[str]:
+    """The app on a free port over a fresh SQLite file that ``seed`` filled."""
     url = f"sqlite:///{tmp_path / 'browser.sqlite3'}"
     migrate_to_head(url)
     app = create_app(
@@ -93,7 +98,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         }
     )
     with app.app_context():
-        _seed()
+        seed()
         db.session.remove()
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

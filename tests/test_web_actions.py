@@ -99,7 +99,8 @@ def test_a_negative_reclaim_is_refused_by_the_form_shape(client, seated):
         headers=HX,
     )
     assert response.status_code == 422
-    assert "whole number of seats" in error_next_to(response.get_data(as_text=True), "reclaim-amount")
+    html = response.get_data(as_text=True)
+    assert "whole number of seats" in error_next_to(html, "reclaim-amount")
     assert row_counts() == before
 
 

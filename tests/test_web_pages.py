@@ -114,7 +114,7 @@ def test_customer_page_shows_every_entitlement(client, shop):
     assert '<progress max="100" value="30"' in html  # 3 of 10 seats
     assert "-01 00:00 UTC" in html  # the monthly consumables' next reset
     assert 'data-testid="balance-credits">9.92<' in html
-    assert "access" in html  # the boolean sso entitlement
+    assert "included" in html  # the boolean sso entitlement
 
 
 def test_wallets_lowest_first(client, shop):

@@ -117,12 +117,19 @@ def compact(micros: int | None) -> str:
         return "—"
     whole = abs(micros) // MICROS
     sign = "-" if micros < 0 else ""
-    for size, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M")):
-        if whole >= size:
-            digits = f"{Decimal(whole) / size:.3g}"
-            if "." in digits:
-                digits = digits.rstrip("0").rstrip(".")
-            return f"{sign}{digits}{suffix}"
+    sizes = ((10**6, "M"), (10**9, "B"), (10**12, "T"))
+    for i, (size, suffix) in reversed(list(enumerate(sizes))):
+        if whole < size:
+            continue
+        digits = f"{Decimal(whole) / size:.3g}"
+        if "e" in digits:  # 999.9995B rounds to 1000B: say 1T
+            if i + 1 < len(sizes):
+                digits, suffix = "1", sizes[i + 1][1]
+            else:
+                digits = f"{Decimal(whole) / size:,.0f}"
+        if "." in digits:
+            digits = digits.rstrip("0").rstrip(".")
+        return f"{sign}{digits}{suffix}"
     return credits(micros)
 
 

@@ -40,7 +40,7 @@ def overview():
         "overview.html",
         stats=dashboard.overview(actor),
         days=days,
-        charts=[bar_chart(s) for s in dashboard.daily_usage(actor, days=days)],
+        charts=[bar_chart(s) for s in dashboard.daily_usage(actor, days=days) if s.total_micros],
         wallets=dashboard.lowest_wallets(actor, per_page=5),
         audit=dashboard.audit_log(actor, per_page=8),
     )
@@ -52,13 +52,26 @@ def customers():
     listing = dashboard.list_customers(
         current_actor(),
         search=request.args.get("q", ""),
-        sort=request.args.get("sort", "key"),
+        sort=request.args.get("sort", "name"),
         direction=request.args.get("dir", "asc"),
         page=_int_arg("page", 1),
     )
-    args = {"q": request.args.get("q", ""), "sort": listing.sort, "dir": listing.direction}
+    # The columns shown: chosen in the URL (?col=feature:seats&col=credits:credits), by default
+    # the persistent features and the credit systems (a compact table, whatever the catalog).
+    available = [f"feature:{c.key}" for c in listing.columns] + [
+        f"credits:{s.key}" for s in listing.credit_systems
+    ]
+    chosen = [c for c in request.args.getlist("col") if c in available] or [
+        f"feature:{c.key}" for c in listing.columns if c.type == "persistent"
+    ] + [f"credits:{s.key}" for s in listing.credit_systems]
+    args = {
+        "q": request.args.get("q", ""),
+        "sort": listing.sort,
+        "dir": listing.direction,
+        "col": chosen,
+    }
     template = "customers/_results.html" if target() == "results" else "customers/index.html"
-    return render_template(template, listing=listing, args=args)
+    return render_template(template, listing=listing, args=args, chosen=set(chosen))
 
 
 def feature_names() -> dict[str, str]:
