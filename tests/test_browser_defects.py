@@ -287,3 +287,18 @@ def test_9_charts_have_readable_axes_a_window_switch_and_a_table(page_for):
     assert size >= 11
     phone.locator("#charts").scroll_into_view_if_needed()
     _shot(phone, "defect-9-charts-phone", full_page=False)
+
+
+def test_13_finance_sets_a_wallets_low_balance_threshold(page_for):
+    expect = _expect()
+    page = page_for("finance")
+    page.goto(f"{_origin(page)}/wallets")
+    row = _row(page, C)
+    row.get_by_label(re.compile("Low balance threshold")).fill("1234.5")
+    row.get_by_role("button", name="Save").click()
+    expect(page.locator("#flash")).to_contain_text("now counts as low at 1,234.50")
+    expect(_row(page, C).get_by_label(re.compile("Low balance threshold"))).to_have_value(
+        "1234.5"
+    )
+    expect(_row(page, C)).to_contain_text("low")  # its balance is under the threshold
+    _shot(page, "defect-13-wallets")

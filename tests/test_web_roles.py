@@ -34,6 +34,7 @@ EXPECTED: dict[str, str] = {
     "actions.reclaim_seats": RECORD_USAGE,
     "actions.topup": MANAGE_WALLETS,
     "actions.adjust": MANAGE_WALLETS,
+    "actions.wallet_threshold": MANAGE_WALLETS,
     "admin.users": ADMIN,
     "admin.user_role": ADMIN,
     "admin.user_password": ADMIN,
@@ -101,6 +102,7 @@ def test_role_route_matrix(app, client, role):
         "user_id": victim.id,
         "key_id": key.id,
         "filename": "css/app.css",
+        "system": "credits",
     }
     if role != "anonymous":
         signed_in(client, role)

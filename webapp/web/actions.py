@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 
 from ..errors import DomainError, ValidationError
@@ -18,7 +18,15 @@ from ..services import reads, usage, wallets
 from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
 from ..services.money import MICROS, parse_micros
 from .filters import credits, qty
-from .forms import AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, blank, show_error
+from .forms import (
+    AdjustForm,
+    ReclaimSeatsForm,
+    RecordUsageForm,
+    ThresholdForm,
+    TopupForm,
+    blank,
+    show_error,
+)
 from .htmx import is_htmx
 from .pages import customer_context, feature_names
 from .session import current_actor, requires
@@ -169,3 +177,34 @@ def adjust(key: str):
         )
 
     return _handle(key, "adjust_form", form, call)
+
+
+@bp.post("/wallets/<key>/<system>/threshold")
+@requires(MANAGE_WALLETS)
+def wallet_threshold(key: str, system: str):
+    """From the wallets list: a plain form, a 303 back to the list with one message."""
+    form = ThresholdForm()
+    back = request.form.get("back") or url_for("pages.wallets")
+    if not back.startswith("/wallets"):
+        back = url_for("pages.wallets")
+    if form.validate_on_submit():
+        try:
+            wallet = wallets.set_low_balance_threshold(
+                current_actor(),
+                customer_key=key,
+                credit_system=system,
+                threshold=blank(form.threshold.data),
+            )
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            at = wallet.low_balance_threshold_micros
+            flash(
+                f"The {system} wallet of {key} now counts as low at {credits(at)}."
+                if at is not None
+                else f"The {system} wallet of {key} no longer has a low-balance threshold."
+            )
+            return redirect(back, 303)
+    errors = [e for f in form for e in f.errors] + form.form_errors
+    flash(" ".join(errors) or "Check the threshold.")
+    return redirect(back, 303)

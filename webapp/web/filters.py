@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from flask import Flask
 
-from ..services.money import MICROS
+from ..services.money import MICROS, format_micros
 
 
 def credits(micros: int | None, places: int = 2) -> str:
@@ -148,3 +148,4 @@ def register(app: Flask) -> None:
         compact,
     ):
         app.add_template_filter(fn)
+    app.add_template_filter(format_micros, "plain")  # as typed into a box: 1234.5

@@ -110,6 +110,10 @@ class AdjustForm(PrefixedForm):
     needs_confirm = ""
 
 
+class ThresholdForm(FlaskForm):
+    threshold = StringField("Low balance at", validators=[Optional(), Length(max=40)])
+
+
 class UserForm(FlaskForm):
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     role = _select("Role", [(r, r) for r in ROLES], default="account_manager")
