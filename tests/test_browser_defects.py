@@ -82,6 +82,7 @@ def test_3_an_expired_session_returns_to_the_page_not_to_a_post_url(page_for):
     # The same admin signs out everywhere in another browser: this page's session has ended.
     other = page_for("admin")
     other.goto(f"{_origin(other)}/account")
+    other.once("dialog", lambda dialog: dialog.accept())
     other.get_by_role("button", name="Sign out everywhere").click()
     _row(page, "finance@example.com").get_by_role("button", name="Save").click()
     expect(page).to_have_url(re.compile(r"/login"))

@@ -139,8 +139,10 @@ def test_sign_in_is_rate_limited_per_address(database_url):
     )
     with app.app_context():
         client = app.test_client()
-        statuses = [login(client, "x@example.com", "wrong password").status_code for _ in range(4)]
-        assert statuses == [422, 422, 422, 429]
+        responses = [login(client, "x@example.com", "wrong password") for _ in range(4)]
+        assert [r.status_code for r in responses] == [422, 422, 422, 429]
+        page = responses[-1].get_data(as_text=True)
+        assert "Wait a minute, then try again." in page and "per 1 minute" not in page
         other = client.post(
             "/login",
             data={"email": "x@example.com", "password": "x"},
