@@ -102,7 +102,6 @@ def test_role_route_matrix(app, client, role):
         "user_id": victim.id,
         "key_id": key.id,
         "filename": "css/app.css",
-        "system": "credits",
     }
     if role != "anonymous":
         signed_in(client, role)

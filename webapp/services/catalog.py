@@ -347,13 +347,7 @@ def update_entitlement(
         raise ValidationError(f"`{unknown[0]}` is not a field of an entitlement.", field=unknown[0])
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key)
-    current = db.session.scalar(
-        select(Entitlement).where(
-            Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
-        )
-    )
-    if current is None:
-        raise NotFound("The customer has no entitlement to this feature.", field="feature_key")
+    current = _existing_entitlement(customer, feature)
     values: dict[str, object] = {
         "allowance": None
         if current.allowance_micros is None
@@ -467,6 +461,13 @@ def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) 
     require(actor, ADMIN)
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key)
+    db.session.delete(_existing_entitlement(customer, feature))
+    audit.record(
+        actor, "entitlement.removed", customer_key=customer.key, target=f"feature:{feature.key}"
+    )
+
+
+def _existing_entitlement(customer: Customer, feature: Feature) -> Entitlement:
     entitlement = db.session.scalar(
         select(Entitlement).where(
             Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
@@ -474,10 +475,7 @@ def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) 
     )
     if entitlement is None:
         raise NotFound("The customer has no entitlement to this feature.", field="feature_key")
-    db.session.delete(entitlement)
-    audit.record(
-        actor, "entitlement.removed", customer_key=customer.key, target=f"feature:{feature.key}"
-    )
+    return entitlement
 
 
 def _used(customer_id: int, feature_id: int, start: Any) -> int:

@@ -179,11 +179,12 @@ def adjust(key: str):
     return _handle(key, "adjust_form", form, call)
 
 
-@bp.post("/wallets/<key>/<system>/threshold")
+@bp.post("/wallets/<key>/threshold")
 @requires(MANAGE_WALLETS)
-def wallet_threshold(key: str, system: str):
+def wallet_threshold(key: str):
     """From the wallets list: a plain form, a 303 back to the list with one message."""
     form = ThresholdForm()
+    system = form.credit_system.data
     back = request.form.get("back") or url_for("pages.wallets")
     if not back.startswith("/wallets"):
         back = url_for("pages.wallets")

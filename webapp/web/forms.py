@@ -111,6 +111,7 @@ class AdjustForm(PrefixedForm):
 
 
 class ThresholdForm(FlaskForm):
+    credit_system = HiddenField()
     threshold = StringField("Low balance at", validators=[Optional(), Length(max=40)])
 
 
