@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.conftest import actor
+from tests.factories import make_catalog
 from webapp.errors import (
     Conflict,
     CustomerNotFound,
@@ -193,3 +194,39 @@ def test_update_customer_merges_into_the_stored_customer(catalog):
     with pytest.raises(ValidationError):
         cat.update_customer(SYSTEM, C, merge=lambda customer: {"metadata": [1]})
     assert cat.get_customer(C).extra == {"plan": "pro", "seats": 5}
+
+
+def test_a_put_of_an_entitlement_requires_every_field(app):
+    make_catalog()
+    for missing in ("allowance", "reset_period", "overage"):
+        fields = {"allowance": 5, "reset_period": "month", "overage": "block"}
+        del fields[missing]
+        with pytest.raises(ValidationError) as exc:
+            cat.replace_entitlement(SYSTEM, C, "api_calls", **fields)
+        assert exc.value.field == missing
+    assert reads.customer_summary(SYSTEM, C).entitlements[0].allowance_micros == 1000 * 10**6
+    cat.replace_entitlement(
+        SYSTEM, C, "api_calls", allowance=None, reset_period="month", overage="allow"
+    )
+    api = next(
+        e for e in reads.customer_summary(SYSTEM, C).entitlements if e.feature_key == "api_calls"
+    )
+    assert (api.allowance_micros, api.reset_period, api.overage) == (None, "month", "allow")
+
+
+def test_a_patch_of_an_entitlement_changes_only_the_fields_sent(app):
+    make_catalog()
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=3)
+    cat.update_entitlement(SYSTEM, C, "api_calls", allowance=5000)  # usage this period: fine
+    api = next(
+        e for e in reads.customer_summary(SYSTEM, C).entitlements if e.feature_key == "api_calls"
+    )
+    assert (api.allowance_micros, api.reset_period, api.overage) == (5000 * 10**6, "month", "block")
+    cat.update_entitlement(SYSTEM, C, "api_calls", allowance=None)
+    with pytest.raises(ValidationError):
+        cat.update_entitlement(SYSTEM, C, "api_calls", colour="red")
+    with pytest.raises(CustomerNotFound):
+        cat.update_entitlement(SYSTEM, "cust-nope", "api_calls", allowance=1)
+    cat.remove_entitlement(SYSTEM, C, "candidates")
+    with pytest.raises(NotFound):  # a PATCH changes an entitlement, it never makes one
+        cat.update_entitlement(SYSTEM, C, "candidates", allowance=1)

@@ -55,7 +55,7 @@ def test_support_reclaims_a_seat_with_htmx_and_gets_the_changed_parts(client, se
     for part in ("customer-stats", "entitlements", "wallets", "events", "ledger", "flash"):
         assert re.search(rf'id="{part}"[^>]*hx-swap-oob="true"', html), part
     assert 'data-testid="seats-seats">2<' in html
-    assert "Reclaimed 1 of seats: 2 of 10 in use." in html
+    assert "Reclaimed 1 of Seats: 2 of 10 in use." in html
     assert used("seats") == 2_000_000
 
 
@@ -67,7 +67,7 @@ def test_a_plain_post_is_answered_with_303_and_a_flash(client, seated):
     assert response.status_code == 303
     assert response.headers["Location"] == f"/customers/{C}"
     page = client.get(f"/customers/{C}").get_data(as_text=True)
-    assert "Recorded 4 api_calls (0.08 credits)." in page
+    assert "Recorded 4 API calls (0.08 credits)." in page
     assert balance() == 10_000_000 - 80_000
     assert "9.92" in page
 
@@ -99,7 +99,8 @@ def test_a_negative_reclaim_is_refused_by_the_form_shape(client, seated):
         headers=HX,
     )
     assert response.status_code == 422
-    assert "positive number" in error_next_to(response.get_data(as_text=True), "reclaim-amount")
+    html = response.get_data(as_text=True)
+    assert "whole number of seats" in error_next_to(html, "reclaim-amount")
     assert row_counts() == before
 
 

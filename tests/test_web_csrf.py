@@ -91,7 +91,7 @@ def test_a_valid_token_in_the_htmx_header_is_accepted(csrf_app):
         headers={"HX-Request": "true", "X-CSRFToken": token},
     )
     assert response.status_code == 200
-    assert "Recorded 2 api_calls" in response.get_data(as_text=True)
+    assert "Recorded 2 API calls" in response.get_data(as_text=True)
 
 
 def test_pages_carry_the_token_for_htmx(csrf_app):

@@ -114,7 +114,7 @@ def test_customer_page_shows_every_entitlement(client, shop):
     assert '<progress max="100" value="30"' in html  # 3 of 10 seats
     assert "-01 00:00 UTC" in html  # the monthly consumables' next reset
     assert 'data-testid="balance-credits">9.92<' in html
-    assert "access" in html  # the boolean sso entitlement
+    assert "included" in html  # the boolean sso entitlement
 
 
 def test_wallets_lowest_first(client, shop):
@@ -177,3 +177,22 @@ def test_credits_always_show_their_decimals():
     assert credits(1_234_000_000) == "1,234.00"
     assert credits(-1_500_000) == "-1.50"
     assert qty(2_000_000) == "2" and qty(500_000) == "0.5" and qty(None) == "∞"
+
+
+def test_a_wallets_last_change_is_its_last_ledger_entry_even_after_the_demo_seed(client):
+    from sqlalchemy import func, select
+
+    from webapp.extensions import db
+    from webapp.models import LedgerEntry, Wallet
+    from webapp.services import demo
+
+    demo.seed(4, 400, rng_seed=7)
+    last = dict(
+        db.session.execute(
+            select(LedgerEntry.wallet_id, func.max(LedgerEntry.created_at)).group_by(
+                LedgerEntry.wallet_id
+            )
+        ).all()
+    )
+    wallets_ = db.session.scalars(select(Wallet)).all()
+    assert wallets_ and all(w.updated_at == last[w.id] for w in wallets_ if w.id in last)

@@ -57,16 +57,10 @@ def demo_seed(customers: int, events: int, rng_seed: int, if_empty: bool) -> Non
 def demo_users() -> None:
     import secrets
 
-    from flask import current_app
-
     from .services import auth
     from .services.actors import SYSTEM
 
-    path = os.path.join(current_app.instance_path, "demo-users.txt")
-    saved: dict[str, str] = {}
-    if os.path.exists(path):
-        with open(path) as fh:
-            saved = dict(line.split(maxsplit=1) for line in fh.read().split("\n") if line.strip())
+    saved = _read_demo_users()
     for role in ROLES:
         email = f"{role.replace('_', '-')}@demo.example"
         if email in saved:
@@ -79,9 +73,7 @@ def demo_users() -> None:
                 _fail(exc)
             continue
         saved[email] = password
-    with open(path, "w") as fh:
-        fh.write("".join(f"{email} {pw}\n" for email, pw in saved.items()))
-    os.chmod(path, 0o600)
+    _write_demo_users(saved)
     click.echo("Demo users (also in instance/demo-users.txt):")
     for email, password in saved.items():
         click.echo(f"  {email:32} {password}")
@@ -107,6 +99,79 @@ def user_create(email: str, role: str) -> None:
     except DomainError as exc:
         _fail(exc)
     click.echo(f"Created {created.role} {created.email}.")
+
+
+@user.command("set-role", help="Change a user's role (the last active admin keeps theirs).")
+@click.argument("email")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+def user_set_role(email: str, role: str) -> None:
+    from .services import auth
+    from .services.actors import SYSTEM
+
+    try:
+        changed = auth.set_user_role(SYSTEM, auth.find_user(email).id, role)
+    except DomainError as exc:
+        _fail(exc)
+    click.echo(f"{changed.email} is now {changed.role}; their sessions have ended.")
+
+
+@user.command("reset-password", help="Set a user's password (from WEBAPP_PASSWORD or a prompt).")
+@click.argument("email")
+def user_reset_password(email: str) -> None:
+    from .services import auth
+    from .services.actors import SYSTEM
+
+    password = os.environ.get("WEBAPP_PASSWORD") or click.prompt(
+        "New password", hide_input=True, confirmation_prompt=True
+    )
+    try:
+        changed = auth.set_password(SYSTEM, auth.find_user(email).id, password)
+    except DomainError as exc:
+        _fail(exc)
+    _forget_demo_password(changed.email)
+    click.echo(f"Password of {changed.email} changed; their sessions have ended.")
+
+
+@user.command("deactivate", help="Stop a user from signing in (the last active admin stays).")
+@click.argument("email")
+def user_deactivate(email: str) -> None:
+    from .services import auth
+    from .services.actors import SYSTEM
+
+    try:
+        changed = auth.deactivate_user(SYSTEM, auth.find_user(email).id)
+    except DomainError as exc:
+        _fail(exc)
+    _forget_demo_password(changed.email)
+    click.echo(f"{changed.email} is deactivated and signed out; their history stays.")
+
+
+def _demo_users_path() -> str:
+    from flask import current_app
+
+    return os.path.join(current_app.instance_path, "demo-users.txt")
+
+
+def _read_demo_users() -> dict[str, str]:
+    path = _demo_users_path()
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return dict(line.split(maxsplit=1) for line in fh.read().split("\n") if line.strip())
+
+
+def _write_demo_users(saved: dict[str, str]) -> None:
+    path = _demo_users_path()
+    with open(path, "w") as fh:
+        fh.write("".join(f"{email} {pw}\n" for email, pw in saved.items()))
+    os.chmod(path, 0o600)
+
+
+def _forget_demo_password(email: str) -> None:
+    """instance/demo-users.txt lists only passwords that still sign in."""
+    saved = _read_demo_users()
+    if saved.pop(email, None) is not None:
+        _write_demo_users(saved)
 
 
 @click.group("api-key", help="API keys.")

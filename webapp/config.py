@@ -37,6 +37,9 @@ class Defaults:
     SESSION_IDLE_MINUTES = 60  # a dashboard session ends after this long without a request
     SESSION_MAX_HOURS = 12  # and this long after signing in, whatever happens
     CLOCK = time.time  # seconds since the epoch; tests inject their own
+    # Dashboard top-ups and adjustments above this many credits ask again, showing the balance
+    # they lead to (checked on the server: a page that skips the question is refused).
+    LARGE_AMOUNT_CONFIRM = 10_000
     BENCH_MODE = False
     PASSWORD_HASH_PROFILE = "RFC_9106_LOW_MEMORY"  # a name in argon2.profiles; tests: CHEAPEST
     PAGE_SIZE = 50

@@ -114,6 +114,15 @@ def _record_sign_in(user: User | None, account: str | None, address: str | None)
     )
 
 
+def _verifies(password_hash: str, password: object) -> bool:
+    if not isinstance(password, str) or len(password) > 1000:
+        return False
+    try:
+        return _hasher()[0].verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
 def get_user(user_id: int) -> User | None:
     return db.session.get(User, user_id)
 
@@ -122,14 +131,38 @@ def list_users() -> list[User]:
     return list(db.session.scalars(select(User).order_by(User.email)))
 
 
-@transactional
-def set_user_role(actor: Actor, user_id: int, role: object) -> User:
-    require(actor, ADMIN)
+def _user(user_id: int) -> User:
     user = db.session.get(User, user_id)
     if user is None:
         raise NotFound("No such user.", field="user")
+    return user
+
+
+def _keep_an_admin(user: User, action: str) -> None:
+    """Refuse to take away the last active admin: nobody could give admin back but the CLI.
+
+    The active admins' rows are locked (PostgreSQL; SQLite writers are serialized anyway), so two
+    admins demoting each other at once cannot both succeed."""
+    if user.role != ADMIN or not user.active:
+        return
+    admins = db.session.scalars(
+        select(User.id).where(User.role == ADMIN, User.active.is_(True)).with_for_update()
+    ).all()
+    if len(admins) <= 1:
+        raise Conflict(
+            f"{user.email} is the last active admin and cannot be {action}. "
+            "Make another user an admin first.",
+            field="role",
+        )
+
+
+@transactional
+def set_user_role(actor: Actor, user_id: int, role: object) -> User:
+    require(actor, ADMIN)
+    user = _user(user_id)
     role_value = validation.choice(role, ROLES, field="role")
     if user.role != role_value:
+        _keep_an_admin(user, "demoted")
         user.role = role_value
         user.session_version += 1  # a role change ends the user's sessions
         audit.record(
@@ -139,15 +172,50 @@ def set_user_role(actor: Actor, user_id: int, role: object) -> User:
 
 
 @transactional
-def set_password(actor: Actor, user_id: int, password: object) -> User:
-    if actor.id != user_id or actor.kind != "user":
+def set_password(
+    actor: Actor, user_id: int, password: object, *, current_password: object = None
+) -> User:
+    """An admin sets anyone's password; a user changing their own must give the current one
+    (a session left open on a shared screen must not be enough to take the account)."""
+    own = actor.kind == "user" and actor.id == user_id
+    if not own:
         require(actor, ADMIN)
-    user = db.session.get(User, user_id)
-    if user is None:
-        raise NotFound("No such user.", field="user")
+    user = _user(user_id)
+    if own and not _verifies(user.password_hash, current_password):
+        raise ValidationError("That is not your current password.", field="current_password")
     user.password_hash = _hasher()[0].hash(_password(password))
     user.session_version += 1  # other logged-in copies end
     audit.record(actor, "user.password_changed", target=f"user:{user.email}")
+    return user
+
+
+@transactional
+def deactivate_user(actor: Actor, user_id: int) -> User:
+    """A user who may no longer sign in; their history (audit log) stays."""
+    require(actor, ADMIN)
+    user = _user(user_id)
+    if user.active:
+        _keep_an_admin(user, "deactivated")
+        user.active = False
+        user.session_version += 1  # their open sessions end now
+        audit.record(actor, "user.deactivated", target=f"user:{user.email}")
+    return user
+
+
+@transactional
+def reactivate_user(actor: Actor, user_id: int) -> User:
+    require(actor, ADMIN)
+    user = _user(user_id)
+    if not user.active:
+        user.active = True
+        audit.record(actor, "user.reactivated", target=f"user:{user.email}")
+    return user
+
+
+def find_user(email: str) -> User:
+    user = db.session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+    if user is None:
+        raise NotFound(f"No user has the email {email.strip()}.", field="email")
     return user
 
 

@@ -306,6 +306,59 @@ def remove_credit_cost(actor: Actor, feature_key: object) -> None:
 # ---------------------------------------------------------------- entitlements
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()  # a field not sent (PATCH), unlike None (an unlimited allowance)
+ENTITLEMENT_FIELDS = ("allowance", "reset_period", "overage")
+
+
+@transactional
+def replace_entitlement(
+    actor: Actor,
+    customer_key: object,
+    feature_key: object,
+    *,
+    allowance: object = UNSET,
+    reset_period: object = UNSET,
+    overage: object = UNSET,
+) -> Entitlement:
+    """PUT: the whole entitlement. Every field is required (``allowance`` None = unlimited): a
+    missing one is an error, never a default that silently changes what was there."""
+    require(actor, ADMIN)
+    values = {"allowance": allowance, "reset_period": reset_period, "overage": overage}
+    for name, value in values.items():
+        if value is UNSET:
+            raise ValidationError(f"`{name}` is required.", field=name)
+    return _set_entitlement(actor, customer_key, feature_key, **values)
+
+
+@transactional
+def update_entitlement(
+    actor: Actor, customer_key: object, feature_key: object, **changes: object
+) -> Entitlement:
+    """PATCH: only the fields given change; the others keep their value. The entitlement must
+    exist (a new one is made with `replace_entitlement`)."""
+    require(actor, ADMIN)
+    unknown = sorted(set(changes) - set(ENTITLEMENT_FIELDS))
+    if unknown:
+        raise ValidationError(f"`{unknown[0]}` is not a field of an entitlement.", field=unknown[0])
+    customer = get_customer(customer_key)
+    feature = get_feature(feature_key=feature_key)
+    current = _existing_entitlement(customer, feature)
+    values: dict[str, object] = {
+        "allowance": None
+        if current.allowance_micros is None
+        else format_micros(current.allowance_micros),
+        "reset_period": current.reset_period,
+        "overage": current.overage,
+    }
+    values.update({k: v for k, v in changes.items() if v is not UNSET})
+    return _set_entitlement(actor, customer.key, feature.key, **values)
+
+
 @transactional
 def set_entitlement(
     actor: Actor,
@@ -316,9 +369,28 @@ def set_entitlement(
     reset_period: object = "never",
     overage: object = "block",
 ) -> Entitlement:
-    """Create or change what a customer may use of a feature (allowance None = unlimited).
+    """Create or change what a customer may use of a feature (allowance None = unlimited), with
+    defaults for what is not given (the catalog's own setup; the doors use replace/update)."""
+    return _set_entitlement(
+        actor,
+        customer_key,
+        feature_key,
+        allowance=allowance,
+        reset_period=reset_period,
+        overage=overage,
+    )
 
-    An allowance under what is already used in the current period, with the `block` policy, is
+
+def _set_entitlement(
+    actor: Actor,
+    customer_key: object,
+    feature_key: object,
+    *,
+    allowance: object,
+    reset_period: object,
+    overage: object,
+) -> Entitlement:
+    """An allowance under what is already used in the current period, with the `block` policy, is
     refused (reclaim first), so that `used <= allowance` stays true; so is a new reset period while
     the current period already has usage, since the counter would mix two kinds of period."""
     require(actor, ADMIN)
@@ -389,6 +461,13 @@ def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) 
     require(actor, ADMIN)
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key)
+    db.session.delete(_existing_entitlement(customer, feature))
+    audit.record(
+        actor, "entitlement.removed", customer_key=customer.key, target=f"feature:{feature.key}"
+    )
+
+
+def _existing_entitlement(customer: Customer, feature: Feature) -> Entitlement:
     entitlement = db.session.scalar(
         select(Entitlement).where(
             Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
@@ -396,10 +475,7 @@ def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) 
     )
     if entitlement is None:
         raise NotFound("The customer has no entitlement to this feature.", field="feature_key")
-    db.session.delete(entitlement)
-    audit.record(
-        actor, "entitlement.removed", customer_key=customer.key, target=f"feature:{feature.key}"
-    )
+    return entitlement
 
 
 def _used(customer_id: int, feature_id: int, start: Any) -> int:

@@ -363,7 +363,8 @@ def _seed_customer(
             "balance_micros": balance,
             "low_balance_threshold_micros": 50 * MICROS,
             "created_at": start,
-            "updated_at": now,
+            # The wallet last changed with its last ledger entry, not when the seed ran.
+            "updated_at": max((row["created_at"] for row in ledger_rows), default=start),
         }
     )
     buf.ledger.extend(ledger_rows)

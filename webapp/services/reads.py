@@ -274,9 +274,13 @@ def customers_matching(search: object) -> Select[Customer]:
     """Customers whose key, name or email contains ``search`` (all of them without one)."""
     stmt = select(Customer)
     if search not in (None, ""):
-        term = f"%{str(search)[:100].lower()}%"
+        term = str(search)[:100].lower()  # `%` and `_` are letters here (autoescape)
         stmt = stmt.where(
-            or_(Customer.key.ilike(term), Customer.name.ilike(term), Customer.email.ilike(term))
+            or_(
+                Customer.key.icontains(term, autoescape=True),
+                Customer.name.icontains(term, autoescape=True),
+                Customer.email.icontains(term, autoescape=True),
+            )
         )
     return stmt
 

@@ -15,7 +15,12 @@ KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
 FEATURE_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
 EVENT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}")
 EVENT_ID_RE = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
-EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,63}")
+# The dot-atom form of RFC 5322 (no quoted local parts, no markup): `<b>x</b>@example.com` is no
+# address a person would read and type.
+EMAIL_RE = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+){0,63}"
+    r"@(?=.{1,190}\.[A-Za-z]{2,63}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}"
+)
 
 METADATA_MAX_BYTES = 4096
 FUTURE_TOLERANCE = timedelta(minutes=5)

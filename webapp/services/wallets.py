@@ -210,3 +210,29 @@ def adjust_wallet(
         },
     )
     return LedgerResult(False, entry, customer.key, system.key)
+
+
+@transactional
+def set_low_balance_threshold(
+    actor: Actor, *, customer_key: object, credit_system: object, threshold: object
+) -> Wallet:
+    """The balance at or under which a wallet counts as low (None: never). Not a ledger entry:
+    the balance and the wallet's last change stay as they are."""
+    require(actor, MANAGE_WALLETS)
+    customer = get_customer(customer_key)
+    system = get_credit_system(credit_system)
+    micros = None if threshold in (None, "") else parse_micros(threshold, field="threshold")
+    if micros is not None and micros < 0:
+        raise ValidationError("The threshold may not be negative.", field="threshold")
+    wallet = _locked_wallet(customer, system, create=False)
+    if wallet is None:
+        raise ValidationError("This customer has no wallet in this credit system yet.")
+    wallet.low_balance_threshold_micros = micros
+    audit.record(
+        actor,
+        "wallet.threshold_set",
+        customer_key=customer.key,
+        target=f"credit_system:{system.key}",
+        details={"threshold": None if micros is None else format_micros(micros)},
+    )
+    return wallet

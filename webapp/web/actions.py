@@ -10,16 +10,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 
-from ..errors import DomainError
-from ..services import usage, wallets
+from ..errors import DomainError, ValidationError
+from ..services import reads, usage, wallets
 from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
+from ..services.money import MICROS, parse_micros
 from .filters import credits, qty
-from .forms import AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, blank, show_error
+from .forms import (
+    AdjustForm,
+    ReclaimSeatsForm,
+    RecordUsageForm,
+    ThresholdForm,
+    TopupForm,
+    blank,
+    show_error,
+)
 from .htmx import is_htmx
-from .pages import customer_context
+from .pages import customer_context, feature_names
 from .session import current_actor, requires
 
 bp = Blueprint("actions", __name__)
@@ -59,7 +68,8 @@ def record_usage(key: str):
         )
         if result.replayed:
             return "Already recorded: this form was sent before, nothing changed."
-        text = f"Recorded {qty(result.amount_micros)} {result.feature_key}"
+        name = feature_names().get(result.feature_key, result.feature_key)
+        text = f"Recorded {qty(result.amount_micros)} {name}"
         if result.credits_micros:
             text += f" ({credits(result.credits_micros)} {result.credit_system})"
         return text + "."
@@ -84,11 +94,39 @@ def reclaim_seats(key: str):
             return "Already reclaimed: this form was sent before, nothing changed."
         in_use = qty(result.used_micros)
         of = "" if result.allowance_micros is None else f" of {qty(result.allowance_micros)}"
-        return (
-            f"Reclaimed {qty(-result.amount_micros)} of {result.feature_key}: {in_use}{of} in use."
-        )
+        name = feature_names().get(result.feature_key, result.feature_key)
+        return f"Reclaimed {qty(-result.amount_micros)} of {name}: {in_use}{of} in use."
 
     return _handle(key, "reclaim_form", form, call)
+
+
+def _confirm_large(key: str, form: TopupForm | AdjustForm, verb: str) -> None:
+    """Ask again before a large amount: the message shows the balance it leads to, the form a
+    checkbox whose value is the amount confirmed (a changed amount asks again)."""
+    amount = form.amount.data.strip()
+    try:
+        micros = parse_micros(amount)
+    except DomainError:
+        return  # the service names what is wrong with it
+    limit = current_app.config["LARGE_AMOUNT_CONFIRM"] * MICROS
+    if abs(micros) <= limit or form.confirm.data == amount:
+        return
+    wallet = next(
+        (
+            w
+            for w in reads.customer_summary(current_actor(), key).wallets
+            if w.credit_system == form.credit_system.data
+        ),
+        None,
+    )
+    balance = (wallet.balance_micros if wallet else 0) + micros
+    units = wallet.unit_plural if wallet else "credits"
+    form.needs_confirm = f"{credits(micros)} {units}"  # what the checkbox says
+    raise ValidationError(
+        f"That is a large amount: after it the balance will be {credits(balance)} {units}. "
+        f"Tick the box to {verb} {credits(micros)} {units}, then send again.",
+        field="confirm",
+    )
 
 
 @bp.post("/customers/<key>/topup")
@@ -97,6 +135,7 @@ def topup(key: str):
     form = TopupForm()
 
     def call() -> str:
+        _confirm_large(key, form, "top up")
         result = wallets.topup_wallet(
             current_actor(),
             customer_key=key,
@@ -123,6 +162,7 @@ def adjust(key: str):
     form = AdjustForm()
 
     def call() -> str:
+        _confirm_large(key, form, "adjust by")
         result = wallets.adjust_wallet(
             current_actor(),
             customer_key=key,
@@ -137,3 +177,35 @@ def adjust(key: str):
         )
 
     return _handle(key, "adjust_form", form, call)
+
+
+@bp.post("/wallets/<key>/threshold")
+@requires(MANAGE_WALLETS)
+def wallet_threshold(key: str):
+    """From the wallets list: a plain form, a 303 back to the list with one message."""
+    form = ThresholdForm()
+    system = form.credit_system.data
+    back = request.form.get("back") or url_for("pages.wallets")
+    if not back.startswith("/wallets"):
+        back = url_for("pages.wallets")
+    if form.validate_on_submit():
+        try:
+            wallet = wallets.set_low_balance_threshold(
+                current_actor(),
+                customer_key=key,
+                credit_system=system,
+                threshold=blank(form.threshold.data),
+            )
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            at = wallet.low_balance_threshold_micros
+            flash(
+                f"The {system} wallet of {key} now counts as low at {credits(at)}."
+                if at is not None
+                else f"The {system} wallet of {key} no longer has a low-balance threshold."
+            )
+            return redirect(back, 303)
+    errors = [e for f in form for e in f.errors] + form.form_errors
+    flash(" ".join(errors) or "Check the threshold.")
+    return redirect(back, 303)

@@ -4,16 +4,19 @@ message next to its field."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 
 from ..errors import DomainError
 from ..models import ROLES
 from ..services import auth, catalog, reads
 from ..services.actors import ADMIN
+from ..services.money import format_micros
 from .forms import (
     ActionForm,
     ApiKeyForm,
@@ -126,35 +129,67 @@ def user_logout(user_id: int):
     return _user_action(user_id, form, call)
 
 
+@bp.post("/users/<int:user_id>/active")
+@requires(ADMIN)
+def user_active(user_id: int):
+    form = ActionForm()
+    active = request.form.get("active") == "1"
+
+    def call() -> str:
+        if active:
+            user = auth.reactivate_user(current_actor(), user_id)
+            return f"{user.email} can sign in again."
+        user = auth.deactivate_user(current_actor(), user_id)
+        return f"{user.email} is deactivated and signed out; their history stays."
+
+    return _user_action(user_id, form, call)
+
+
 # ---------------------------------------------------------------- API keys
+
+
+def _split_secret(secret: str) -> tuple[str, str]:
+    """A one-time pad: the session cookie (signed, but readable) gets ``secret XOR pad``, the
+    redirect's URL gets ``pad``; neither alone tells anything about the key."""
+    data = secret.encode()
+    pad = secrets.token_bytes(len(data))
+    masked = bytes(a ^ b for a, b in zip(data, pad, strict=True))
+    return base64.urlsafe_b64encode(masked).decode(), base64.urlsafe_b64encode(pad).decode()
+
+
+def _join_secret(masked: str, pad: str) -> str | None:
+    try:
+        a, b = base64.urlsafe_b64decode(masked), base64.urlsafe_b64decode(pad)
+        return bytes(x ^ y for x, y in zip(a, b, strict=True)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 @bp.route("/api-keys", methods=["GET", "POST"])
 @requires(ADMIN)
 def api_keys():
+    """Post/redirect/get: reloading the page never makes a second key. The secret is shown on
+    the first GET after the post only (the session's half is popped there)."""
     form = ApiKeyForm()
-    new_key = None
-    status = 200
     if form.validate_on_submit():
         try:
-            new_key = auth.create_api_key(current_actor(), name=form.name.data, role=form.role.data)
+            new = auth.create_api_key(current_actor(), name=form.name.data, role=form.role.data)
         except DomainError as exc:
             show_error(form, exc)
-            status = 422
         else:
-            # Shown once, in this response only: never put in the (signed, readable) session
-            # cookie that a redirect would need.
-            form = ApiKeyForm(formdata=None)
-            status = 201
-    elif request.method == "POST":
-        status = 422
+            masked, pad = _split_secret(new.secret)
+            session["new_api_key"] = {"name": new.key.name, "masked": masked}
+            return redirect(url_for("admin.api_keys", reveal=pad), 303)
+    new_key = session.pop("new_api_key", None) if request.method == "GET" else None
+    if new_key is not None:
+        new_key["secret"] = _join_secret(new_key.pop("masked"), request.args.get("reveal", ""))
     return render_template(
         "admin/api_keys.html",
         keys=auth.list_api_keys(),
         form=form,
-        new_key=new_key,
+        new_key=new_key if new_key and new_key["secret"] else None,
         action_form=ActionForm(formdata=None),
-    ), status
+    ), _status()
 
 
 @bp.post("/api-keys/<int:key_id>/revoke")
@@ -248,8 +283,27 @@ def customer_status(key: str):
 # ---------------------------------------------------------------- entitlements
 
 
+def qty_plain(entitlement) -> str:
+    """An allowance as typed into a box: no thousands separators."""
+    return format_micros(entitlement.allowance_micros)
+
+
 def _entitlements_page(key: str, form: EntitlementForm, status: int):
     summary = reads.customer_summary(current_actor(), key)
+    editing = request.args.get("edit") if request.method == "GET" else form.feature_key.data
+    current = next((e for e in summary.entitlements if e.feature_key == editing), None)
+    if current is not None and request.method == "GET":
+        # Edit one row: every field shows what is there now, so saving changes only what the
+        # admin changed (an unfilled form would set "never" and "block").
+        form = EntitlementForm(
+            formdata=None,
+            data={
+                "feature_key": current.feature_key,
+                "allowance": "" if current.allowance_micros is None else qty_plain(current),
+                "reset_period": current.reset_period,
+                "overage": current.overage,
+            },
+        )
     form.feature_key.choices = choices(
         [(f.key, f"{f.name} ({f.type})") for f, _, _ in catalog.list_features(current_actor())]
     )
@@ -258,6 +312,7 @@ def _entitlements_page(key: str, form: EntitlementForm, status: int):
         summary=summary,
         customer=summary.customer,
         form=form,
+        editing=current,
         action_form=ActionForm(formdata=None),
     ), status
 
@@ -268,7 +323,7 @@ def entitlements(key: str):
     form = EntitlementForm()
 
     def call() -> str:
-        catalog.set_entitlement(
+        catalog.replace_entitlement(  # every field is on the form: a PUT
             current_actor(),
             key,
             form.feature_key.data,

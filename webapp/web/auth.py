@@ -21,7 +21,7 @@ from ..errors import DomainError
 from ..extensions import limiter
 from ..services import auth
 from ..services.actors import VIEW
-from .forms import ActionForm, LoginForm, PasswordForm, show_error
+from .forms import ActionForm, LoginForm, OwnPasswordForm, show_error
 from .session import SessionUser, current_actor, requires, safe_next, start_session
 
 bp = Blueprint("auth", __name__)
@@ -101,11 +101,16 @@ def logout_everywhere():
 @bp.route("/account", methods=["GET", "POST"])
 @requires(VIEW)
 def account():
-    form = PasswordForm()
+    form = OwnPasswordForm()
     status = 200
     if form.validate_on_submit():
         try:
-            user = auth.set_password(current_actor(), current_user.id, form.password.data)
+            user = auth.set_password(
+                current_actor(),
+                current_user.id,
+                form.password.data,
+                current_password=form.current_password.data,
+            )
         except DomainError as exc:
             show_error(form, exc)
         else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from flask import Flask
 
-from ..services.money import MICROS
+from ..services.money import MICROS, format_micros
 
 
 def credits(micros: int | None, places: int = 2) -> str:
@@ -49,6 +50,102 @@ def percent(used: int, allowance: int | None) -> int:
     return max(0, min(100, used * 100 // allowance))
 
 
+PERIODS = {
+    "never": "never resets",
+    "day": "resets daily",
+    "week": "resets weekly",
+    "month": "resets monthly",
+    "year": "resets yearly",
+}
+OVERAGE = {"block": "stops at the allowance", "allow": "may go over the allowance"}
+ACTIONS = {
+    "api_key.created": "created an API key",
+    "api_key.revoked": "revoked an API key",
+    "credit_cost.removed": "stopped charging credits for",
+    "credit_cost.set": "set the credit cost of",
+    "credit_system.created": "created a credit system",
+    "customer.archived": "archived",
+    "customer.created": "created",
+    "customer.deleted": "deleted",
+    "customer.unarchived": "unarchived",
+    "customer.updated": "edited",
+    "demo.seeded": "added demo data",
+    "entitlement.removed": "removed an entitlement of",
+    "entitlement.set": "changed an entitlement of",
+    "feature.created": "created a feature",
+    "feature.updated": "edited a feature",
+    "usage.recorded": "recorded usage for",
+    "user.created": "created a user",
+    "user.deactivated": "deactivated a user",
+    "user.logged_out": "signed a user out everywhere",
+    "user.password_changed": "changed a password",
+    "user.reactivated": "reactivated a user",
+    "user.role_changed": "changed the role of a user",
+    "wallet.adjustment": "adjusted the wallet of",
+    "wallet.topup": "topped up",
+}
+
+
+def period(value: str) -> str:
+    return PERIODS.get(value, value)
+
+
+def overage(value: str) -> str:
+    return OVERAGE.get(value, value)
+
+
+def action(code: str) -> str:
+    """``wallet.topup`` -> "topped up": the audit log's codes in words (the code stays in the
+    filter of the audit page)."""
+    return ACTIONS.get(code, code.replace(".", " ").replace("_", " "))
+
+
+def who(label: str) -> str:
+    """An actor label in words: ``system:cli`` -> "the command line", ``user:ann@x`` -> ann@x."""
+    kind, _, name = label.partition(":")
+    if kind == "system":
+        return "the command line" if name == "cli" else f"the system ({name})"
+    if kind == "api_key":
+        return f"API key {name}…"
+    return name or label
+
+
+def compact(micros: int | None) -> str:
+    """Big numbers where space is short: 1234567890000000 -> "1.23B" (the exact value goes in a
+    title next to it)."""
+    if micros is None:
+        return "—"
+    whole = abs(micros) // MICROS
+    sign = "-" if micros < 0 else ""
+    sizes = ((10**6, "M"), (10**9, "B"), (10**12, "T"))
+    for i, (size, suffix) in reversed(list(enumerate(sizes))):
+        if whole < size:
+            continue
+        digits = f"{Decimal(whole) / size:.3g}"
+        if "e" in digits:  # 999.9995B rounds to 1000B: say 1T
+            if i + 1 < len(sizes):
+                digits, suffix = "1", sizes[i + 1][1]
+            else:
+                digits = f"{Decimal(whole) / size:,.0f}"
+        if "." in digits:
+            digits = digits.rstrip("0").rstrip(".")
+        return f"{sign}{digits}{suffix}"
+    return credits(micros)
+
+
 def register(app: Flask) -> None:
-    for fn in (credits, signed_credits, qty, signed_qty, when, percent):
+    for fn in (
+        credits,
+        signed_credits,
+        qty,
+        signed_qty,
+        when,
+        percent,
+        period,
+        overage,
+        action,
+        who,
+        compact,
+    ):
         app.add_template_filter(fn)
+    app.add_template_filter(format_micros, "plain")  # as typed into a box: 1234.5

@@ -4,6 +4,7 @@ Select fields do not validate their choices for the same reason: the service nam
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from flask_wtf import FlaskForm
@@ -23,8 +24,6 @@ except ImportError:  # pragma: no cover - WTForms < 3.3 takes (value, label) tup
 
 from ..errors import DomainError, ServiceUnavailable
 from ..models import FEATURE_TYPES, OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS
-
-UNSIGNED = Regexp(r"^\s*\d+(\.\d+)?\s*$", message="Enter a positive number such as 1 or 2.5.")
 
 
 def choices(pairs) -> list:
@@ -62,6 +61,10 @@ class PasswordForm(FlaskForm):
     password = PasswordField("New password", validators=[DataRequired()])
 
 
+class OwnPasswordForm(PasswordForm):
+    current_password = PasswordField("Current password", validators=[DataRequired()])
+
+
 class RecordUsageForm(PrefixedForm):
     form_prefix = "usage"
     feature_key = _select("Feature", validators=[DataRequired()])
@@ -73,7 +76,14 @@ class RecordUsageForm(PrefixedForm):
 class ReclaimSeatsForm(PrefixedForm):
     form_prefix = "reclaim"
     feature_key = _select("Feature", validators=[DataRequired()])
-    amount = StringField("Seats to reclaim", default="1", validators=[DataRequired(), UNSIGNED])
+    amount = StringField(
+        "Seats to reclaim",
+        default="1",
+        validators=[
+            DataRequired(),
+            Regexp(r"^\s*\d+\s*$", message="Enter a whole number of seats, such as 1 or 2."),
+        ],
+    )
     event_id = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
 
 
@@ -85,6 +95,9 @@ class TopupForm(PrefixedForm):
     reference = StringField("Reference (invoice)", validators=[Optional(), Length(max=200)])
     note = StringField("Note", validators=[Optional(), Length(max=2000)])
     idempotency_key = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+    # A checkbox whose value is the amount it confirms (templates/customers/_confirm_large.html).
+    confirm = StringField(validators=[Optional()])
+    needs_confirm = ""  # set to what is to be confirmed: "1,000,000.00 credits"
 
 
 class AdjustForm(PrefixedForm):
@@ -93,6 +106,13 @@ class AdjustForm(PrefixedForm):
     amount = StringField("Amount (+ or −)", validators=[DataRequired()])
     reason = StringField("Reason", validators=[DataRequired(), Length(max=2000)])
     reference = StringField("Reference", validators=[Optional(), Length(max=200)])
+    confirm = StringField(validators=[Optional()])
+    needs_confirm = ""
+
+
+class ThresholdForm(FlaskForm):
+    credit_system = HiddenField()
+    threshold = StringField("Low balance at", validators=[Optional(), Length(max=40)])
 
 
 class UserForm(FlaskForm):
@@ -153,12 +173,25 @@ def show_error(form: FlaskForm, exc: DomainError) -> None:
     unavailable is no fault of the form: it goes on to the 503 page (errorhandlers)."""
     if isinstance(exc, ServiceUnavailable):
         raise exc
-    message = exc.message.replace("`", "")  # API-style `field` quotes read badly on a page
     field = getattr(form, exc.field, None) if exc.field else None
+    message = humane(exc.message, getattr(getattr(field, "label", None), "text", None))
     if field is not None and hasattr(field, "errors") and exc.field != "csrf_token":
         field.errors = [*field.errors, message]
     else:
         form.form_errors.append(message)
+
+
+_BIG_NUMBER = re.compile(r"(?<![\w.,:-])(\d{4,})(\.\d+)?(?![\w-])")
+
+
+def humane(message: str, label: str | None = None) -> str:
+    """A service's message as a sentence on the page: no API-style `field` quotes (the field's
+    label instead), numbers in the page's format (1,371.22, never 1371.22 or 10^12)."""
+    if label and message.startswith("`"):
+        message = re.sub(r"^`[^`]+`", label, message)
+    message = message.replace("`", "").replace("10^12", "1,000,000,000,000")
+    message = _BIG_NUMBER.sub(lambda m: f"{int(m.group(1)):,}{m.group(2) or ''}", message)
+    return message[:1].upper() + message[1:]
 
 
 def blank(value: str | None) -> str | None:

@@ -14,7 +14,7 @@ from ..services import catalog, dashboard, reads
 from ..services.actors import VIEW
 from ..services.money import format_micros
 from ..services.paging import MAX_ID, MAX_PAGE, whole_number
-from .charts import bar_chart
+from .charts import bar_chart, window
 from .csv_cells import QUOTING, safe_row
 from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
 from .htmx import target
@@ -35,10 +35,12 @@ def _int_arg(name: str, default: int, high: int = MAX_PAGE) -> int:
 @requires(VIEW)
 def overview():
     actor = current_actor()
+    days = window(request.args.get("days"))
     return render_template(
         "overview.html",
         stats=dashboard.overview(actor),
-        charts=[bar_chart(s) for s in dashboard.daily_usage(actor)],
+        days=days,
+        charts=[bar_chart(s) for s in dashboard.daily_usage(actor, days=days) if s.total_micros],
         wallets=dashboard.lowest_wallets(actor, per_page=5),
         audit=dashboard.audit_log(actor, per_page=8),
     )
@@ -50,13 +52,31 @@ def customers():
     listing = dashboard.list_customers(
         current_actor(),
         search=request.args.get("q", ""),
-        sort=request.args.get("sort", "key"),
+        sort=request.args.get("sort", "name"),
         direction=request.args.get("dir", "asc"),
         page=_int_arg("page", 1),
     )
-    args = {"q": request.args.get("q", ""), "sort": listing.sort, "dir": listing.direction}
+    # The columns shown: chosen in the URL (?col=feature:seats&col=credits:credits), by default
+    # the persistent features and the credit systems (a compact table, whatever the catalog).
+    available = [f"feature:{c.key}" for c in listing.columns] + [
+        f"credits:{s.key}" for s in listing.credit_systems
+    ]
+    chosen = [c for c in request.args.getlist("col") if c in available] or [
+        f"feature:{c.key}" for c in listing.columns if c.type == "persistent"
+    ] + [f"credits:{s.key}" for s in listing.credit_systems]
+    args = {
+        "q": request.args.get("q", ""),
+        "sort": listing.sort,
+        "dir": listing.direction,
+        "col": chosen,
+    }
     template = "customers/_results.html" if target() == "results" else "customers/index.html"
-    return render_template(template, listing=listing, args=args)
+    return render_template(template, listing=listing, args=args, chosen=set(chosen))
+
+
+def feature_names() -> dict[str, str]:
+    """Feature key -> name, for tables of events (one query)."""
+    return {f.key: f.name for f, _, _ in catalog.list_features(current_actor())}
 
 
 def customer_context(key: str, **forms: Any) -> dict[str, Any]:
@@ -72,6 +92,12 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         if e.feature_type == "persistent"
     ]
     systems = [(s.key, s.name) for s in catalog.list_credit_systems(current_actor())]
+    days = window(request.args.get("days"))
+    daily = {  # a daily allowance compares with daily bars: drawn as a line
+        e.feature_key: e.allowance_micros
+        for e in summary.entitlements
+        if e.reset_period == "day" and e.allowance_micros
+    }
     usage_form = forms.get("usage_form") or RecordUsageForm(formdata=None)
     reclaim_form = forms.get("reclaim_form") or ReclaimSeatsForm(formdata=None)
     topup_form = forms.get("topup_form") or TopupForm(formdata=None)
@@ -84,9 +110,13 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         "summary": summary,
         "customer": summary.customer,
         "events": reads.list_events(actor, key, limit=RECENT),
+        "feature_names": feature_names(),
         "ledger": reads.list_ledger(actor, key, limit=RECENT),
+        "days": days,
         "charts": [
-            bar_chart(s) for s in dashboard.daily_usage(actor, customer_key=key) if s.total_micros
+            bar_chart(s, daily.get(s.feature_key))
+            for s in dashboard.daily_usage(actor, customer_key=key, days=days)
+            if s.total_micros
         ],
         "usage_form": usage_form,
         "reclaim_form": reclaim_form,
@@ -114,7 +144,12 @@ def customer_events(key: str):
         cursor=request.args.get("cursor"),
         limit=50,
     )
-    return render_template("customers/events.html", customer=summary.customer, events=page)
+    return render_template(
+        "customers/events.html",
+        customer=summary.customer,
+        events=page,
+        feature_names=feature_names(),
+    )
 
 
 @bp.get("/customers/<key>/ledger")

@@ -67,12 +67,20 @@ def load_user(login_id: str) -> SessionUser | None:
 
 
 def unauthorized():
-    target = url_for("auth.login", next=request.full_path.rstrip("?"))
+    """Sign in, then back to a page: never to a POST-only URL (that would answer 405 and lose
+    what was typed). An HTMX form stays as it is, with a message in place (static/js/app.js)."""
     if request.headers.get("HX-Request"):
-        response = make_response("", 401)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target)
+        return make_response("Your session ended. Sign in again.", 401)
+    page = request.full_path.rstrip("?") if request.method == "GET" else _referring_page()
+    return redirect(url_for("auth.login", next=page))
+
+
+def _referring_page() -> str | None:
+    """The page a form was posted from (same host only), or None."""
+    referrer = urlsplit(request.referrer or "")
+    if referrer.netloc != request.host:
+        return None
+    return safe_next(referrer.path + (f"?{referrer.query}" if referrer.query else ""))
 
 
 def init_login(app: Flask) -> None:

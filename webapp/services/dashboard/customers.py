@@ -80,12 +80,12 @@ def list_customers(
     ]
     base = select(Customer)
     if search:
-        term = f"%{search.strip()[:100].lower()}%"
+        term = search.strip()[:100].lower()  # `%` and `_` are letters here (autoescape)
         base = base.where(
             or_(
-                func.lower(Customer.key).like(term),
-                func.lower(Customer.name).like(term),
-                func.lower(Customer.email).like(term),
+                func.lower(Customer.key).contains(term, autoescape=True),
+                func.lower(Customer.name).contains(term, autoescape=True),
+                func.lower(Customer.email).contains(term, autoescape=True),
             )
         )
     total = db.session.scalar(select(func.count()).select_from(base.subquery())) or 0

@@ -53,9 +53,12 @@ def lowest_wallets(
         .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
     )
     if search:
-        term = f"%{search.strip()[:100].lower()}%"
+        term = search.strip()[:100].lower()  # `%` and `_` are letters here (autoescape)
         stmt = stmt.where(
-            or_(func.lower(Customer.key).like(term), func.lower(Customer.name).like(term))
+            or_(
+                func.lower(Customer.key).contains(term, autoescape=True),
+                func.lower(Customer.name).contains(term, autoescape=True),
+            )
         )
     if credit_system:
         stmt = stmt.where(CreditSystem.key == credit_system)

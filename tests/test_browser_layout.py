@@ -1,0 +1,136 @@
+"""Layout with a wide catalog (8 features, 3 credit systems, 100-character keys, balances of a
+trillion credits) at 1440 px and 390 px: nothing leaves the screen, keys truncate with the whole
+value on hover, and every page of every role is photographed (tests/artifacts/)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import test_browser_dashboard as base
+from tests.factories import add_customer
+from webapp.services import catalog, wallets
+from webapp.services.actors import SYSTEM
+
+pytestmark = pytest.mark.browser
+
+browser, page_for = base.browser, base.page_for
+C = base.C
+LONG_KEY = "feature-" + "x" * 92  # 100 characters
+LONG_CUSTOMER = "cust-" + "y" * 95
+
+
+def _seed_wide() -> None:
+    base._seed()
+    for system in ("tokens", "minutes"):
+        catalog.create_credit_system(SYSTEM, key=system, name=system.title())
+    for i, key in enumerate(("exports", "reports", "images", LONG_KEY)):
+        catalog.create_feature(SYSTEM, key=key, name=f"Feature {i + 5}", type="consumable")
+        catalog.set_entitlement(SYSTEM, C, key, allowance=100, reset_period="month")
+    add_customer(LONG_CUSTOMER)
+    wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="999999999999")
+    for system in ("tokens", "minutes"):
+        wallets.topup_wallet(SYSTEM, customer_key=C, credit_system=system, amount="123456.5")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    yield from base.serve(tmp_path, _seed_wide)
+
+
+def _origin(page) -> str:
+    return re.match(r"https?://[^/]+", page.url).group(0)
+
+
+def _overflow(page) -> list[str]:
+    """What sticks out: the page wider than the window, or a table wider than its card."""
+    return page.evaluate(
+        """() => {
+          const out = [];
+          const root = document.documentElement;
+          if (root.scrollWidth > window.innerWidth + 1) out.push(`page ${root.scrollWidth}px`);
+          for (const wrap of document.querySelectorAll('.table-wrap')) {
+            const where = wrap.closest('section');
+            const name = where?.id || where?.querySelector('h2')?.textContent || '?';
+            if (wrap.scrollWidth > wrap.clientWidth + 1)
+              out.push(`table in ${name}: ${wrap.scrollWidth}>${wrap.clientWidth}`);
+          }
+          for (const stat of document.querySelectorAll('.stat-value')) {
+            if (stat.scrollWidth > stat.clientWidth + 1) out.push(`stat ${stat.textContent}`);
+          }
+          return out;
+        }"""
+    )
+
+
+PAGES = {
+    "account_manager": ["/", "/customers", f"/customers/{C}", "/features", "/wallets", "/audit"],
+    "support": [f"/customers/{C}", f"/customers/{C}/events"],
+    "finance": [f"/customers/{C}", f"/customers/{C}/ledger", "/wallets"],
+    "admin": [
+        "/admin/users",
+        "/admin/api-keys",
+        "/admin/features",
+        "/admin/credit-systems",
+        "/admin/credit-costs",
+        f"/admin/customers/{C}/entitlements",
+        f"/admin/customers/{C}/edit",
+        "/account",
+    ],
+}
+
+
+def _name(path: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", path.replace(C, "c")).strip("-") or "overview"
+
+
+@pytest.mark.parametrize("role", list(PAGES))
+def test_every_page_fits_at_1440_and_390(page_for, role):
+    problems = {}
+    for width, height in ((1440, 900), (390, 844)):
+        page = page_for(role, width=width, height=height)
+        for path in PAGES[role]:
+            page.goto(f"{_origin(page)}{path}")
+            base._shot(page, f"layout-{role}-{_name(path)}-{width}")
+            found = _overflow(page)
+            if width == 1440 or path in ("/customers", "/", f"/customers/{C}"):
+                if found:
+                    problems[f"{path} @ {width}"] = found
+    assert not problems, problems
+
+
+def test_long_keys_truncate_with_the_whole_value_on_hover(page_for):
+    page = page_for("admin", width=1440)
+    page.goto(f"{_origin(page)}/admin/features")
+    key = page.locator(f'[title="{LONG_KEY}"]').first
+    box = key.bounding_box()
+    assert box and box["width"] < 300, box
+
+
+def test_the_customer_list_chooses_its_columns(page_for):
+    from playwright.sync_api import expect
+
+    page = page_for("account_manager", width=1440)
+    page.goto(f"{_origin(page)}/customers")
+    head = page.locator("#results thead")
+    expect(head).to_contain_text("Credits")
+    expect(head).not_to_contain_text("Feature 7")
+    page.locator("summary", has_text="Columns").click()
+    page.get_by_label("Feature 7").check()
+    page.get_by_role("button", name="Show columns").click()
+    expect(head).to_contain_text("Feature 7")
+    assert "col=" in page.url
+    page.reload()
+    expect(head).to_contain_text("Feature 7")
+
+
+def test_on_a_phone_the_customer_page_starts_with_its_actions(page_for):
+    page = page_for("support", width=390, height=844)
+    form = page.locator("#usage-form").bounding_box()
+    entitlements = page.locator("#entitlements").bounding_box()
+    assert form["y"] < entitlements["y"]
+    header = page.locator("header.top").bounding_box()
+    assert header["height"] < 110, header
