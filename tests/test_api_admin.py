@@ -64,6 +64,9 @@ def test_creating_what_exists_is_409_conflict(api):
         assert response.status_code == 409 and error_code(response) == "conflict", path
 
 
+FULL = {"allowance": 1, "reset_period": "never", "overage": "block"}
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -78,6 +81,37 @@ def test_creating_what_exists_is_409_conflict(api):
 def test_admin_create_validation(api, path, body):
     response = api.post(path, body)
     assert response.status_code == 422 and error_code(response) == "validation_error"
+
+
+def test_put_of_an_entitlement_requires_every_field(api):
+    """A PUT missing `reset_period` (or `overage`) is refused, never defaulted (issue 13, 2)."""
+    monthly = {"allowance": 10, "reset_period": "month", "overage": "block"}
+    assert api.put(f"/api/v1/customers/{C}/entitlements/api_calls", monthly).status_code == 200
+    for missing in ("reset_period", "overage", "allowance"):
+        body = {k: v for k, v in monthly.items() if k != missing}
+        response = api.put(f"/api/v1/customers/{C}/entitlements/api_calls", body)
+        assert (response.status_code, error_code(response)) == (422, "validation_error")
+        assert response.get_json()["error"]["details"]["field"] == missing
+    read = api.get(f"/api/v1/customers/{C}").get_json()
+    [ent] = [e for e in read["entitlements"] if e["feature_key"] == "api_calls"]
+    assert (ent["allowance"], ent["reset_period"], ent["overage"]) == (10, "month", "block")
+
+
+def test_patch_of_an_entitlement_changes_only_what_is_sent(api):
+    monthly = {"allowance": 10, "reset_period": "month", "overage": "allow"}
+    api.put(f"/api/v1/customers/{C}/entitlements/api_calls", monthly)
+    response = api.patch(f"/api/v1/customers/{C}/entitlements/api_calls", {"allowance": 25})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["allowance"], body["reset_period"], body["overage"]) == (25, "month", "allow")
+    unknown = api.patch(f"/api/v1/customers/{C}/entitlements/api_calls", {"limit": 3})
+    assert (unknown.status_code, error_code(unknown)) == (422, "validation_error")
+
+
+def test_patch_of_a_missing_entitlement_is_404(api):
+    api.post("/api/v1/features", {"key": "extra", "name": "Extra", "type": "consumable"})
+    response = api.patch(f"/api/v1/customers/{C}/entitlements/extra", {"allowance": 1})
+    assert (response.status_code, error_code(response)) == (404, "not_found")
 
 
 @pytest.mark.parametrize(
@@ -103,17 +137,27 @@ def test_admin_create_validation(api, path, body):
             "validation_error",
         ),
         ("/features/api_calls/credit-cost", {"credit_system": "credits"}, 422, "validation_error"),
-        (f"/customers/{C}/entitlements/nothing", {"allowance": 1}, 404, "feature_not_found"),
-        ("/customers/nobody/entitlements/api_calls", {"allowance": 1}, 404, "customer_not_found"),
+        (f"/customers/{C}/entitlements/nothing", FULL, 404, "feature_not_found"),
+        ("/customers/nobody/entitlements/api_calls", FULL, 404, "customer_not_found"),
         (f"/customers/{C}/entitlements/api_calls", {}, 422, "validation_error"),
         (
             f"/customers/{C}/entitlements/api_calls",
-            {"allowance": 1, "reset_period": "hour"},
+            {"allowance": 1, "reset_period": "hour", "overage": "block"},
             422,
             "validation_error",
         ),
-        (f"/customers/{C}/entitlements/seats", {"allowance": "1.5"}, 422, "validation_error"),
-        (f"/customers/{C}/entitlements/api_calls", {"allowance": -1}, 422, "validation_error"),
+        (
+            f"/customers/{C}/entitlements/seats",
+            {**FULL, "allowance": "1.5"},
+            422,
+            "validation_error",
+        ),
+        (
+            f"/customers/{C}/entitlements/api_calls",
+            {**FULL, "allowance": -1},
+            422,
+            "validation_error",
+        ),
         (
             f"/customers/{C}/entitlements/api_calls",
             {"allowance": None, "limit": 3},
@@ -128,14 +172,14 @@ def test_admin_put_errors(api, path, body, status, code):
 
 
 def test_entitlement_null_allowance_is_unlimited(api):
-    body = api.put(f"/api/v1/customers/{C}/entitlements/api_calls", {"allowance": None})
+    body = api.put(f"/api/v1/customers/{C}/entitlements/api_calls", {**FULL, "allowance": None})
     assert body.status_code == 200 and body.get_json()["allowance"] is None
 
 
 def test_allowance_below_usage_is_refused_while_blocking(api):
     for _ in range(3):
         api.post("/api/v1/usage", {"customer_key": C, "feature_key": "seats"})
-    response = api.put(f"/api/v1/customers/{C}/entitlements/seats", {"allowance": 2})
+    response = api.put(f"/api/v1/customers/{C}/entitlements/seats", {**FULL, "allowance": 2})
     assert response.status_code == 422 and error_code(response) == "validation_error"
 
 
@@ -146,7 +190,8 @@ def test_configuration_is_admin_only(client, catalog, role):
         api.post("/api/v1/features", {"key": "x", "name": "X", "type": "boolean"}),
         api.post("/api/v1/credit-systems", {"key": "x", "name": "X"}),
         api.put("/api/v1/features/api_calls/credit-cost", {"credit_system": "credits", "cost": 1}),
-        api.put(f"/api/v1/customers/{C}/entitlements/api_calls", {"allowance": 5}),
+        api.put(f"/api/v1/customers/{C}/entitlements/api_calls", {**FULL, "allowance": 5}),
+        api.patch(f"/api/v1/customers/{C}/entitlements/api_calls", {"allowance": 5}),
     ]
     for response in calls:
         assert response.status_code == 403 and error_code(response) == "forbidden"

@@ -48,6 +48,7 @@ EXPECTED: dict[str, str] = {
     "api.adjust_wallet": MANAGE_WALLETS,
     "api.create_customer": ADMIN,
     "api.set_entitlement": ADMIN,
+    "api.update_entitlement": ADMIN,
     "api.create_feature": ADMIN,
     "api.set_credit_cost": ADMIN,
     "api.create_credit_system": ADMIN,
@@ -95,6 +96,7 @@ def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
         },
         "api.create_customer": {"key": f"cust-{tag}", "name": "New"},
         "api.set_entitlement": {"allowance": 1000, "reset_period": "month", "overage": "block"},
+        "api.update_entitlement": {"allowance": 1000},
         "api.create_feature": {
             "key": f"f-{tag}",
             "name": "F",

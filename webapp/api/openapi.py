@@ -164,6 +164,9 @@ class Operations:
     def put(self, rule: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
         return self.route("put", rule, *args, **kwargs)
 
+    def patch(self, rule: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        return self.route("patch", rule, *args, **kwargs)
+
 
 @cache
 def _document() -> dict[str, Any]:

@@ -33,6 +33,7 @@ from .schemas import (
     CreditCostPut,
     CreditSystemCreate,
     CustomerCreate,
+    EntitlementPatch,
     EntitlementPut,
     FeatureCreate,
     RecordUsageRequest,
@@ -319,16 +320,41 @@ def list_ledger(key: str):
 @api.put(
     "/customers/<key>/entitlements/<feature_key>",
     "setEntitlement",
-    "Create or change a customer's entitlement to a feature (admin)",
+    "Create or replace a customer's entitlement to a feature (admin)",
     tag="Configuration",
     params=[CUSTOMER_KEY_PATH, FEATURE_KEY_PATH],
     body="EntitlementPut",
     ok={200: ("Entitlement", "The entitlement as it now is.")},
     errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound),
+    description="Every field is required (`allowance: null` is unlimited): a missing "
+    "`reset_period` is a `validation_error`, never a default. Use PATCH to change some fields.",
 )
 def set_entitlement(key: str, feature_key: str):
     fields = EntitlementPut.parse(json_body())
-    entitlement = catalog.set_entitlement(actor(), key, feature_key, **fields)
+    return _entitlement(
+        key, feature_key, catalog.replace_entitlement(actor(), key, feature_key, **fields)
+    )
+
+
+@api.patch(
+    "/customers/<key>/entitlements/<feature_key>",
+    "updateEntitlement",
+    "Change some fields of a customer's entitlement (admin)",
+    tag="Configuration",
+    params=[CUSTOMER_KEY_PATH, FEATURE_KEY_PATH],
+    body="EntitlementPatch",
+    ok={200: ("Entitlement", "The entitlement as it now is.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound, e.NotFound),
+    description="Only the fields sent change; the others keep their value. The customer "
+    "must already have an entitlement to the feature (404 `not_found` otherwise).",
+)
+def update_entitlement(key: str, feature_key: str):
+    fields = EntitlementPatch.parse(json_body())
+    entitlement = catalog.update_entitlement(actor(), key, feature_key, **fields)
+    return _entitlement(key, feature_key, entitlement)
+
+
+def _entitlement(key: str, feature_key: str, entitlement: Any) -> Response:
     return respond(
         out.Entitlement.model_validate(
             {

@@ -221,15 +221,28 @@ class CreditCostPut(Request):
     cost: Amount = Field(description="Credits per feature unit, greater than zero.")
 
 
+ALLOWANCE_DOC = _doc({**AMOUNT, "type": ["string", "number", "null"]})
+
+
 class EntitlementPut(Request):
-    allowance: Annotated[Amount | None, _doc({**AMOUNT, "type": ["string", "number", "null"]})] = (
-        Field(
-            description="Units per reset period (consumable) or in total (persistent); "
-            "null = unlimited. Required, so that unlimited is never an accident."
-        )
+    """The whole entitlement: every field is required, so that nothing changes by default."""
+
+    allowance: Annotated[Amount | None, ALLOWANCE_DOC] = Field(
+        description="Units per reset period (consumable) or in total (persistent); "
+        "null = unlimited. Required, so that unlimited is never an accident."
     )
-    reset_period: _enum(RESET_PERIODS, null=True) = _default("never")
-    overage: _enum(OVERAGE_POLICIES, null=True) = _default("block")
+    reset_period: _enum(RESET_PERIODS) = Field()
+    overage: _enum(OVERAGE_POLICIES) = Field()
+
+
+class EntitlementPatch(Request):
+    """Only the fields sent change; the entitlement must exist."""
+
+    allowance: Annotated[Amount | None, ALLOWANCE_DOC] = Field(
+        None, description="Units per reset period or in total; null = unlimited."
+    )
+    reset_period: _enum(RESET_PERIODS) = Field(None)
+    overage: _enum(OVERAGE_POLICIES) = Field(None)
 
 
 # ---------------------------------------------------------------- responses
