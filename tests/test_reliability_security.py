@@ -422,7 +422,8 @@ def _env(**extra: str) -> dict[str, str]:
 )
 def test_flask_and_gunicorn_refuse_to_start_without_a_real_secret_key(tmp_path, secret):
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
-    extra = {"DATABASE_URL": url}
+    # Not the checkout's instance/, where `make run` keeps a real key in config.py.
+    extra = {"DATABASE_URL": url, "WEBAPP_INSTANCE_PATH": str(tmp_path / "instance")}
     if secret is not None:
         extra["WEBAPP_SECRET_KEY"] = secret
     bin_dir = Path(sys.executable).parent
@@ -456,6 +457,17 @@ def test_flask_and_gunicorn_refuse_to_start_without_a_real_secret_key(tmp_path, 
     assert "SECRET_KEY is missing or the development default" in gunicorn.stderr
 
 
+def test_the_instance_folder_can_be_moved(tmp_path, monkeypatch):
+    """WEBAPP_INSTANCE_PATH moves instance/ (its config.py and the default SQLite file), so that
+    `make test` after `make run` in one checkout never reads the demo's config (a real key)."""
+    (tmp_path / "config.py").write_text("LARGE_AMOUNT_CONFIRM = 7\n")
+    monkeypatch.setenv("WEBAPP_INSTANCE_PATH", str(tmp_path))
+    app = create_app({"SECRET_KEY": "k" * 40})
+    assert app.instance_path == str(tmp_path)
+    assert app.config["LARGE_AMOUNT_CONFIRM"] == 7
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'webapp.sqlite3'}"
+
+
 @pytest.mark.slow
 def test_a_real_secret_key_or_debug_mode_lets_the_app_start(tmp_path):
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
@@ -467,7 +479,7 @@ def test_a_real_secret_key_or_debug_mode_lets_the_app_start(tmp_path):
         done = subprocess.run(
             [str(bin_dir / "flask"), "--app", "webapp", "db", "upgrade"],
             cwd=tmp_path,
-            env=_env(DATABASE_URL=url, **extra),
+            env=_env(DATABASE_URL=url, WEBAPP_INSTANCE_PATH=str(tmp_path / "instance"), **extra),
             capture_output=True,
             text=True,
             timeout=60,

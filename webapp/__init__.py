@@ -14,6 +14,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(
         __name__,
         instance_relative_config=True,
+        # instance/ beside the checkout unless WEBAPP_INSTANCE_PATH says where (tests, deployments)
+        instance_path=os.environ.get("WEBAPP_INSTANCE_PATH") or None,
         template_folder=os.path.join(os.path.dirname(__file__), "..", "templates"),
         static_folder=os.path.join(os.path.dirname(__file__), "..", "static"),
     )
