@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from ..api.schemas import CustomerCreate
 from ..errors import DomainError, PayloadTooLarge, ValidationError
 from ..jsondoor import json_object
 from ..models import Customer
@@ -142,14 +143,11 @@ def entitlement_json(ent: EntitlementView) -> dict[str, Any]:
 def _create(body: dict[str, Any]) -> Customer:
     profile, user = _split(body)
     key = body.get("customer_key")
+    sent = {"name": _name(profile, key if isinstance(key, str) else "")}
+    sent |= {ours: body[sdk] for ours, sdk in SDK_NAMES.items() if sdk in body and ours != "name"}
     try:
-        return catalog.create_customer(
-            actor(),
-            key=key,
-            name=_name(profile, key if isinstance(key, str) else ""),
-            email=body.get("primary_email"),
-            metadata=_metadata(profile, user),
-        )
+        command = CustomerCreate.parse({**sent, "metadata": _metadata(profile, user)})
+        return catalog.create_customer(actor(), **command)
     except DomainError as exc:
         raise in_sdk_terms(exc, SDK_NAMES) from exc
 
