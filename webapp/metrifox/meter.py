@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from ..api.schemas import RecordUsageRequest
-from ..errors import DomainError, ValidationError
+from ..errors import DomainError, InvalidAmount, ValidationError
 from ..jsondoor import json_object
 from ..services import metrifox as paged
 from ..services import usage
@@ -53,6 +53,8 @@ def record_usage() -> Response:
     sent["timestamp"] = from_millis(body.get("timestamp"))
     sent["metadata"] = _metadata(body)
     try:
+        if sent.get("amount", 1) is None:  # our API reads null as 1; this door never did
+            raise InvalidAmount("`amount` must be a decimal number.", field="amount")
         result = usage.record_usage(actor(), **RecordUsageRequest.parse(sent))
     except DomainError as exc:
         raise in_sdk_terms(exc, {"amount": "quantity"}) from exc
