@@ -3,6 +3,7 @@ and what the OpenAPI document lists, and each operation documents only the error
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def test_docs_error_table_is_the_error_table_of_the_code():
 def test_the_openapi_document_is_valid_openapi_3_1():
     errors = [e.message for e in OPENAPI_31_VALIDATOR.iter_errors(document())]
     assert not errors
+
+
+def test_every_reference_of_the_openapi_document_resolves():
+    text = json.dumps(document())
+    schemas = document()["components"]["schemas"]
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', text))
+    assert refs and refs <= set(schemas), sorted(refs - set(schemas))
 
 
 def _codes(operation: dict) -> dict[str, list[str]]:

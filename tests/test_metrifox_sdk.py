@@ -594,3 +594,25 @@ def test_concurrent_patches_of_one_customer_lose_no_field(catalog, server, api_k
         f"{server}/metrifox/api/v1/customers/{C}", headers={"x-api-key": api_key}, timeout=30
     ).json()["data"]
     assert {f: data.get(f) for f in fields} == {f: f"value-{f}" for f in fields}
+
+
+def test_a_null_quantity_is_refused_and_records_nothing(catalog, server, api_key):
+    # Our API reads `amount: null` as 1; the Metrifox door never did for `quantity`.
+    headers = {"x-api-key": api_key}
+    for field in ("quantity", "amount"):
+        answer = requests.post(
+            f"{server}/metrifox/meter/usage/events",
+            json={"customer_key": C, "feature_key": "api_calls", field: None},
+            headers=headers,
+            timeout=10,
+        )
+        assert answer.status_code == 422
+        assert answer.json()["error"] == {
+            "code": "invalid_amount",
+            "message": "`quantity` must be a decimal number.",
+            "details": {"field": "quantity"},
+        }
+    listed = requests.get(
+        f"{server}/metrifox/meter/usage/events", params={"customer_key": C}, headers=headers
+    )
+    assert listed.json()["data"] == []

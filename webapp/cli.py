@@ -3,14 +3,21 @@ Flask-Migrate: ``flask --app webapp db upgrade``)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
+from typing import NoReturn, ParamSpec
 
 import click
 from flask import Flask
 
 from .errors import DomainError
 from .models import ROLES
+from .services import auth
+from .services.actors import SYSTEM
+
+P = ParamSpec("P")
 
 
 def register(app: Flask) -> None:
@@ -20,9 +27,22 @@ def register(app: Flask) -> None:
     app.cli.add_command(ledger)
 
 
-def _fail(exc: DomainError) -> None:
+def _fail(exc: DomainError) -> NoReturn:
     click.echo(f"error ({exc.code}): {exc.message}", err=True)
     sys.exit(1)
+
+
+def _or_fail(command: Callable[P, None]) -> Callable[P, None]:
+    """The command, a DomainError printed as ``error (code): message`` with exit status 1."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except DomainError as exc:
+            _fail(exc)
+
+    return run
 
 
 @click.group(help="Demo data.")
@@ -57,9 +77,6 @@ def demo_seed(customers: int, events: int, rng_seed: int, if_empty: bool) -> Non
 def demo_users() -> None:
     import secrets
 
-    from .services import auth
-    from .services.actors import SYSTEM
-
     saved = _read_demo_users()
     for role in ROLES:
         email = f"{role.replace('_', '-')}@demo.example"
@@ -87,61 +104,41 @@ def user() -> None:
 @user.command("create", help="Create a dashboard user (password from WEBAPP_PASSWORD or a prompt).")
 @click.argument("email")
 @click.option("--role", type=click.Choice(ROLES), required=True)
+@_or_fail
 def user_create(email: str, role: str) -> None:
-    from .services import auth
-    from .services.actors import SYSTEM
-
     password = os.environ.get("WEBAPP_PASSWORD") or click.prompt(
         "Password", hide_input=True, confirmation_prompt=True
     )
-    try:
-        created = auth.create_user(SYSTEM, email=email, role=role, password=password)
-    except DomainError as exc:
-        _fail(exc)
+    created = auth.create_user(SYSTEM, email=email, role=role, password=password)
     click.echo(f"Created {created.role} {created.email}.")
 
 
 @user.command("set-role", help="Change a user's role (the last active admin keeps theirs).")
 @click.argument("email")
 @click.option("--role", type=click.Choice(ROLES), required=True)
+@_or_fail
 def user_set_role(email: str, role: str) -> None:
-    from .services import auth
-    from .services.actors import SYSTEM
-
-    try:
-        changed = auth.set_user_role(SYSTEM, auth.find_user(email).id, role)
-    except DomainError as exc:
-        _fail(exc)
+    changed = auth.set_user_role(SYSTEM, auth.find_user(email).id, role)
     click.echo(f"{changed.email} is now {changed.role}; their sessions have ended.")
 
 
 @user.command("reset-password", help="Set a user's password (from WEBAPP_PASSWORD or a prompt).")
 @click.argument("email")
+@_or_fail
 def user_reset_password(email: str) -> None:
-    from .services import auth
-    from .services.actors import SYSTEM
-
     password = os.environ.get("WEBAPP_PASSWORD") or click.prompt(
         "New password", hide_input=True, confirmation_prompt=True
     )
-    try:
-        changed = auth.set_password(SYSTEM, auth.find_user(email).id, password)
-    except DomainError as exc:
-        _fail(exc)
+    changed = auth.set_password(SYSTEM, auth.find_user(email).id, password)
     _forget_demo_password(changed.email)
     click.echo(f"Password of {changed.email} changed; their sessions have ended.")
 
 
 @user.command("deactivate", help="Stop a user from signing in (the last active admin stays).")
 @click.argument("email")
+@_or_fail
 def user_deactivate(email: str) -> None:
-    from .services import auth
-    from .services.actors import SYSTEM
-
-    try:
-        changed = auth.deactivate_user(SYSTEM, auth.find_user(email).id)
-    except DomainError as exc:
-        _fail(exc)
+    changed = auth.deactivate_user(SYSTEM, auth.find_user(email).id)
     _forget_demo_password(changed.email)
     click.echo(f"{changed.email} is deactivated and signed out; their history stays.")
 
@@ -188,14 +185,9 @@ def api_key() -> None:
     show_default=True,
     help="What the key may do (admin keys may also configure the catalog).",
 )
+@_or_fail
 def api_key_create(name: str, role: str) -> None:
-    from .services import auth
-    from .services.actors import SYSTEM
-
-    try:
-        new = auth.create_api_key(SYSTEM, name=name, role=role)
-    except DomainError as exc:
-        _fail(exc)
+    new = auth.create_api_key(SYSTEM, name=name, role=role)
     click.echo(
         f"Created {role} API key {new.key.name!r} ({new.key.prefix}…). "
         "Store it now: it is not shown again."
@@ -205,14 +197,9 @@ def api_key_create(name: str, role: str) -> None:
 
 @api_key.command("revoke", help="Revoke an API key by its id.")
 @click.argument("key_id", type=int)
+@_or_fail
 def api_key_revoke(key_id: int) -> None:
-    from .services import auth
-    from .services.actors import SYSTEM
-
-    try:
-        key = auth.revoke_api_key(SYSTEM, key_id)
-    except DomainError as exc:
-        _fail(exc)
+    key = auth.revoke_api_key(SYSTEM, key_id)
     click.echo(f"Revoked {key.prefix}….")
 
 

@@ -29,101 +29,82 @@ class DomainError(Exception):
 
 
 class MalformedJson(DomainError):
-    code = "malformed_json"
-    status = 400
+    code, status = "malformed_json", 400
 
 
 class Unauthorized(DomainError):
-    code = "unauthorized"
-    status = 401
+    code, status = "unauthorized", 401
 
 
 class InsufficientCredits(DomainError):
-    code = "insufficient_credits"
-    status = 402
+    code, status = "insufficient_credits", 402
 
 
 class NotEntitled(DomainError):
-    code = "not_entitled"
-    status = 403
+    code, status = "not_entitled", 403
 
 
 class LimitExceeded(DomainError):
-    code = "limit_exceeded"
-    status = 403
+    code, status = "limit_exceeded", 403
 
 
 class Forbidden(DomainError):
-    code = "forbidden"
-    status = 403
+    code, status = "forbidden", 403
 
 
 class CustomerNotFound(DomainError):
-    code = "customer_not_found"
-    status = 404
+    code, status = "customer_not_found", 404
 
 
 class FeatureNotFound(DomainError):
-    code = "feature_not_found"
-    status = 404
+    code, status = "feature_not_found", 404
 
 
 class NotFound(DomainError):
-    code = "not_found"
-    status = 404
+    code, status = "not_found", 404
 
 
 class MethodNotAllowed(DomainError):
-    code = "method_not_allowed"
-    status = 405
+    code, status = "method_not_allowed", 405
 
 
 class IdempotencyConflict(DomainError):
-    code = "idempotency_conflict"
-    status = 409
+    code, status = "idempotency_conflict", 409
 
 
 class Conflict(DomainError):
-    code = "conflict"
-    status = 409
+    code, status = "conflict", 409
     meaning = "creating what already exists"
 
 
 class PayloadTooLarge(DomainError):
-    code = "payload_too_large"
-    status = 413
+    code, status = "payload_too_large", 413
 
 
 class ValidationError(DomainError):
-    code = "validation_error"
-    status = 422
+    code, status = "validation_error", 422
 
 
 class InvalidAmount(DomainError):
-    code = "invalid_amount"
-    status = 422
+    code, status = "invalid_amount", 422
 
 
 class FeatureNotRecordable(DomainError):
-    code = "feature_not_recordable"
-    status = 422
+    code, status = "feature_not_recordable", 422
 
 
 class RateLimited(DomainError):
-    code = "rate_limited"
-    status = 429
+    code, status = "rate_limited", 429
     meaning = "with `Retry-After`"
 
 
 class NotImplementedByServer(DomainError):
-    code = "not_implemented"
-    status = 501
+    code, status = "not_implemented", 501
     meaning = "the Metrifox door only: what this server does not do"
 
 
 class ServiceUnavailable(DomainError):
-    code = "service_unavailable"
-    status = 503
+    code, status = "service_unavailable", 503
     meaning = "database down or busy; with `Retry-After`"
 
 

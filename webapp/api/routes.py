@@ -17,7 +17,7 @@ from ..jsondoor import json_body, query
 from ..services import catalog, reads, usage, wallets
 from ..services.actors import Actor
 from ..services.usage import MAX_BATCH
-from . import schemas as out
+from . import schemas
 from .openapi import (
     CURSOR,
     CUSTOMER_KEY_PATH,
@@ -26,18 +26,6 @@ from .openapi import (
     Operations,
     openapi_document,
     param,
-)
-from .schemas import (
-    AdjustmentRequest,
-    BatchRequest,
-    CreditCostPut,
-    CreditSystemCreate,
-    CustomerCreate,
-    EntitlementPatch,
-    EntitlementPut,
-    FeatureCreate,
-    RecordUsageRequest,
-    TopupRequest,
 )
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -69,13 +57,13 @@ def actor() -> Actor:
 
 def respond(payload: Any, status: int = 200) -> Response:
     """JSON in the field order of api.md (jsonify would sort the keys)."""
-    if isinstance(payload, out.Response):
+    if isinstance(payload, schemas.Response):
         payload = payload.model_dump()
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return Response(text + "\n", status=status, mimetype="application/json")
 
 
-def created_or_replayed(payload: out.Response, replayed: bool) -> Response:
+def created_or_replayed(payload: schemas.Response, replayed: bool) -> Response:
     response = respond(payload, 200 if replayed else 201)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -113,8 +101,8 @@ def created_or_replayed(payload: out.Response, replayed: bool) -> Response:
     "any error nothing is written.",
 )
 def record_usage():
-    result = usage.record_usage(actor(), **RecordUsageRequest.parse(json_body()))
-    return created_or_replayed(out.UsageResult.model_validate(result), result.replayed)
+    result = usage.record_usage(actor(), **schemas.RecordUsageRequest.parse(json_body()))
+    return created_or_replayed(schemas.UsageResult.model_validate(result), result.replayed)
 
 
 @api.post(
@@ -137,13 +125,13 @@ def record_usage_batch():
                 field="events",
                 max_events=MAX_BATCH,
             )
-    fields = BatchRequest.parse(data)
+    fields = schemas.BatchRequest.parse(data)
     events: list[Any] = fields["events"]
     # Each event is judged alone: one of the wrong shape gets its own error and is not sent on.
     shaped: list[dict[str, Any] | DomainError] = []
     for raw in events:
         try:
-            shaped.append(RecordUsageRequest.parse(raw))
+            shaped.append(schemas.RecordUsageRequest.parse(raw))
         except DomainError as exc:
             shaped.append(exc)
     valid = [e for e in shaped if not isinstance(e, DomainError)]
@@ -156,7 +144,7 @@ def record_usage_batch():
         else:
             status = 200 if outcome.replayed else 201
             results.append(
-                {"status": status, "body": out.UsageResult.model_validate(outcome).model_dump()}
+                {"status": status, "body": schemas.UsageResult.model_validate(outcome).model_dump()}
             )
     return respond({"results": results})
 
@@ -184,7 +172,7 @@ def check_entitlement():
         event_name=args["event_name"],
         amount=args["amount"],
     )
-    return respond(out.EntitlementCheck.model_validate(result))
+    return respond(schemas.EntitlementCheck.model_validate(result))
 
 
 # ---------------------------------------------------------------- wallets
@@ -205,8 +193,8 @@ def check_entitlement():
     description="Finance and admin keys only.",
 )
 def topup_wallet():
-    result = wallets.topup_wallet(actor(), **TopupRequest.parse(json_body()))
-    return created_or_replayed(out.LedgerResult.of(result), result.replayed)
+    result = wallets.topup_wallet(actor(), **schemas.TopupRequest.parse(json_body()))
+    return created_or_replayed(schemas.LedgerResult.of(result), result.replayed)
 
 
 @api.post(
@@ -221,8 +209,8 @@ def topup_wallet():
     "(`insufficient_credits`). Not idempotent: send it once.",
 )
 def adjust_wallet():
-    result = wallets.adjust_wallet(actor(), **AdjustmentRequest.parse(json_body()))
-    return created_or_replayed(out.LedgerResult.of(result), result.replayed)
+    result = wallets.adjust_wallet(actor(), **schemas.AdjustmentRequest.parse(json_body()))
+    return created_or_replayed(schemas.LedgerResult.of(result), result.replayed)
 
 
 # ---------------------------------------------------------------- customers
@@ -244,7 +232,7 @@ def adjust_wallet():
 def list_customers():
     args = query(("cursor", "limit", "search"))
     page = reads.list_customers(actor(), **args)
-    return respond(out.CustomerPage.model_validate(page))
+    return respond(schemas.CustomerPage.model_validate(page))
 
 
 @api.post(
@@ -257,8 +245,8 @@ def list_customers():
     errors=(e.Forbidden, e.Conflict),
 )
 def create_customer():
-    customer = catalog.create_customer(actor(), **CustomerCreate.parse(json_body()))
-    return respond(out.Customer.model_validate(customer), 201)
+    customer = catalog.create_customer(actor(), **schemas.CustomerCreate.parse(json_body()))
+    return respond(schemas.Customer.model_validate(customer), 201)
 
 
 @api.get(
@@ -272,7 +260,7 @@ def create_customer():
 )
 def get_customer(key: str):
     query(())
-    return respond(out.CustomerDetail.of(reads.customer_summary(actor(), key)))
+    return respond(schemas.CustomerDetail.of(reads.customer_summary(actor(), key)))
 
 
 @api.get(
@@ -294,7 +282,7 @@ def get_customer(key: str):
 def list_events(key: str):
     args = query(("feature_key", "since", "until", "cursor", "limit"))
     page = reads.list_events(actor(), key, **args)
-    return respond(out.EventPage.model_validate(page))
+    return respond(schemas.EventPage.model_validate(page))
 
 
 @api.get(
@@ -314,7 +302,7 @@ def list_events(key: str):
 def list_ledger(key: str):
     args = query(("credit_system", "cursor", "limit"))
     page = reads.list_ledger(actor(), key, **args)
-    return respond(out.LedgerPage.model_validate(page))
+    return respond(schemas.LedgerPage.model_validate(page))
 
 
 @api.put(
@@ -330,7 +318,7 @@ def list_ledger(key: str):
     "`reset_period` is a `validation_error`, never a default. Use PATCH to change some fields.",
 )
 def set_entitlement(key: str, feature_key: str):
-    fields = EntitlementPut.parse(json_body())
+    fields = schemas.EntitlementPut.parse(json_body())
     return _entitlement(
         key, feature_key, catalog.replace_entitlement(actor(), key, feature_key, **fields)
     )
@@ -349,22 +337,17 @@ def set_entitlement(key: str, feature_key: str):
     "must already have an entitlement to the feature (404 `not_found` otherwise).",
 )
 def update_entitlement(key: str, feature_key: str):
-    fields = EntitlementPatch.parse(json_body())
+    fields = schemas.EntitlementPatch.parse(json_body())
     entitlement = catalog.update_entitlement(actor(), key, feature_key, **fields)
     return _entitlement(key, feature_key, entitlement)
 
 
 def _entitlement(key: str, feature_key: str, entitlement: Any) -> Response:
+    fields = ("allowance_micros", "reset_period", "overage", "updated_at")
     return respond(
-        out.Entitlement.model_validate(
-            {
-                "customer_key": key,
-                "feature_key": feature_key,
-                "allowance": entitlement.allowance_micros,
-                "reset_period": entitlement.reset_period,
-                "overage": entitlement.overage,
-                "updated_at": entitlement.updated_at,
-            }
+        schemas.Entitlement.model_validate(
+            {"customer_key": key, "feature_key": feature_key}
+            | {name: getattr(entitlement, name) for name in fields}
         )
     )
 
@@ -383,7 +366,9 @@ def _entitlement(key: str, feature_key: str, entitlement: Any) -> Response:
 def list_features():
     query(())
     rows = catalog.list_features(actor())
-    return respond(out.FeaturePage(data=[out.Feature.of(*row) for row in rows], next_cursor=None))
+    return respond(
+        schemas.FeaturePage(data=[schemas.Feature.of(*row) for row in rows], next_cursor=None)
+    )
 
 
 @api.post(
@@ -396,8 +381,8 @@ def list_features():
     errors=(e.Forbidden, e.Conflict),
 )
 def create_feature():
-    feature = catalog.create_feature(actor(), **FeatureCreate.parse(json_body()))
-    return respond(out.Feature.of(feature), 201)
+    feature = catalog.create_feature(actor(), **schemas.FeatureCreate.parse(json_body()))
+    return respond(schemas.Feature.of(feature), 201)
 
 
 @api.put(
@@ -411,10 +396,10 @@ def create_feature():
     errors=(e.Forbidden, e.FeatureNotFound, e.NotFound, e.FeatureNotRecordable),
 )
 def set_credit_cost(feature_key: str):
-    fields = CreditCostPut.parse(json_body())
+    fields = schemas.CreditCostPut.parse(json_body())
     cost = catalog.set_credit_cost(actor(), feature_key, **fields)
     return respond(
-        out.CreditCost.model_validate(
+        schemas.CreditCost.model_validate(
             {
                 "feature_key": feature_key,
                 "credit_system": fields["credit_system"],
@@ -435,8 +420,8 @@ def set_credit_cost(feature_key: str):
     errors=(e.Forbidden, e.Conflict),
 )
 def create_credit_system():
-    system = catalog.create_credit_system(actor(), **CreditSystemCreate.parse(json_body()))
-    return respond(out.CreditSystem.model_validate(system), 201)
+    system = catalog.create_credit_system(actor(), **schemas.CreditSystemCreate.parse(json_body()))
+    return respond(schemas.CreditSystem.model_validate(system), 201)
 
 
 # ---------------------------------------------------------------- the contract itself

@@ -514,17 +514,7 @@ LedgerPage = _page_of("LedgerPage", LedgerEntry)
 FeaturePage = _page_of("FeaturePage", Feature)
 
 
-REQUESTS: tuple[type[Request], ...] = (
-    RecordUsageRequest,
-    BatchRequest,
-    TopupRequest,
-    AdjustmentRequest,
-    CustomerCreate,
-    FeatureCreate,
-    CreditSystemCreate,
-    CreditCostPut,
-    EntitlementPut,
-)
+REQUESTS: tuple[type[Request], ...] = tuple(Request.__subclasses__())  # every body, none forgotten
 RESPONSES: tuple[type[Response], ...] = (
     Error,
     UsageResult,

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from ..api.schemas import CustomerCreate
 from ..errors import DomainError, PayloadTooLarge, ValidationError
 from ..jsondoor import json_object
 from ..models import Customer
@@ -142,14 +143,11 @@ def entitlement_json(ent: EntitlementView) -> dict[str, Any]:
 def _create(body: dict[str, Any]) -> Customer:
     profile, user = _split(body)
     key = body.get("customer_key")
+    sent = {"name": _name(profile, key if isinstance(key, str) else "")}
+    sent |= {ours: body[sdk] for ours, sdk in SDK_NAMES.items() if sdk in body and ours != "name"}
     try:
-        return catalog.create_customer(
-            actor(),
-            key=key,
-            name=_name(profile, key if isinstance(key, str) else ""),
-            email=body.get("primary_email"),
-            metadata=_metadata(profile, user),
-        )
+        command = CustomerCreate.parse({**sent, "metadata": _metadata(profile, user)})
+        return catalog.create_customer(actor(), **command)
     except DomainError as exc:
         raise in_sdk_terms(exc, SDK_NAMES) from exc
 
@@ -302,40 +300,25 @@ def list_wallets() -> Response:
 
 # ---------------------------------------------------------------- what we do not do
 
-ALL = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-
-
-@bp.route("/products/offerings/generate-checkout-url", methods=ALL)
-def checkout_url() -> Response:
-    return not_supported("Checkout URLs")
-
-
-@bp.route("/checkout/<path:rest>", methods=ALL)
-def checkout(rest: str) -> Response:
-    return not_supported("Checkout and card collection")
-
-
-@bp.route("/subscriptions/<path:rest>", methods=ALL)
-def subscriptions(rest: str) -> Response:
-    return not_supported("Subscriptions, plans, billing history and invoices")
-
-
-@bp.route("/usage/quantity-price", methods=ALL)
-def quantity_price() -> Response:
-    return not_supported("Pricing a quantity (plans and prices)")
-
-
-@bp.route("/customers/<key>/check-active-subscription", methods=ALL)
-def active_subscription(key: str) -> Response:
-    return not_supported("Subscriptions")
-
-
-@bp.route("/customers/csv-upload", methods=ALL)
-def csv_upload() -> Response:
-    return not_supported("CSV upload of customers (use bulk-create)")
-
-
-@bp.route("/credit_systems/v2/wallets/<wallet_id>/credit-allocations", methods=ALL)
-@bp.route("/credit_systems/v2/credit-allocations/<path:rest>", methods=ALL)
-def credit_allocations(**_: str) -> Response:
-    return not_supported("Credit allocations (our wallets keep one ledger, not allocations)")
+NOT_PROVIDED = {  # endpoint: (what, its paths)
+    "checkout_url": ("Checkout URLs", ["/products/offerings/generate-checkout-url"]),
+    "checkout": ("Checkout and card collection", ["/checkout/<path:rest>"]),
+    "subscriptions": (
+        "Subscriptions, plans, billing history and invoices",
+        ["/subscriptions/<path:rest>"],
+    ),
+    "quantity_price": ("Pricing a quantity (plans and prices)", ["/usage/quantity-price"]),
+    "active_subscription": ("Subscriptions", ["/customers/<key>/check-active-subscription"]),
+    "csv_upload": ("CSV upload of customers (use bulk-create)", ["/customers/csv-upload"]),
+    "credit_allocations": (
+        "Credit allocations (our wallets keep one ledger, not allocations)",
+        [
+            "/credit_systems/v2/wallets/<wallet_id>/credit-allocations",
+            "/credit_systems/v2/credit-allocations/<path:rest>",
+        ],
+    ),
+}
+for endpoint, (what, rules) in NOT_PROVIDED.items():
+    view = lambda what=what, **_: not_supported(what)  # noqa: E731
+    for rule in rules:
+        bp.add_url_rule(rule, endpoint, view, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

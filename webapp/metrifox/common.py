@@ -69,8 +69,8 @@ def millis(value: datetime) -> int:
 
 
 def from_millis(value: object, *, field: str = "timestamp") -> object:
-    """Unix milliseconds (the SDK's timestamps) as an aware UTC datetime; an RFC 3339 string or
-    None passes through to the service, which judges it."""
+    """Unix milliseconds (the SDK's timestamps) as RFC 3339 text; an RFC 3339 string or None
+    passes through to the service, which judges it."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, Decimal) and value == value.to_integral_value():
@@ -80,7 +80,7 @@ def from_millis(value: object, *, field: str = "timestamp") -> object:
             f"`{field}` must be Unix time in milliseconds (a whole number).", field=field
         )
     try:
-        return EPOCH + value * MILLISECOND
+        return iso(EPOCH + value * MILLISECOND)
     except OverflowError:
         raise ValidationError(f"`{field}` is out of range.", field=field) from None
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..errors import DomainError, ValidationError
+from ..api.schemas import RecordUsageRequest
+from ..errors import DomainError, InvalidAmount, ValidationError
 from ..jsondoor import json_object
 from ..services import metrifox as paged
 from ..services import usage
@@ -41,20 +42,20 @@ def _metadata(body: dict[str, Any]) -> object:
 @bp.post("/usage/events")
 def record_usage() -> Response:
     body = json_object()
-    # `quantity` is the SDK's name; `amount` its deprecated alias (and our own API's name).
-    quantity = body["quantity"] if "quantity" in body else body.get("amount", 1)
-    # `credit_used` is accepted and ignored: credits follow the feature's credit cost only.
+    # The SDK's fields as our RecordUsageRequest: `quantity` is the SDK's name for `amount` (its
+    # deprecated alias, and our own API's name); `credit_used` is accepted and ignored: credits
+    # follow the feature's credit cost only.
+    sent = {
+        k: body[k] for k in ("customer_key", "feature_key", "event_name", "event_id") if k in body
+    }
+    if "quantity" in body or "amount" in body:
+        sent["amount"] = body["quantity"] if "quantity" in body else body["amount"]
+    sent["timestamp"] = from_millis(body.get("timestamp"))
+    sent["metadata"] = _metadata(body)
     try:
-        result = usage.record_usage(
-            actor(),
-            customer_key=body.get("customer_key"),
-            feature_key=body.get("feature_key"),
-            event_name=body.get("event_name"),
-            amount=quantity,
-            event_id=body.get("event_id"),
-            timestamp=from_millis(body.get("timestamp")),
-            metadata=_metadata(body),
-        )
+        if sent.get("amount", 1) is None:  # our API reads null as 1; this door never did
+            raise InvalidAmount("`amount` must be a decimal number.", field="amount")
+        result = usage.record_usage(actor(), **RecordUsageRequest.parse(sent))
     except DomainError as exc:
         raise in_sdk_terms(exc, {"amount": "quantity"}) from exc
     answer = {

@@ -225,17 +225,6 @@ def create_feature(
 
 
 @transactional
-def update_feature(actor: Actor, key: object, *, name: object) -> Feature:
-    require(actor, ADMIN)
-    feature = get_feature(feature_key=key)
-    feature.name = validation.text(name, field="name", max_len=200)
-    audit.record(
-        actor, "feature.updated", target=f"feature:{feature.key}", details={"name": feature.name}
-    )
-    return feature
-
-
-@transactional
 def create_credit_system(
     actor: Actor,
     *,

@@ -4,7 +4,7 @@ Lists are keyset pages over ``id``, newest first (``paging``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -167,21 +167,19 @@ class EventView:
 
     @classmethod
     def of(cls, event: UsageEvent, feature: Feature, customer_key: str) -> EventView:
-        return cls(
-            id=event.id,
-            event_id=event.event_id,
-            customer_key=customer_key,
-            feature_key=feature.key,
-            event_name=feature.event_name,
-            feature_type=feature.type,
-            amount_micros=event.amount_micros,
-            timestamp=event.timestamp,
-            metadata=event.extra,
-            credits_micros=event.credits_micros,
-            overage_micros=event.overage_micros,
-            actor=event.actor,
-            recorded_at=event.recorded_at,
-        )
+        given: dict[str, Any] = {
+            "customer_key": customer_key,
+            "feature_key": feature.key,
+            "event_name": feature.event_name,
+            "feature_type": feature.type,
+            "metadata": event.extra,
+        }
+        return cls(**given, **_rest(cls, event, given))
+
+
+def _rest(view: type, row: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``view`` not ``given``, read from ``row``'s attributes of the same name."""
+    return {f.name: getattr(row, f.name) for f in fields(view) if f.name not in given}
 
 
 def list_events(
@@ -228,6 +226,11 @@ class LedgerView:
     actor: str
     created_at: datetime
 
+    @classmethod
+    def of(cls, entry: LedgerEntry, credit_system: str, event_id: str | None) -> LedgerView:
+        given: dict[str, Any] = {"credit_system": credit_system, "event_id": event_id}
+        return cls(**given, **_rest(cls, entry, given))
+
 
 def list_ledger(
     actor: Actor,
@@ -249,25 +252,7 @@ def list_ledger(
     if credit_system not in (None, ""):
         stmt = stmt.where(Wallet.credit_system_id == get_credit_system(credit_system).id)
     page = keyset_page(stmt, LedgerEntry.id, lambda row: row[0].id, cursor=cursor, limit=limit)
-    return Page(
-        [
-            LedgerView(
-                id=entry.id,
-                credit_system=system_key,
-                type=entry.type,
-                kind=entry.kind,
-                amount_micros=entry.amount_micros,
-                balance_after_micros=entry.balance_after_micros,
-                reference=entry.reference,
-                note=entry.note,
-                event_id=event_id,
-                actor=entry.actor,
-                created_at=entry.created_at,
-            )
-            for entry, system_key, event_id in page.items
-        ],
-        page.next_cursor,
-    )
+    return Page([LedgerView.of(*row) for row in page.items], page.next_cursor)
 
 
 def customers_matching(search: object) -> Select[Customer]:

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 
+from ..api.schemas import AdjustmentRequest, RecordUsageRequest, TopupRequest
 from ..errors import DomainError, ValidationError
 from ..services import reads, usage, wallets
 from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
@@ -59,13 +60,15 @@ def record_usage(key: str):
     form = RecordUsageForm()
 
     def call() -> str:
-        result = usage.record_usage(
-            current_actor(),
-            customer_key=key,
-            feature_key=form.feature_key.data,
-            amount=form.amount.data.strip(),
-            event_id=blank(form.event_id.data),
+        command = RecordUsageRequest.parse(
+            {
+                "customer_key": key,
+                "feature_key": form.feature_key.data,
+                "amount": form.amount.data.strip(),
+                "event_id": blank(form.event_id.data),
+            }
         )
+        result = usage.record_usage(current_actor(), **command)
         if result.replayed:
             return "Already recorded: this form was sent before, nothing changed."
         name = feature_names().get(result.feature_key, result.feature_key)
@@ -136,16 +139,18 @@ def topup(key: str):
 
     def call() -> str:
         _confirm_large(key, form, "top up")
-        result = wallets.topup_wallet(
-            current_actor(),
-            customer_key=key,
-            credit_system=form.credit_system.data,
-            amount=form.amount.data.strip(),
-            kind=form.kind.data,
-            reference=blank(form.reference.data),
-            note=blank(form.note.data),
-            idempotency_key=blank(form.idempotency_key.data),
+        command = TopupRequest.parse(
+            {
+                "customer_key": key,
+                "credit_system": form.credit_system.data,
+                "amount": form.amount.data.strip(),
+                "kind": form.kind.data,
+                "reference": blank(form.reference.data),
+                "note": blank(form.note.data),
+                "idempotency_key": blank(form.idempotency_key.data),
+            }
         )
+        result = wallets.topup_wallet(current_actor(), **command)
         if result.replayed:
             return "Already topped up: this form was sent before, nothing changed."
         return (
@@ -163,14 +168,16 @@ def adjust(key: str):
 
     def call() -> str:
         _confirm_large(key, form, "adjust by")
-        result = wallets.adjust_wallet(
-            current_actor(),
-            customer_key=key,
-            credit_system=form.credit_system.data,
-            amount=form.amount.data.strip(),
-            reason=form.reason.data,
-            reference=blank(form.reference.data),
+        command = AdjustmentRequest.parse(
+            {
+                "customer_key": key,
+                "credit_system": form.credit_system.data,
+                "amount": form.amount.data.strip(),
+                "reason": form.reason.data,
+                "reference": blank(form.reference.data),
+            }
         )
+        result = wallets.adjust_wallet(current_actor(), **command)
         return (
             f"Adjusted {result.credit_system} by {credits(result.entry.amount_micros)}; "
             f"balance {credits(result.balance_micros)}."
