@@ -85,7 +85,7 @@ def test_customers_search_sort_and_htmx_fragment(client, shop):
 
 def test_list_pages_run_a_constant_number_of_queries(client, shop):
     signed_in(client, "account_manager")
-    urls = ["/", "/customers", f"/customers/{C}", "/wallets", "/features", "/audit"]
+    urls = ["/", "/customers", f"/customers/{C}", "/wallets", "/features", "/audit", "/ledger"]
 
     def counts() -> list[int]:
         out = []
@@ -102,6 +102,9 @@ def test_list_pages_run_a_constant_number_of_queries(client, shop):
         usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=1)
         usage.record_usage(
             SYSTEM, customer_key=f"cust-more-{i:02d}", feature_key="api_calls", amount=2
+        )
+        wallets.topup_wallet(
+            SYSTEM, customer_key=f"cust-more-{i:02d}", credit_system="credits", amount="1"
         )
     assert counts() == before
 
@@ -196,3 +199,51 @@ def test_a_wallets_last_change_is_its_last_ledger_entry_even_after_the_demo_seed
     )
     wallets_ = db.session.scalars(select(Wallet)).all()
     assert wallets_ and all(w.updated_at == last[w.id] for w in wallets_ if w.id in last)
+
+
+def test_the_ledger_across_customers_filters_pages_and_exports(client, shop):
+    signed_in(client, "finance")
+    wallets.topup_wallet(
+        SYSTEM, customer_key="cust-acme", credit_system="credits", amount="2", note="=HYPERLINK(1)"
+    )
+    html = client.get("/ledger").get_data(as_text=True)
+    assert "cust-acme" in html and C in html and 'aria-current="page">Ledger<' in html
+    topups = client.get("/ledger?type=topup").get_data(as_text=True)
+    assert topups.count('<td class="nowrap">topup') == 3  # C, acme twice; no usage rows
+    assert '<td class="nowrap">usage' not in topups
+    today = utcnow().date().isoformat()
+    assert "cust-acme" in client.get(f"/ledger?since={today}&until={today}").get_data(as_text=True)
+    tomorrow = (utcnow().date() + timedelta(days=1)).isoformat()
+    empty = client.get(f"/ledger?since={tomorrow}").get_data(as_text=True)
+    assert "No ledger entries match these filters." in empty
+    assert "cust-acme" not in client.get("/ledger?actor=user:nobody").get_data(as_text=True)
+    assert "cust-acme" in client.get("/ledger?actor=system:cli").get_data(as_text=True)
+    bad = client.get("/ledger?since=26/11/2026")
+    assert bad.status_code == 422 and b"must be a date such as 2026-11-26" in bad.data
+    assert client.get("/ledger?type=refund").status_code == 422
+    # Keyset pages: 60 entries, 50 on the first page, the rest behind "Older".
+    for _ in range(55):
+        wallets.topup_wallet(
+            SYSTEM, customer_key="cust-globex", credit_system="credits", amount="1"
+        )
+    first = client.get("/ledger?type=topup").get_data(as_text=True)
+    assert first.count('<td class="nowrap">topup') == 50
+    older = first.split('class="pager"><a href="')[1].split('"')[0].replace("&amp;", "&")
+    assert "type=topup" in older
+    second = client.get(older).get_data(as_text=True)
+    assert second.count('<td class="nowrap">topup') == 58 - 50
+    # The CSV: every row that matches (in pages while streaming), formulas neutralised.
+    response = client.get("/ledger.csv?type=topup")
+    assert response.is_streamed and response.mimetype == "text/csv"
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[0][:3] == ["id", "credit_system", "type"] and rows[0][-1] == "customer_key"
+    assert len(rows) == 1 + 58 and {r[2] for r in rows[1:]} == {"topup"}
+    assert {r[-1] for r in rows[1:]} == {C, "cust-acme", "cust-globex"}
+    assert "'=HYPERLINK(1)" in [r[7] for r in rows[1:]]
+
+
+def test_the_ledger_across_customers_is_not_for_support(client, shop):
+    signed_in(client, "support")
+    assert client.get("/ledger").status_code == 403
+    assert client.get("/ledger.csv").status_code == 403
+    assert b">Ledger<" not in client.get("/").data

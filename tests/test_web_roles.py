@@ -9,7 +9,15 @@ from flask import Flask
 from tests.factories import make_catalog
 from tests.web import ROLES, make_user, signed_in
 from webapp.services import auth
-from webapp.services.actors import ADMIN, MANAGE_WALLETS, PERMISSIONS, RECORD_USAGE, SYSTEM, VIEW
+from webapp.services.actors import (
+    ADMIN,
+    MANAGE_WALLETS,
+    PERMISSIONS,
+    RECORD_USAGE,
+    SYSTEM,
+    VIEW,
+    VIEW_LEDGER,
+)
 
 PUBLIC = "public"
 SKIPPED_PREFIXES = ("/api/", "/metrifox/")  # token-authenticated; their owners test them
@@ -30,6 +38,8 @@ EXPECTED: dict[str, str] = {
     "pages.features": VIEW,
     "pages.wallets": VIEW,
     "pages.audit": VIEW,
+    "pages.ledger": VIEW_LEDGER,
+    "pages.export_all_ledger": VIEW_LEDGER,
     "actions.record_usage": RECORD_USAGE,
     "actions.reclaim_seats": RECORD_USAGE,
     "actions.topup": MANAGE_WALLETS,

@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
 
+from ..errors import ValidationError
+from ..models import LEDGER_TYPES
 from ..services import catalog, dashboard, reads
-from ..services.actors import VIEW
+from ..services.actors import VIEW, VIEW_LEDGER
 from ..services.money import format_micros
-from ..services.paging import MAX_ID, MAX_PAGE, whole_number
+from ..services.paging import MAX_ID, MAX_PAGE, Page, whole_number
 from .charts import bar_chart, window
 from .csv_cells import QUOTING, safe_row
 from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
@@ -173,6 +176,17 @@ def _csv_stream(header: list[str], pages: Iterator[list[list[Any]]]) -> Iterator
         yield buffer.getvalue()
 
 
+def _all_pages(fetch: Callable[[str | None], Page[Any]]) -> Iterator[list[Any]]:
+    """Every item of a keyset-paged list, a page of EXPORT_PAGE rows at a time."""
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
 def _csv_response(rows: Iterator[str], filename: str) -> Response:
     response = Response(stream_with_context(rows), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -227,50 +241,115 @@ def export_events(key: str):
     return _csv_response(_csv_stream(header, pages()), f"{customer.key}-events.csv")
 
 
+LEDGER_HEADER = [
+    "id",
+    "credit_system",
+    "type",
+    "kind",
+    "amount",
+    "balance_after",
+    "reference",
+    "note",
+    "event_id",
+    "actor",
+    "created_at",
+    "customer_key",  # last: the columns before it are those of the first export (no customer)
+]
+
+
+def _ledger_csv_row(e: reads.LedgerView) -> list[Any]:
+    return [
+        e.id,
+        e.credit_system,
+        e.type,
+        e.kind or "",
+        format_micros(e.amount_micros),
+        format_micros(e.balance_after_micros),
+        e.reference or "",
+        e.note or "",
+        e.event_id or "",
+        e.actor,
+        e.created_at.isoformat(),
+        e.customer_key,
+    ]
+
+
+def _ledger_csv(fetch: Callable[[str | None], Page[Any]], filename: str) -> Response:
+    pages = ([_ledger_csv_row(e) for e in items] for items in _all_pages(fetch))
+    return _csv_response(_csv_stream(LEDGER_HEADER, pages), filename)
+
+
 @bp.get("/customers/<key>/ledger.csv")
 @requires(VIEW)
 def export_ledger(key: str):
     actor = current_actor()
     customer = catalog.get_customer(key)
+    return _ledger_csv(
+        lambda cursor: reads.list_ledger(actor, customer.key, cursor=cursor, limit=EXPORT_PAGE),
+        f"{customer.key}-ledger.csv",
+    )
 
-    def pages() -> Iterator[list[list[Any]]]:
-        cursor: str | None = None
-        while True:
-            page = reads.list_ledger(actor, customer.key, cursor=cursor, limit=EXPORT_PAGE)
-            yield [
-                [
-                    e.id,
-                    e.credit_system,
-                    e.type,
-                    e.kind or "",
-                    format_micros(e.amount_micros),
-                    format_micros(e.balance_after_micros),
-                    e.reference or "",
-                    e.note or "",
-                    e.event_id or "",
-                    e.actor,
-                    e.created_at.isoformat(),
-                ]
-                for e in page.items
-            ]
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
 
-    header = [
-        "id",
-        "credit_system",
-        "type",
-        "kind",
-        "amount",
-        "balance_after",
-        "reference",
-        "note",
-        "event_id",
-        "actor",
-        "created_at",
-    ]
-    return _csv_response(_csv_stream(header, pages()), f"{customer.key}-ledger.csv")
+def _day(name: str, *, end: bool = False) -> datetime | None:
+    """A date box of a filter as a UTC time: the start of the day, or for the end of a range
+    the start of the next day (the range takes the whole last day)."""
+    text = request.args.get(name, "")
+    if not text:
+        return None
+    try:
+        day = date.fromisoformat(text[:10]) if len(text) == 10 else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise ValidationError(f"`{name}` must be a date such as 2026-11-26.", field=name)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start + timedelta(days=1) if end and day < date.max else start
+
+
+def _ledger_filters() -> tuple[dict[str, str], dict[str, Any]]:
+    """The /ledger filters from the URL: as typed (for the form and links) and for the service."""
+    args = {
+        name: request.args.get(name, "") for name in ("type", "system", "since", "until", "actor")
+    }
+    return args, {
+        "entry_type": args["type"] or None,
+        "credit_system": args["system"] or None,
+        "since": _day("since"),
+        "until": _day("until", end=True),
+        "actor_label": args["actor"] or None,
+    }
+
+
+@bp.get("/ledger")
+@requires(VIEW_LEDGER)
+def ledger():
+    args, filters = _ledger_filters()
+    page = reads.list_all_ledger(
+        current_actor(), **filters, cursor=request.args.get("cursor"), limit=50
+    )
+    next_url = (
+        url_for("pages.ledger", **args, cursor=page.next_cursor) if page.next_cursor else None
+    )
+    return render_template(
+        "ledger.html",
+        ledger=page,
+        args=args,
+        types=LEDGER_TYPES,
+        systems=catalog.list_credit_systems(current_actor()),
+        next_url=next_url,
+        csv_url=url_for("pages.export_all_ledger", **args),
+    )
+
+
+@bp.get("/ledger.csv")
+@requires(VIEW_LEDGER)
+def export_all_ledger():
+    actor = current_actor()
+    _, filters = _ledger_filters()
+    return _ledger_csv(
+        lambda cursor: reads.list_all_ledger(actor, **filters, cursor=cursor, limit=EXPORT_PAGE),
+        "ledger.csv",
+    )
 
 
 @bp.get("/features")
