@@ -193,6 +193,7 @@ def list_events(
     feature_key: object = None,
     since: object = None,
     until: object = None,
+    event_id: object = None,
     cursor: str | None = None,
     limit: object = None,
 ) -> Page[EventView]:
@@ -209,6 +210,8 @@ def list_events(
         stmt = stmt.where(UsageEvent.timestamp >= validation.parse_time(since, field="since"))
     if until not in (None, ""):
         stmt = stmt.where(UsageEvent.timestamp < validation.parse_time(until, field="until"))
+    if event_id not in (None, ""):
+        stmt = stmt.where(UsageEvent.event_id == validation.lookup_key(event_id, field="event_id"))
     page = keyset_page(stmt, UsageEvent.id, lambda row: row[0].id, cursor=cursor, limit=limit)
     return Page(
         [EventView.of(e, f, customer.key) for e, f in page.items],

@@ -65,6 +65,7 @@ def record_usage(key: str):
             feature_key=form.feature_key.data,
             amount=form.amount.data.strip(),
             event_id=blank(form.event_id.data),
+            reason=blank(form.reason.data),
         )
         if result.replayed:
             return "Already recorded: this form was sent before, nothing changed."
@@ -89,6 +90,7 @@ def reclaim_seats(key: str):
             feature_key=form.feature_key.data,
             count=form.amount.data.strip(),
             event_id=blank(form.event_id.data),
+            reason=blank(form.reason.data),
         )
         if result.replayed:
             return "Already reclaimed: this form was sent before, nothing changed."

@@ -140,18 +140,30 @@ def customer(key: str):
 def customer_events(key: str):
     actor = current_actor()
     summary = reads.customer_summary(actor, key)
+    args = {name: request.args.get(name, "") for name in ("feature", "since", "until", "event")}
     page = reads.list_events(
         actor,
         key,
-        feature_key=request.args.get("feature") or None,
+        feature_key=args["feature"] or None,
+        since=_day("since"),
+        until=_day("until", end=True),
+        event_id=args["event"].strip() or None,
         cursor=request.args.get("cursor"),
         limit=50,
     )
+    names = feature_names()
+    recordable = [e for e in summary.entitlements if e.feature_type != "boolean"]
     return render_template(
         "customers/events.html",
         customer=summary.customer,
         events=page,
-        feature_names=feature_names(),
+        feature_names=names,
+        features=recordable,
+        args=args,
+        filtered=any(args.values()),
+        next_url=url_for("pages.customer_events", key=key, **args, cursor=page.next_cursor)
+        if page.next_cursor
+        else None,
     )
 
 
