@@ -247,3 +247,59 @@ def test_the_ledger_across_customers_is_not_for_support(client, shop):
     assert client.get("/ledger").status_code == 403
     assert client.get("/ledger.csv").status_code == 403
     assert b">Ledger<" not in client.get("/").data
+
+
+def test_customers_filter_by_status(client, shop):
+    from webapp.services import catalog
+
+    catalog.set_customer_status(SYSTEM, "cust-globex", "archived")
+    signed_in(client, "account_manager")
+    active = client.get("/customers?status=active").get_data(as_text=True)
+    assert "cust-acme" in active and "cust-globex" not in active and "2 active customers" in active
+    archived = client.get("/customers?status=archived").get_data(as_text=True)
+    assert "cust-globex" in archived and "cust-acme" not in archived
+    assert "1 archived customer<" in archived
+    every = client.get("/customers").get_data(as_text=True)
+    assert "cust-globex" in every and "cust-acme" in every and "3 customers" in every
+    # Sorting and pages keep the filter.
+    assert "status=archived" in archived.split("<thead>")[1].split("</thead>")[0]
+    assert client.get("/customers?status=gone").status_code == 422
+
+
+def test_customers_csv_is_the_list_on_screen_every_page_streamed(client, shop):
+    from webapp.services import catalog
+
+    for i in range(230):
+        add_customer(f"cust-bulk-{i:03d}", topup=None)
+    catalog.set_customer_status(SYSTEM, "cust-bulk-007", "archived")
+    catalog.update_customer(SYSTEM, "cust-acme", name="=cmd|' /C calc'!A0")
+    signed_in(client, "account_manager")
+    response = client.get(
+        "/customers.csv?status=active&sort=credits:credits&dir=desc&col=feature:seats&col=credits:credits"
+    )
+    assert response.is_streamed and response.mimetype == "text/csv"
+    assert 'filename="customers.csv"' in response.headers["Content-Disposition"]
+    with count_queries() as statements:
+        rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[0] == [
+        "key",
+        "name",
+        "email",
+        "status",
+        "created_at",
+        "Seats used",
+        "Seats allowed",
+        "Credits balance",
+    ]
+    keys = [r[0] for r in rows[1:]]
+    assert len(keys) == 3 + 230 - 1 == len(set(keys))  # every page, no archived customer
+    assert "cust-bulk-007" not in keys
+    assert keys[0] == C  # the largest balance first, as sorted on screen
+    assert rows[1][5:] == ["3", "10", "9.92"]
+    acme = next(r for r in rows if r[0] == "cust-acme")
+    assert acme[1].startswith("'=")  # a formula in a name is text in a spreadsheet
+    assert len(statements) >= 3 * 2  # pages of 100, read while streaming
+    search = client.get("/customers.csv?q=acme").get_data(as_text=True)
+    assert [r[0] for r in csv.reader(io.StringIO(search))][1:] == ["cust-acme"]
+    page = client.get("/customers?status=active&q=acme").get_data(as_text=True)
+    assert "/customers.csv?q=acme&amp;status=active" in page

@@ -30,6 +30,7 @@ EXPECTED: dict[str, str] = {
     "auth.account": VIEW,
     "pages.overview": VIEW,
     "pages.customers": VIEW,
+    "pages.export_customers": VIEW,
     "pages.customer": VIEW,
     "pages.customer_events": VIEW,
     "pages.customer_ledger": VIEW,

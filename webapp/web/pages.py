@@ -15,6 +15,7 @@ from ..errors import ValidationError
 from ..models import LEDGER_TYPES
 from ..services import catalog, dashboard, reads
 from ..services.actors import VIEW, VIEW_LEDGER
+from ..services.dashboard.customers import STATUS_FILTERS
 from ..services.money import format_micros
 from ..services.paging import MAX_ID, MAX_PAGE, Page, whole_number
 from .charts import bar_chart, window
@@ -27,6 +28,7 @@ bp = Blueprint("pages", __name__)
 
 RECENT = 15
 EXPORT_PAGE = 200  # rows per keyset page while streaming a CSV
+EXPORT_CUSTOMERS = 100  # customers per page of the customer list's CSV (its largest page)
 
 
 def _int_arg(name: str, default: int, high: int = MAX_PAGE) -> int:
@@ -49,15 +51,17 @@ def overview():
     )
 
 
-@bp.get("/customers")
-@requires(VIEW)
-def customers():
+def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any], list[str]]:
+    """The customer list as the URL asks for it: the listing, the arguments to keep in links,
+    and the columns shown."""
     listing = dashboard.list_customers(
         current_actor(),
         search=request.args.get("q", ""),
+        status=request.args.get("status") or "all",
         sort=request.args.get("sort", "name"),
         direction=request.args.get("dir", "asc"),
-        page=_int_arg("page", 1),
+        page=page,
+        per_page=per_page,
     )
     # The columns shown: chosen in the URL (?col=feature:seats&col=credits:credits), by default
     # the persistent features and the credit systems (a compact table, whatever the catalog).
@@ -69,12 +73,63 @@ def customers():
     ] + [f"credits:{s.key}" for s in listing.credit_systems]
     args = {
         "q": request.args.get("q", ""),
+        "status": request.args.get("status") or "all",
         "sort": listing.sort,
         "dir": listing.direction,
         "col": chosen,
     }
+    return listing, args, chosen
+
+
+@bp.get("/customers")
+@requires(VIEW)
+def customers():
+    listing, args, chosen = _customer_listing(_int_arg("page", 1))
     template = "customers/_results.html" if target() == "results" else "customers/index.html"
-    return render_template(template, listing=listing, args=args, chosen=set(chosen))
+    return render_template(
+        template, listing=listing, args=args, chosen=set(chosen), statuses=STATUS_FILTERS
+    )
+
+
+@bp.get("/customers.csv")
+@requires(VIEW)
+def export_customers():
+    """The customer list as on screen (search, status, sort, columns), every page."""
+    first, args, chosen = _customer_listing(1, EXPORT_CUSTOMERS)
+    features = {f"feature:{c.key}": c for c in first.columns}
+    systems = {f"credits:{s.key}": s for s in first.credit_systems}
+    header = ["key", "name", "email", "status", "created_at"]
+    for col in chosen:
+        if col in features and features[col].type == "persistent":
+            header += [f"{features[col].name} used", f"{features[col].name} allowed"]
+        elif col in features:
+            header.append(f"{features[col].name} this period")
+        else:
+            header.append(f"{systems[col].name} balance")
+
+    def cells(row: Any) -> list[Any]:
+        c = row.customer
+        out = [c.key, c.name, c.email or "", c.status, c.created_at.isoformat()]
+        for col in chosen:
+            kind, _, key = col.partition(":")
+            if kind == "feature":
+                used, allowed = row.usage.get(key, (None, None))
+                out.append("" if used is None else format_micros(used))
+                if features[col].type == "persistent":
+                    out.append("" if allowed is None else format_micros(allowed))
+            else:
+                balance = row.balances.get(key)
+                out.append("" if balance is None else format_micros(balance))
+        return out
+
+    def pages() -> Iterator[list[list[Any]]]:
+        listing = first
+        for number in range(1, first.pages + 1):
+            if number > 1:
+                listing = _customer_listing(number, EXPORT_CUSTOMERS)[0]
+            yield [cells(row) for row in listing.rows]
+
+    return _csv_response(_csv_stream(header, pages()), "customers.csv")
 
 
 def feature_names() -> dict[str, str]:
@@ -179,7 +234,7 @@ def customer_ledger(key: str):
 def _csv_stream(header: list[str], pages: Iterator[list[list[Any]]]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=QUOTING)
-    writer.writerow(header)
+    writer.writerow(safe_row(header))  # a header can hold a feature's name
     yield buffer.getvalue()
     for rows in pages:
         buffer.seek(0)
