@@ -301,3 +301,86 @@ def test_13_finance_sets_a_wallets_low_balance_threshold(page_for):
     expect(_row(page, C).get_by_label(re.compile("Low balance threshold"))).to_have_value("1234.5")
     expect(_row(page, C)).to_contain_text("low")  # its balance is under the threshold
     _shot(page, "defect-13-wallets")
+
+
+def _asks_first(page, button, question: str, *, changed) -> None:
+    """Defect 7: ``button`` asks ``question`` first; No leaves everything as it was (checked
+    after a reload), Yes does it (``changed`` waits for the result)."""
+    expect = _expect()
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    url = page.url
+    button().click()
+    assert asked == [question]
+    page.reload()
+    assert page.url == url
+    expect(button()).to_be_visible()  # still there: nothing happened
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    button().click()
+    assert asked == [question, question]
+    changed()
+
+
+def test_7_remove_entitlement_asks_first(page_for):
+    expect = _expect()
+    page = page_for("admin")
+    page.goto(f"{_origin(page)}/admin/customers/{C}/entitlements")
+    row = lambda: _row(page, "Candidates")  # noqa: E731
+    _asks_first(
+        page,
+        lambda: row().get_by_role("button", name="Remove"),
+        f"Remove the entitlement to Candidates? Customer {C} can no longer use it.",
+        changed=lambda: expect(row()).to_have_count(0),
+    )
+    _shot(page, "defect-7-entitlement-removed")
+
+
+def test_7_revoke_api_key_asks_first(page_for):
+    expect = _expect()
+    page = page_for("admin")
+    page.goto(f"{_origin(page)}/admin/api-keys")
+    page.fill("#name", "nightly-sync")
+    page.get_by_role("button", name="Create key").click()
+    page.goto(f"{_origin(page)}/admin/api-keys")  # the key's secret is shown once only
+    row = lambda: _row(page, "nightly-sync")  # noqa: E731
+    _asks_first(
+        page,
+        lambda: row().get_by_role("button", name="Revoke"),
+        "Revoke nightly-sync? Programs using it stop working at once.",
+        changed=lambda: expect(row().locator(".badge")).to_contain_text("revoked"),
+    )
+
+
+def test_7_deactivate_user_asks_first(page_for):
+    expect = _expect()
+    page = page_for("admin")
+    page.goto(f"{_origin(page)}/admin/users")
+    row = lambda: _row(page, "support@example.com")  # noqa: E731
+    _asks_first(
+        page,
+        lambda: row().get_by_role("button", name="Deactivate"),
+        "Deactivate support@example.com? They can no longer sign in.",
+        changed=lambda: expect(row().locator(".badge")).to_have_text("inactive"),
+    )
+    expect(row().get_by_role("button", name="Reactivate")).to_be_visible()
+
+
+def test_7_sign_out_everywhere_asks_first(page_for):
+    expect = _expect()
+    page = page_for("admin")
+    # Another user's sessions, from the Users page.
+    page.goto(f"{_origin(page)}/admin/users")
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    _row(page, "finance@example.com").get_by_role("button", name="Sign out everywhere").click()
+    assert asked == ["Sign finance@example.com out on every device?"]
+    # One's own, from the account page: No keeps this session, Yes ends it too.
+    page.goto(f"{_origin(page)}/account")
+    _asks_first(
+        page,
+        lambda: page.locator("main").get_by_role("button", name="Sign out everywhere"),
+        "Sign out on every device, this one included?",
+        changed=lambda: page.wait_for_url(re.compile("/login")),
+    )
+    page.goto(f"{_origin(page)}/account")
+    expect(page).to_have_url(re.compile("/login"))

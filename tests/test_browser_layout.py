@@ -69,7 +69,7 @@ def _overflow(page) -> list[str]:
 PAGES = {
     "account_manager": ["/", "/customers", f"/customers/{C}", "/features", "/wallets", "/audit"],
     "support": [f"/customers/{C}", f"/customers/{C}/events"],
-    "finance": [f"/customers/{C}", f"/customers/{C}/ledger", "/wallets"],
+    "finance": [f"/customers/{C}", f"/customers/{C}/ledger", "/wallets", "/ledger"],
     "admin": [
         "/admin/users",
         "/admin/api-keys",

@@ -237,3 +237,102 @@ def test_each_role_sees_only_the_forms_it_may_use(client, seated, role, shown, h
     for form_id in hidden:
         assert f'id="{form_id}"' not in html
     assert ("/admin/" in html) == (role == "admin")
+
+
+def _last_audit() -> tuple[str, dict]:
+    from webapp.services import dashboard
+
+    row = dashboard.audit_log(SYSTEM, per_page=1).rows[0]
+    return row.target or "", row.details or {}
+
+
+def test_a_reason_for_usage_and_reclaimed_seats_is_kept_in_the_audit_log(client, seated):
+    signed_in(client, "support")
+    response = client.post(
+        f"/customers/{C}/usage",
+        data={"usage-feature_key": "api_calls", "usage-amount": "2", "usage-reason": " ticket 42 "},
+        headers=HX,
+    )
+    assert response.status_code == 200
+    assert _last_audit()[1] == {"feature": "api_calls", "amount": "2", "reason": "ticket 42"}
+    client.post(
+        f"/customers/{C}/seats/reclaim",
+        data={"reclaim-feature_key": "seats", "reclaim-amount": "1", "reclaim-reason": "left"},
+        headers=HX,
+    )
+    assert _last_audit()[1] == {"feature": "seats", "amount": "-1", "reason": "left"}
+    # Without a reason the audit row is as before.
+    client.post(
+        f"/customers/{C}/usage", data={"usage-feature_key": "api_calls", "usage-amount": "1"}
+    )
+    assert _last_audit()[1] == {"feature": "api_calls", "amount": "1"}
+    # The services take it as a keyword; a batch keeps each event's reason.
+    usage.reclaim_seats(SYSTEM, customer_key=C, feature_key="seats", count=1, reason="moved")
+    assert _last_audit()[1]["reason"] == "moved"
+    usage.record_usage_batch(
+        SYSTEM,
+        [
+            {"customer_key": C, "feature_key": "api_calls", "event_id": "b-1", "reason": "r"},
+            {"customer_key": C, "feature_key": "api_calls", "event_id": "b-2"},
+        ],
+    )
+    assert _last_audit()[1]["events"] == [["b-1", "api_calls", "1", "r"], ["b-2", "api_calls", "1"]]
+
+
+def test_a_reason_over_500_characters_is_refused_next_to_its_field(client, seated):
+    signed_in(client, "support")
+    before = row_counts()
+    for url, prefix in (
+        (f"/customers/{C}/usage", "usage"),
+        (f"/customers/{C}/seats/reclaim", "reclaim"),
+    ):
+        response = client.post(
+            url,
+            data={
+                f"{prefix}-feature_key": "seats",
+                f"{prefix}-amount": "1",
+                f"{prefix}-reason": "x" * 501,
+            },
+            headers=HX,
+        )
+        assert response.status_code == 422
+        assert "longer than 500 characters" in error_next_to(
+            response.get_data(as_text=True), f"{prefix}-reason"
+        )
+    assert row_counts() == before
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="seats", amount=1, reason="y" * 500)
+
+
+def test_the_events_list_filters_by_feature_dates_and_event_id(client, seated):
+    from datetime import timedelta
+
+    from webapp.models import utcnow
+
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=2, event_id="evt-77")
+    old = (utcnow() - timedelta(days=3)).replace(microsecond=0)
+    usage.record_usage(
+        SYSTEM,
+        customer_key=C,
+        feature_key="api_calls",
+        amount=5,
+        event_id="evt-old",
+        timestamp=old.isoformat(),
+    )
+    signed_in(client, "support")
+    url = f"/customers/{C}/events"
+    every = client.get(url).get_data(as_text=True)
+    assert "evt-77" in every and "evt-old" in every
+    seats = client.get(f"{url}?feature=seats").get_data(as_text=True)
+    assert "evt-77" not in seats and 'value="seats" selected' in seats
+    day = old.date().isoformat()
+    on_the_day = client.get(f"{url}?since={day}&until={day}").get_data(as_text=True)
+    assert "evt-old" in on_the_day and "evt-77" not in on_the_day
+    found = client.get(f"{url}?event=evt-77").get_data(as_text=True)
+    assert "evt-77" in found and "evt-old" not in found
+    assert "No events match these filters." in client.get(f"{url}?event=nope").get_data(
+        as_text=True
+    )
+    assert client.get(f"{url}?since=yesterday").status_code == 422
+    # The customer page's events card finds an event by its id on this page.
+    page = client.get(f"/customers/{C}").get_data(as_text=True)
+    assert f'action="{url}"' in page and 'name="event"' in page

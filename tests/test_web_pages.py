@@ -85,7 +85,7 @@ def test_customers_search_sort_and_htmx_fragment(client, shop):
 
 def test_list_pages_run_a_constant_number_of_queries(client, shop):
     signed_in(client, "account_manager")
-    urls = ["/", "/customers", f"/customers/{C}", "/wallets", "/features", "/audit"]
+    urls = ["/", "/customers", f"/customers/{C}", "/wallets", "/features", "/audit", "/ledger"]
 
     def counts() -> list[int]:
         out = []
@@ -102,6 +102,9 @@ def test_list_pages_run_a_constant_number_of_queries(client, shop):
         usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=1)
         usage.record_usage(
             SYSTEM, customer_key=f"cust-more-{i:02d}", feature_key="api_calls", amount=2
+        )
+        wallets.topup_wallet(
+            SYSTEM, customer_key=f"cust-more-{i:02d}", credit_system="credits", amount="1"
         )
     assert counts() == before
 
@@ -196,3 +199,107 @@ def test_a_wallets_last_change_is_its_last_ledger_entry_even_after_the_demo_seed
     )
     wallets_ = db.session.scalars(select(Wallet)).all()
     assert wallets_ and all(w.updated_at == last[w.id] for w in wallets_ if w.id in last)
+
+
+def test_the_ledger_across_customers_filters_pages_and_exports(client, shop):
+    signed_in(client, "finance")
+    wallets.topup_wallet(
+        SYSTEM, customer_key="cust-acme", credit_system="credits", amount="2", note="=HYPERLINK(1)"
+    )
+    html = client.get("/ledger").get_data(as_text=True)
+    assert "cust-acme" in html and C in html and 'aria-current="page">Ledger<' in html
+    topups = client.get("/ledger?type=topup").get_data(as_text=True)
+    assert topups.count('<td class="nowrap">topup') == 3  # C, acme twice; no usage rows
+    assert '<td class="nowrap">usage' not in topups
+    today = utcnow().date().isoformat()
+    assert "cust-acme" in client.get(f"/ledger?since={today}&until={today}").get_data(as_text=True)
+    tomorrow = (utcnow().date() + timedelta(days=1)).isoformat()
+    empty = client.get(f"/ledger?since={tomorrow}").get_data(as_text=True)
+    assert "No ledger entries match these filters." in empty
+    assert "cust-acme" not in client.get("/ledger?actor=user:nobody").get_data(as_text=True)
+    assert "cust-acme" in client.get("/ledger?actor=system:cli").get_data(as_text=True)
+    bad = client.get("/ledger?since=26/11/2026")
+    assert bad.status_code == 422 and b"must be a date such as 2026-11-26" in bad.data
+    assert client.get("/ledger?type=refund").status_code == 422
+    # Keyset pages: 60 entries, 50 on the first page, the rest behind "Older".
+    for _ in range(55):
+        wallets.topup_wallet(
+            SYSTEM, customer_key="cust-globex", credit_system="credits", amount="1"
+        )
+    first = client.get("/ledger?type=topup").get_data(as_text=True)
+    assert first.count('<td class="nowrap">topup') == 50
+    older = first.split('class="pager"><a href="')[1].split('"')[0].replace("&amp;", "&")
+    assert "type=topup" in older
+    second = client.get(older).get_data(as_text=True)
+    assert second.count('<td class="nowrap">topup') == 58 - 50
+    # The CSV: every row that matches (in pages while streaming), formulas neutralised.
+    response = client.get("/ledger.csv?type=topup")
+    assert response.is_streamed and response.mimetype == "text/csv"
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[0][:3] == ["id", "credit_system", "type"] and rows[0][-1] == "customer_key"
+    assert len(rows) == 1 + 58 and {r[2] for r in rows[1:]} == {"topup"}
+    assert {r[-1] for r in rows[1:]} == {C, "cust-acme", "cust-globex"}
+    assert "'=HYPERLINK(1)" in [r[7] for r in rows[1:]]
+
+
+def test_the_ledger_across_customers_is_not_for_support(client, shop):
+    signed_in(client, "support")
+    assert client.get("/ledger").status_code == 403
+    assert client.get("/ledger.csv").status_code == 403
+    assert b">Ledger<" not in client.get("/").data
+
+
+def test_customers_filter_by_status(client, shop):
+    from webapp.services import catalog
+
+    catalog.set_customer_status(SYSTEM, "cust-globex", "archived")
+    signed_in(client, "account_manager")
+    active = client.get("/customers?status=active").get_data(as_text=True)
+    assert "cust-acme" in active and "cust-globex" not in active and "2 active customers" in active
+    archived = client.get("/customers?status=archived").get_data(as_text=True)
+    assert "cust-globex" in archived and "cust-acme" not in archived
+    assert "1 archived customer<" in archived
+    every = client.get("/customers").get_data(as_text=True)
+    assert "cust-globex" in every and "cust-acme" in every and "3 customers" in every
+    # Sorting and pages keep the filter.
+    assert "status=archived" in archived.split("<thead>")[1].split("</thead>")[0]
+    assert client.get("/customers?status=gone").status_code == 422
+
+
+def test_customers_csv_is_the_list_on_screen_every_page_streamed(client, shop):
+    from webapp.services import catalog
+
+    for i in range(230):
+        add_customer(f"cust-bulk-{i:03d}", topup=None)
+    catalog.set_customer_status(SYSTEM, "cust-bulk-007", "archived")
+    catalog.update_customer(SYSTEM, "cust-acme", name="=cmd|' /C calc'!A0")
+    signed_in(client, "account_manager")
+    response = client.get(
+        "/customers.csv?status=active&sort=credits:credits&dir=desc&col=feature:seats&col=credits:credits"
+    )
+    assert response.is_streamed and response.mimetype == "text/csv"
+    assert 'filename="customers.csv"' in response.headers["Content-Disposition"]
+    with count_queries() as statements:
+        rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[0] == [
+        "key",
+        "name",
+        "email",
+        "status",
+        "created_at",
+        "Seats used",
+        "Seats allowed",
+        "Credits balance",
+    ]
+    keys = [r[0] for r in rows[1:]]
+    assert len(keys) == 3 + 230 - 1 == len(set(keys))  # every page, no archived customer
+    assert "cust-bulk-007" not in keys
+    assert keys[0] == C  # the largest balance first, as sorted on screen
+    assert rows[1][5:] == ["3", "10", "9.92"]
+    acme = next(r for r in rows if r[0] == "cust-acme")
+    assert acme[1].startswith("'=")  # a formula in a name is text in a spreadsheet
+    assert len(statements) >= 3 * 2  # pages of 100, read while streaming
+    search = client.get("/customers.csv?q=acme").get_data(as_text=True)
+    assert [r[0] for r in csv.reader(io.StringIO(search))][1:] == ["cust-acme"]
+    page = client.get("/customers?status=active&q=acme").get_data(as_text=True)
+    assert "/customers.csv?q=acme&amp;status=active" in page

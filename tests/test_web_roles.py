@@ -9,7 +9,15 @@ from flask import Flask
 from tests.factories import make_catalog
 from tests.web import ROLES, make_user, signed_in
 from webapp.services import auth
-from webapp.services.actors import ADMIN, MANAGE_WALLETS, PERMISSIONS, RECORD_USAGE, SYSTEM, VIEW
+from webapp.services.actors import (
+    ADMIN,
+    MANAGE_WALLETS,
+    PERMISSIONS,
+    RECORD_USAGE,
+    SYSTEM,
+    VIEW,
+    VIEW_LEDGER,
+)
 
 PUBLIC = "public"
 SKIPPED_PREFIXES = ("/api/", "/metrifox/")  # token-authenticated; their owners test them
@@ -22,6 +30,7 @@ EXPECTED: dict[str, str] = {
     "auth.account": VIEW,
     "pages.overview": VIEW,
     "pages.customers": VIEW,
+    "pages.export_customers": VIEW,
     "pages.customer": VIEW,
     "pages.customer_events": VIEW,
     "pages.customer_ledger": VIEW,
@@ -30,6 +39,8 @@ EXPECTED: dict[str, str] = {
     "pages.features": VIEW,
     "pages.wallets": VIEW,
     "pages.audit": VIEW,
+    "pages.ledger": VIEW_LEDGER,
+    "pages.export_all_ledger": VIEW_LEDGER,
     "actions.record_usage": RECORD_USAGE,
     "actions.reclaim_seats": RECORD_USAGE,
     "actions.topup": MANAGE_WALLETS,

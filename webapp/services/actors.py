@@ -12,12 +12,13 @@ VIEW = "view"
 RECORD_USAGE = "record_usage"
 MANAGE_WALLETS = "manage_wallets"
 ADMIN = "admin"
+VIEW_LEDGER = "view_ledger"  # every customer's ledger at once (/ledger)
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "account_manager": frozenset({VIEW}),
+    "account_manager": frozenset({VIEW, VIEW_LEDGER}),
     "support": frozenset({VIEW, RECORD_USAGE}),
-    "finance": frozenset({VIEW, MANAGE_WALLETS}),
-    "admin": frozenset({VIEW, RECORD_USAGE, MANAGE_WALLETS, ADMIN}),
+    "finance": frozenset({VIEW, MANAGE_WALLETS, VIEW_LEDGER}),
+    "admin": frozenset({VIEW, RECORD_USAGE, MANAGE_WALLETS, VIEW_LEDGER, ADMIN}),
 }
 
 

@@ -10,8 +10,10 @@ from typing import Any
 
 from sqlalchemy import Select, or_, select
 
+from ..errors import ValidationError
 from ..extensions import db
 from ..models import (
+    LEDGER_TYPES,
     CreditCost,
     CreditSystem,
     Customer,
@@ -24,9 +26,9 @@ from ..models import (
     utcnow,
 )
 from . import validation
-from .actors import VIEW, Actor, require
+from .actors import VIEW, VIEW_LEDGER, Actor, require
 from .catalog import get_credit_system, get_customer, get_feature
-from .paging import Page, keyset_page
+from .paging import AnySelect, Page, keyset_page
 from .periods import effective_period, next_reset, period_start
 
 # ---------------------------------------------------------------- customer summary
@@ -189,6 +191,7 @@ def list_events(
     feature_key: object = None,
     since: object = None,
     until: object = None,
+    event_id: object = None,
     cursor: str | None = None,
     limit: object = None,
 ) -> Page[EventView]:
@@ -205,6 +208,8 @@ def list_events(
         stmt = stmt.where(UsageEvent.timestamp >= validation.parse_time(since, field="since"))
     if until not in (None, ""):
         stmt = stmt.where(UsageEvent.timestamp < validation.parse_time(until, field="until"))
+    if event_id not in (None, ""):
+        stmt = stmt.where(UsageEvent.event_id == validation.lookup_key(event_id, field="event_id"))
     page = keyset_page(stmt, UsageEvent.id, lambda row: row[0].id, cursor=cursor, limit=limit)
     return Page(
         [EventView.of(e, f, customer.key) for e, f in page.items],
@@ -225,11 +230,37 @@ class LedgerView:
     event_id: str | None
     actor: str
     created_at: datetime
+    customer_key: str = ""
 
     @classmethod
-    def of(cls, entry: LedgerEntry, credit_system: str, event_id: str | None) -> LedgerView:
-        given: dict[str, Any] = {"credit_system": credit_system, "event_id": event_id}
+    def of(
+        cls, entry: LedgerEntry, credit_system: str, event_id: str | None, customer_key: str = ""
+    ) -> LedgerView:
+        given: dict[str, Any] = {
+            "credit_system": credit_system,
+            "event_id": event_id,
+            "customer_key": customer_key,
+        }
         return cls(**given, **_rest(cls, entry, given))
+
+
+def _ledger_page(stmt: AnySelect, cursor: str | None, limit: object) -> Page[LedgerView]:
+    """One keyset page of ledger rows (entry, credit system key, event id, customer key)."""
+    page = keyset_page(stmt, LedgerEntry.id, lambda row: row[0].id, cursor=cursor, limit=limit)
+    return Page([LedgerView.of(*row) for row in page.items], page.next_cursor)
+
+
+def _ledger_rows(credit_system: object) -> AnySelect:
+    stmt = (
+        select(LedgerEntry, CreditSystem.key, UsageEvent.event_id, Customer.key)
+        .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
+        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+        .join(Customer, Customer.id == LedgerEntry.customer_id)
+        .outerjoin(UsageEvent, UsageEvent.id == LedgerEntry.usage_event_id)
+    )
+    if credit_system not in (None, ""):
+        stmt = stmt.where(Wallet.credit_system_id == get_credit_system(credit_system).id)
+    return stmt
 
 
 def list_ledger(
@@ -242,17 +273,36 @@ def list_ledger(
 ) -> Page[LedgerView]:
     require(actor, VIEW)
     customer = get_customer(customer_key)
-    stmt = (
-        select(LedgerEntry, CreditSystem.key, UsageEvent.event_id)
-        .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
-        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
-        .outerjoin(UsageEvent, UsageEvent.id == LedgerEntry.usage_event_id)
-        .where(LedgerEntry.customer_id == customer.id)
-    )
-    if credit_system not in (None, ""):
-        stmt = stmt.where(Wallet.credit_system_id == get_credit_system(credit_system).id)
-    page = keyset_page(stmt, LedgerEntry.id, lambda row: row[0].id, cursor=cursor, limit=limit)
-    return Page([LedgerView.of(*row) for row in page.items], page.next_cursor)
+    stmt = _ledger_rows(credit_system).where(LedgerEntry.customer_id == customer.id)
+    return _ledger_page(stmt, cursor, limit)
+
+
+def list_all_ledger(
+    actor: Actor,
+    *,
+    entry_type: object = None,
+    credit_system: object = None,
+    since: object = None,
+    until: object = None,
+    actor_label: object = None,
+    cursor: str | None = None,
+    limit: object = None,
+) -> Page[LedgerView]:
+    """Every customer's ledger entries, newest first: finance's view across customers. Filters:
+    entry type, credit system, a time range [since, until) and the exact actor label."""
+    require(actor, VIEW_LEDGER)
+    stmt = _ledger_rows(credit_system)
+    if entry_type not in (None, ""):
+        if entry_type not in LEDGER_TYPES:
+            raise ValidationError(f"`type` must be one of {', '.join(LEDGER_TYPES)}.", field="type")
+        stmt = stmt.where(LedgerEntry.type == entry_type)
+    if since not in (None, ""):
+        stmt = stmt.where(LedgerEntry.created_at >= validation.parse_time(since, field="since"))
+    if until not in (None, ""):
+        stmt = stmt.where(LedgerEntry.created_at < validation.parse_time(until, field="until"))
+    if actor_label not in (None, ""):
+        stmt = stmt.where(LedgerEntry.actor == str(actor_label)[:300])
+    return _ledger_page(stmt, cursor, limit)
 
 
 def customers_matching(search: object) -> Select[Customer]:

@@ -68,7 +68,7 @@ def record_usage(key: str):
                 "event_id": blank(form.event_id.data),
             }
         )
-        result = usage.record_usage(current_actor(), **command)
+        result = usage.record_usage(current_actor(), **command, reason=blank(form.reason.data))
         if result.replayed:
             return "Already recorded: this form was sent before, nothing changed."
         name = feature_names().get(result.feature_key, result.feature_key)
@@ -92,6 +92,7 @@ def reclaim_seats(key: str):
             feature_key=form.feature_key.data,
             count=form.amount.data.strip(),
             event_id=blank(form.event_id.data),
+            reason=blank(form.reason.data),
         )
         if result.replayed:
             return "Already reclaimed: this form was sent before, nothing changed."

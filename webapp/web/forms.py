@@ -71,6 +71,7 @@ class RecordUsageForm(PrefixedForm):
     amount = StringField("Amount", default="1", validators=[DataRequired()])
     # Idempotency key made when the form is shown: a double submit records once.
     event_id = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+    reason = StringField("Reason (optional)")  # the service checks it (500 characters)
 
 
 class ReclaimSeatsForm(PrefixedForm):
@@ -85,6 +86,7 @@ class ReclaimSeatsForm(PrefixedForm):
         ],
     )
     event_id = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+    reason = StringField("Reason (optional)")
 
 
 class TopupForm(PrefixedForm):

@@ -5,15 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
 
+from ..errors import ValidationError
+from ..models import LEDGER_TYPES
 from ..services import catalog, dashboard, reads
-from ..services.actors import VIEW
+from ..services.actors import VIEW, VIEW_LEDGER
+from ..services.dashboard.customers import STATUS_FILTERS
 from ..services.money import format_micros
-from ..services.paging import MAX_ID, MAX_PAGE, whole_number
+from ..services.paging import MAX_ID, MAX_PAGE, Page, whole_number
 from .charts import bar_chart, window
 from .csv_cells import QUOTING, safe_row
 from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
@@ -24,6 +28,7 @@ bp = Blueprint("pages", __name__)
 
 RECENT = 15
 EXPORT_PAGE = 200  # rows per keyset page while streaming a CSV
+EXPORT_CUSTOMERS = 100  # customers per page of the customer list's CSV (its largest page)
 
 
 def _int_arg(name: str, default: int, high: int = MAX_PAGE) -> int:
@@ -46,15 +51,17 @@ def overview():
     )
 
 
-@bp.get("/customers")
-@requires(VIEW)
-def customers():
+def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any], list[str]]:
+    """The customer list as the URL asks for it: the listing, the arguments to keep in links,
+    and the columns shown."""
     listing = dashboard.list_customers(
         current_actor(),
         search=request.args.get("q", ""),
+        status=request.args.get("status") or "all",
         sort=request.args.get("sort", "name"),
         direction=request.args.get("dir", "asc"),
-        page=_int_arg("page", 1),
+        page=page,
+        per_page=per_page,
     )
     # The columns shown: chosen in the URL (?col=feature:seats&col=credits:credits), by default
     # the persistent features and the credit systems (a compact table, whatever the catalog).
@@ -66,12 +73,63 @@ def customers():
     ] + [f"credits:{s.key}" for s in listing.credit_systems]
     args = {
         "q": request.args.get("q", ""),
+        "status": request.args.get("status") or "all",
         "sort": listing.sort,
         "dir": listing.direction,
         "col": chosen,
     }
+    return listing, args, chosen
+
+
+@bp.get("/customers")
+@requires(VIEW)
+def customers():
+    listing, args, chosen = _customer_listing(_int_arg("page", 1))
     template = "customers/_results.html" if target() == "results" else "customers/index.html"
-    return render_template(template, listing=listing, args=args, chosen=set(chosen))
+    return render_template(
+        template, listing=listing, args=args, chosen=set(chosen), statuses=STATUS_FILTERS
+    )
+
+
+@bp.get("/customers.csv")
+@requires(VIEW)
+def export_customers():
+    """The customer list as on screen (search, status, sort, columns), every page."""
+    first, args, chosen = _customer_listing(1, EXPORT_CUSTOMERS)
+    features = {f"feature:{c.key}": c for c in first.columns}
+    systems = {f"credits:{s.key}": s for s in first.credit_systems}
+    header = ["key", "name", "email", "status", "created_at"]
+    for col in chosen:
+        if col in features and features[col].type == "persistent":
+            header += [f"{features[col].name} used", f"{features[col].name} allowed"]
+        elif col in features:
+            header.append(f"{features[col].name} this period")
+        else:
+            header.append(f"{systems[col].name} balance")
+
+    def cells(row: Any) -> list[Any]:
+        c = row.customer
+        out = [c.key, c.name, c.email or "", c.status, c.created_at.isoformat()]
+        for col in chosen:
+            kind, _, key = col.partition(":")
+            if kind == "feature":
+                used, allowed = row.usage.get(key, (None, None))
+                out.append("" if used is None else format_micros(used))
+                if features[col].type == "persistent":
+                    out.append("" if allowed is None else format_micros(allowed))
+            else:
+                balance = row.balances.get(key)
+                out.append("" if balance is None else format_micros(balance))
+        return out
+
+    def pages() -> Iterator[list[list[Any]]]:
+        listing = first
+        for number in range(1, first.pages + 1):
+            if number > 1:
+                listing = _customer_listing(number, EXPORT_CUSTOMERS)[0]
+            yield [cells(row) for row in listing.rows]
+
+    return _csv_response(_csv_stream(header, pages()), "customers.csv")
 
 
 def feature_names() -> dict[str, str]:
@@ -137,18 +195,30 @@ def customer(key: str):
 def customer_events(key: str):
     actor = current_actor()
     summary = reads.customer_summary(actor, key)
+    args = {name: request.args.get(name, "") for name in ("feature", "since", "until", "event")}
     page = reads.list_events(
         actor,
         key,
-        feature_key=request.args.get("feature") or None,
+        feature_key=args["feature"] or None,
+        since=_day("since"),
+        until=_day("until", end=True),
+        event_id=args["event"].strip() or None,
         cursor=request.args.get("cursor"),
         limit=50,
     )
+    names = feature_names()
+    recordable = [e for e in summary.entitlements if e.feature_type != "boolean"]
     return render_template(
         "customers/events.html",
         customer=summary.customer,
         events=page,
-        feature_names=feature_names(),
+        feature_names=names,
+        features=recordable,
+        args=args,
+        filtered=any(args.values()),
+        next_url=url_for("pages.customer_events", key=key, **args, cursor=page.next_cursor)
+        if page.next_cursor
+        else None,
     )
 
 
@@ -164,13 +234,24 @@ def customer_ledger(key: str):
 def _csv_stream(header: list[str], pages: Iterator[list[list[Any]]]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=QUOTING)
-    writer.writerow(header)
+    writer.writerow(safe_row(header))  # a header can hold a feature's name
     yield buffer.getvalue()
     for rows in pages:
         buffer.seek(0)
         buffer.truncate()
         writer.writerows(safe_row(row) for row in rows)
         yield buffer.getvalue()
+
+
+def _all_pages(fetch: Callable[[str | None], Page[Any]]) -> Iterator[list[Any]]:
+    """Every item of a keyset-paged list, a page of EXPORT_PAGE rows at a time."""
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
 
 
 def _csv_response(rows: Iterator[str], filename: str) -> Response:
@@ -227,50 +308,115 @@ def export_events(key: str):
     return _csv_response(_csv_stream(header, pages()), f"{customer.key}-events.csv")
 
 
+LEDGER_HEADER = [
+    "id",
+    "credit_system",
+    "type",
+    "kind",
+    "amount",
+    "balance_after",
+    "reference",
+    "note",
+    "event_id",
+    "actor",
+    "created_at",
+    "customer_key",  # last: the columns before it are those of the first export (no customer)
+]
+
+
+def _ledger_csv_row(e: reads.LedgerView) -> list[Any]:
+    return [
+        e.id,
+        e.credit_system,
+        e.type,
+        e.kind or "",
+        format_micros(e.amount_micros),
+        format_micros(e.balance_after_micros),
+        e.reference or "",
+        e.note or "",
+        e.event_id or "",
+        e.actor,
+        e.created_at.isoformat(),
+        e.customer_key,
+    ]
+
+
+def _ledger_csv(fetch: Callable[[str | None], Page[Any]], filename: str) -> Response:
+    pages = ([_ledger_csv_row(e) for e in items] for items in _all_pages(fetch))
+    return _csv_response(_csv_stream(LEDGER_HEADER, pages), filename)
+
+
 @bp.get("/customers/<key>/ledger.csv")
 @requires(VIEW)
 def export_ledger(key: str):
     actor = current_actor()
     customer = catalog.get_customer(key)
+    return _ledger_csv(
+        lambda cursor: reads.list_ledger(actor, customer.key, cursor=cursor, limit=EXPORT_PAGE),
+        f"{customer.key}-ledger.csv",
+    )
 
-    def pages() -> Iterator[list[list[Any]]]:
-        cursor: str | None = None
-        while True:
-            page = reads.list_ledger(actor, customer.key, cursor=cursor, limit=EXPORT_PAGE)
-            yield [
-                [
-                    e.id,
-                    e.credit_system,
-                    e.type,
-                    e.kind or "",
-                    format_micros(e.amount_micros),
-                    format_micros(e.balance_after_micros),
-                    e.reference or "",
-                    e.note or "",
-                    e.event_id or "",
-                    e.actor,
-                    e.created_at.isoformat(),
-                ]
-                for e in page.items
-            ]
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
 
-    header = [
-        "id",
-        "credit_system",
-        "type",
-        "kind",
-        "amount",
-        "balance_after",
-        "reference",
-        "note",
-        "event_id",
-        "actor",
-        "created_at",
-    ]
-    return _csv_response(_csv_stream(header, pages()), f"{customer.key}-ledger.csv")
+def _day(name: str, *, end: bool = False) -> datetime | None:
+    """A date box of a filter as a UTC time: the start of the day, or for the end of a range
+    the start of the next day (the range takes the whole last day)."""
+    text = request.args.get(name, "")
+    if not text:
+        return None
+    try:
+        day = date.fromisoformat(text[:10]) if len(text) == 10 else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise ValidationError(f"`{name}` must be a date such as 2026-11-26.", field=name)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start + timedelta(days=1) if end and day < date.max else start
+
+
+def _ledger_filters() -> tuple[dict[str, str], dict[str, Any]]:
+    """The /ledger filters from the URL: as typed (for the form and links) and for the service."""
+    args = {
+        name: request.args.get(name, "") for name in ("type", "system", "since", "until", "actor")
+    }
+    return args, {
+        "entry_type": args["type"] or None,
+        "credit_system": args["system"] or None,
+        "since": _day("since"),
+        "until": _day("until", end=True),
+        "actor_label": args["actor"] or None,
+    }
+
+
+@bp.get("/ledger")
+@requires(VIEW_LEDGER)
+def ledger():
+    args, filters = _ledger_filters()
+    page = reads.list_all_ledger(
+        current_actor(), **filters, cursor=request.args.get("cursor"), limit=50
+    )
+    next_url = (
+        url_for("pages.ledger", **args, cursor=page.next_cursor) if page.next_cursor else None
+    )
+    return render_template(
+        "ledger.html",
+        ledger=page,
+        args=args,
+        types=LEDGER_TYPES,
+        systems=catalog.list_credit_systems(current_actor()),
+        next_url=next_url,
+        csv_url=url_for("pages.export_all_ledger", **args),
+    )
+
+
+@bp.get("/ledger.csv")
+@requires(VIEW_LEDGER)
+def export_all_ledger():
+    actor = current_actor()
+    _, filters = _ledger_filters()
+    return _ledger_csv(
+        lambda cursor: reads.list_all_ledger(actor, **filters, cursor=cursor, limit=EXPORT_PAGE),
+        "ledger.csv",
+    )
 
 
 @bp.get("/features")

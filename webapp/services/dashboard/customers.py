@@ -9,8 +9,18 @@ from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select
 
+from ...errors import ValidationError
 from ...extensions import db
-from ...models import CreditSystem, Customer, Entitlement, Feature, UsageCounter, Wallet, utcnow
+from ...models import (
+    CUSTOMER_STATUSES,
+    CreditSystem,
+    Customer,
+    Entitlement,
+    Feature,
+    UsageCounter,
+    Wallet,
+    utcnow,
+)
 from ..actors import VIEW, Actor, require
 from .current import current_usage, page_bounds, page_count
 
@@ -46,21 +56,28 @@ class CustomerList:
 
 
 CUSTOMER_SORTS = ("key", "name", "email", "status", "created")
+STATUS_FILTERS = ("all", *CUSTOMER_STATUSES)
 
 
 def list_customers(
     actor: Actor,
     *,
     search: str | None = None,
+    status: str = "all",
     sort: str = "key",
     direction: str = "asc",
     page: int = 1,
     per_page: int = 25,
     now: datetime | None = None,
 ) -> CustomerList:
-    """Customers with offset pages. ``sort`` is a column name, ``feature:<key>`` (usage this
-    period) or ``credits:<key>`` (wallet balance); unknown values fall back to ``key``."""
+    """Customers with offset pages. ``status`` is active, archived or all. ``sort`` is a column
+    name, ``feature:<key>`` (usage this period) or ``credits:<key>`` (wallet balance); unknown
+    values fall back to ``key``."""
     require(actor, VIEW)
+    if status not in STATUS_FILTERS:
+        raise ValidationError(
+            f"`status` must be one of {', '.join(STATUS_FILTERS)}.", field="status"
+        )
     now = now or utcnow()
     page, per_page = page_bounds(page, per_page)
     direction = "desc" if direction == "desc" else "asc"
@@ -79,6 +96,8 @@ def list_customers(
         )
     ]
     base = select(Customer)
+    if status != "all":
+        base = base.where(Customer.status == status)
     if search:
         term = search.strip()[:100].lower()  # `%` and `_` are letters here (autoescape)
         base = base.where(

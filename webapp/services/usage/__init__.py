@@ -155,7 +155,7 @@ def _judge(
     state.events[(customer.id, event_id)] = recorded
     row = recorded.row(customer.id, feature.id, event_id, ckey[2], p.metadata)
     row.update(actor=actor.label, recorded_at=now)
-    audit = (event_id, feature.key, format_micros(p.amount_micros))
+    audit = (event_id, feature.key, format_micros(p.amount_micros), p.reason)
     pending = Pending(event=row, ledger=ledger, customer_key=customer.key, audit=audit)
     return _result(recorded, event_id, customer, cost, replayed=False), pending
 
@@ -232,7 +232,8 @@ def _record(actor: Actor, parsed: list[Parsed | DomainError]) -> list[UsageResul
 
 def record_usage(actor: Actor, **fields: Any) -> UsageResult:
     """Record one usage event (fields as in api.md: customer_key, feature_key or event_name,
-    amount, event_id, timestamp, metadata). Raises the DomainError of the first rule it breaks."""
+    amount, event_id, timestamp, metadata; and ``reason``, up to 500 characters, kept in the
+    audit row). Raises the DomainError of the first rule it breaks."""
     require(actor, RECORD_USAGE)
     (result,) = _record(actor, _parse_all([fields]))
     if isinstance(result, DomainError):
@@ -247,6 +248,7 @@ def reclaim_seats(
     feature_key: object,
     count: object,
     event_id: object = None,
+    reason: object = None,
 ) -> UsageResult:
     """Give ``count`` units of a persistent feature back: usage of −count (domain.md, rule 6).
     Never adds credits."""
@@ -259,6 +261,7 @@ def reclaim_seats(
         feature_key=feature_key,
         amount=-Decimal(count_micros).scaleb(-6),
         event_id=event_id,
+        reason=reason,
     )
 
 

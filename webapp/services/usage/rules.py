@@ -68,6 +68,7 @@ class Parsed:
     event_id: str | None = None
     timestamp: datetime | None = None
     metadata: dict[str, Any] | None = None
+    reason: str | None = None  # why a person recorded it: kept in the audit row only
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class Decision:
     used_after: int
     overage: int
     credits: int | None  # None: not credit-based
+
+
+MAX_REASON = 500
 
 
 def parse(raw: object, now: datetime) -> Parsed:
@@ -106,6 +110,9 @@ def parse(raw: object, now: datetime) -> Parsed:
         event_id=event_id,
         timestamp=validation.timestamp(raw.get("timestamp"), now=now),
         metadata=validation.metadata(raw.get("metadata")),
+        reason=validation.text(
+            raw.get("reason"), field="reason", max_len=MAX_REASON, required=False
+        ),
     )
 
 

@@ -286,7 +286,7 @@ class Pending:
     event: dict[str, Any]
     ledger: dict[str, Any] | None
     customer_key: str
-    audit: tuple[str, str, str]  # event_id, feature_key, amount
+    audit: tuple[str, str, str, str | None]  # event_id, feature_key, amount, reason
 
 
 _event_table = cast(Table, UsageEvent.__table__)
@@ -436,18 +436,21 @@ def _write_wallets(conn: Connection, state: State) -> None:
 def _audit_rows(actor: Actor, pending: list[Pending]) -> list[dict[str, Any]]:
     """One audit row per customer per call: the event itself, or the list of a batch's events
     (each event row also keeps its actor and time)."""
-    by_customer: dict[str, list[tuple[str, str, str]]] = {}
+    by_customer: dict[str, list[tuple[str, str, str, str | None]]] = {}
     for p in pending:
         by_customer.setdefault(p.customer_key, []).append(p.audit)
     now = utcnow()
     rows = []
     for customer_key, events in by_customer.items():
         if len(events) == 1:
-            ((event_id, feature_key, amount),) = events
+            ((event_id, feature_key, amount, reason),) = events
             target = f"event:{event_id}"
             details: dict[str, Any] = {"feature": feature_key, "amount": amount}
+            if reason:
+                details["reason"] = reason
         else:
             target = f"events:{len(events)}"
-            details = {"events": [list(e) for e in events]}
+            # [event_id, feature, amount], and the reason when one was given
+            details = {"events": [list(e if e[3] else e[:3]) for e in events]}
         rows.append(audit_row(actor, "usage.recorded", customer_key, target, details, now))
     return rows
