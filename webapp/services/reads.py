@@ -28,7 +28,7 @@ from ..models import (
 from . import validation
 from .actors import VIEW, VIEW_LEDGER, Actor, require
 from .catalog import get_credit_system, get_customer, get_feature
-from .paging import Page, keyset_page
+from .paging import AnySelect, Page, keyset_page
 from .periods import effective_period, next_reset, period_start
 
 # ---------------------------------------------------------------- customer summary
@@ -186,6 +186,15 @@ class EventView:
         )
 
 
+def _between(stmt: AnySelect, column: Any, since: object, until: object) -> AnySelect:
+    """Rows with ``since <= column < until``; either end may be left open (None or "")."""
+    if since not in (None, ""):
+        stmt = stmt.where(column >= validation.parse_time(since, field="since"))
+    if until not in (None, ""):
+        stmt = stmt.where(column < validation.parse_time(until, field="until"))
+    return stmt
+
+
 def list_events(
     actor: Actor,
     customer_key: object,
@@ -206,10 +215,7 @@ def list_events(
     )
     if feature_key not in (None, ""):
         stmt = stmt.where(UsageEvent.feature_id == get_feature(feature_key=feature_key).id)
-    if since not in (None, ""):
-        stmt = stmt.where(UsageEvent.timestamp >= validation.parse_time(since, field="since"))
-    if until not in (None, ""):
-        stmt = stmt.where(UsageEvent.timestamp < validation.parse_time(until, field="until"))
+    stmt = _between(stmt, UsageEvent.timestamp, since, until)
     if event_id not in (None, ""):
         stmt = stmt.where(UsageEvent.event_id == validation.lookup_key(event_id, field="event_id"))
     page = keyset_page(stmt, UsageEvent.id, lambda row: row[0].id, cursor=cursor, limit=limit)
@@ -235,7 +241,7 @@ class LedgerView:
     customer_key: str = ""
 
 
-def _ledger_page(stmt: Select[Any], cursor: str | None, limit: object) -> Page[LedgerView]:
+def _ledger_page(stmt: AnySelect, cursor: str | None, limit: object) -> Page[LedgerView]:
     """One keyset page of ledger rows (entry, credit system key, event id, customer key)."""
     page = keyset_page(stmt, LedgerEntry.id, lambda row: row[0].id, cursor=cursor, limit=limit)
     return Page(
@@ -260,7 +266,7 @@ def _ledger_page(stmt: Select[Any], cursor: str | None, limit: object) -> Page[L
     )
 
 
-def _ledger_rows(credit_system: object) -> Select[Any]:
+def _ledger_rows(credit_system: object) -> AnySelect:
     stmt = (
         select(LedgerEntry, CreditSystem.key, UsageEvent.event_id, Customer.key)
         .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
@@ -306,10 +312,7 @@ def list_all_ledger(
         if entry_type not in LEDGER_TYPES:
             raise ValidationError(f"`type` must be one of {', '.join(LEDGER_TYPES)}.", field="type")
         stmt = stmt.where(LedgerEntry.type == entry_type)
-    if since not in (None, ""):
-        stmt = stmt.where(LedgerEntry.created_at >= validation.parse_time(since, field="since"))
-    if until not in (None, ""):
-        stmt = stmt.where(LedgerEntry.created_at < validation.parse_time(until, field="until"))
+    stmt = _between(stmt, LedgerEntry.created_at, since, until)
     if actor_label not in (None, ""):
         stmt = stmt.where(LedgerEntry.actor == str(actor_label)[:300])
     return _ledger_page(stmt, cursor, limit)
