@@ -184,6 +184,15 @@ def _rest(view: type, row: Any, given: dict[str, Any]) -> dict[str, Any]:
     return {f.name: getattr(row, f.name) for f in fields(view) if f.name not in given}
 
 
+def _between(stmt: AnySelect, column: Any, since: object, until: object) -> AnySelect:
+    """Rows with ``since <= column < until``; either end may be left open (None or "")."""
+    if since not in (None, ""):
+        stmt = stmt.where(column >= validation.parse_time(since, field="since"))
+    if until not in (None, ""):
+        stmt = stmt.where(column < validation.parse_time(until, field="until"))
+    return stmt
+
+
 def list_events(
     actor: Actor,
     customer_key: object,
@@ -204,10 +213,7 @@ def list_events(
     )
     if feature_key not in (None, ""):
         stmt = stmt.where(UsageEvent.feature_id == get_feature(feature_key=feature_key).id)
-    if since not in (None, ""):
-        stmt = stmt.where(UsageEvent.timestamp >= validation.parse_time(since, field="since"))
-    if until not in (None, ""):
-        stmt = stmt.where(UsageEvent.timestamp < validation.parse_time(until, field="until"))
+    stmt = _between(stmt, UsageEvent.timestamp, since, until)
     if event_id not in (None, ""):
         stmt = stmt.where(UsageEvent.event_id == validation.lookup_key(event_id, field="event_id"))
     page = keyset_page(stmt, UsageEvent.id, lambda row: row[0].id, cursor=cursor, limit=limit)
@@ -296,10 +302,7 @@ def list_all_ledger(
         if entry_type not in LEDGER_TYPES:
             raise ValidationError(f"`type` must be one of {', '.join(LEDGER_TYPES)}.", field="type")
         stmt = stmt.where(LedgerEntry.type == entry_type)
-    if since not in (None, ""):
-        stmt = stmt.where(LedgerEntry.created_at >= validation.parse_time(since, field="since"))
-    if until not in (None, ""):
-        stmt = stmt.where(LedgerEntry.created_at < validation.parse_time(until, field="until"))
+    stmt = _between(stmt, LedgerEntry.created_at, since, until)
     if actor_label not in (None, ""):
         stmt = stmt.where(LedgerEntry.actor == str(actor_label)[:300])
     return _ledger_page(stmt, cursor, limit)

@@ -99,7 +99,7 @@ def parse(raw: object, now: datetime) -> Parsed:
     amount_micros = parse_micros(raw.get("amount", 1), field="amount", error=InvalidAmount)
     if amount_micros == 0:
         raise InvalidAmount("`amount` may not be zero.", field="amount")
-    event_id = raw.get("event_id")
+    event_id, reason = raw.get("event_id"), raw.get("reason")
     if event_id is not None:
         event_id = validation.key(event_id, field="event_id", pattern=validation.EVENT_ID_RE)
     return Parsed(
@@ -110,9 +110,7 @@ def parse(raw: object, now: datetime) -> Parsed:
         event_id=event_id,
         timestamp=validation.timestamp(raw.get("timestamp"), now=now),
         metadata=validation.metadata(raw.get("metadata")),
-        reason=validation.text(
-            raw.get("reason"), field="reason", max_len=MAX_REASON, required=False
-        ),
+        reason=validation.text(reason, field="reason", max_len=MAX_REASON, required=False),
     )
 
 
