@@ -85,7 +85,8 @@ def test_customers_search_sort_and_htmx_fragment(client, shop):
 
 def test_list_pages_run_a_constant_number_of_queries(client, shop):
     signed_in(client, "account_manager")
-    urls = ["/", "/customers", f"/customers/{C}", "/wallets", "/features", "/audit", "/ledger"]
+    urls = ["/", "/customers", "/customers?near=1", f"/customers/{C}", "/wallets", "/features"]
+    urls += ["/audit", "/ledger"]
 
     def counts() -> list[int]:
         out = []
@@ -303,3 +304,37 @@ def test_customers_csv_is_the_list_on_screen_every_page_streamed(client, shop):
     assert [r[0] for r in csv.reader(io.StringIO(search))][1:] == ["cust-acme"]
     page = client.get("/customers?status=active&q=acme").get_data(as_text=True)
     assert "/customers.csv?q=acme&amp;status=active" in page
+
+
+def test_customers_show_the_share_of_allowance_used_and_filter_near_a_limit(client, shop):
+    # C: seats 3 of 10, API calls 4 of 1000 -> 30 %; acme: seats 8 of 10 -> 80 % (near);
+    # globex: API calls 799 of 1000 -> 79 % (not near); an unlimited allowance counts for none.
+    usage.record_usage(SYSTEM, customer_key="cust-acme", feature_key="seats", amount=3)
+    wallets.topup_wallet(SYSTEM, customer_key="cust-globex", credit_system="credits", amount="20")
+    usage.record_usage(SYSTEM, customer_key="cust-globex", feature_key="api_calls", amount=799)
+    add_customer("cust-unlimited", api_allowance=None, seat_allowance=None, topup="1")
+    usage.record_usage(SYSTEM, customer_key="cust-unlimited", feature_key="api_calls", amount=9)
+    percents = {
+        r.customer.key: r.percent for r in dashboard.list_customers(SYSTEM, per_page=100).rows
+    }
+    assert percents == {C: 30, "cust-acme": 80, "cust-globex": 79, "cust-unlimited": 0}
+    near = dashboard.list_customers(SYSTEM, near_limit=True)
+    assert [r.customer.key for r in near.rows] == ["cust-acme"] and near.total == 1
+
+    signed_in(client, "account_manager")
+    html = client.get("/customers").get_data(as_text=True)
+    assert "% of allowance</th>" in html  # a default column
+    assert '<span class="percent near-limit">80 %</span>' in html
+    assert '<span class="percent">79 %</span>' in html
+    filtered = client.get("/customers?near=1&sort=name").get_data(as_text=True)
+    assert "cust-acme" in filtered and "cust-globex" not in filtered and C not in filtered
+    assert "1 customer near a limit" in filtered
+    # Sorting, pages, columns and the CSV keep the filter.
+    assert "near=1" in filtered.split("<thead>")[1].split("</thead>")[0]
+    assert 'name="near" value="1"' in filtered.split('class="columns"')[1]
+    rows = list(csv.reader(io.StringIO(client.get("/customers.csv?near=1").get_data(as_text=True))))
+    assert rows[0][5] == "% of allowance" and [r[0] for r in rows[1:]] == ["cust-acme"]
+    assert rows[1][5] == "80"
+    # The column can be left out with the picker.
+    without = client.get("/customers?col=credits:credits").get_data(as_text=True)
+    assert "% of allowance</th>" not in without and "near-limit" not in without

@@ -15,7 +15,7 @@ from ..errors import ValidationError
 from ..models import LEDGER_TYPES
 from ..services import catalog, dashboard, reads
 from ..services.actors import VIEW, VIEW_LEDGER
-from ..services.dashboard.customers import STATUS_FILTERS
+from ..services.dashboard.customers import NEAR_LIMIT_PERCENT, STATUS_FILTERS
 from ..services.money import format_micros
 from ..services.paging import MAX_ID, MAX_PAGE, Page, whole_number
 from .charts import bar_chart, window
@@ -28,6 +28,7 @@ bp = Blueprint("pages", __name__)
 
 RECENT = 15
 EXPORT_PAGE = 200  # rows per keyset page while streaming a CSV
+PERCENT_COLUMN = "percent"  # the customer list's "% of allowance" column, in ?col=
 EXPORT_CUSTOMERS = 100  # customers per page of the customer list's CSV (its largest page)
 
 
@@ -58,22 +59,26 @@ def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any
         current_actor(),
         search=request.args.get("q", ""),
         status=request.args.get("status") or "all",
+        near_limit=request.args.get("near") == "1",
         sort=request.args.get("sort", "name"),
         direction=request.args.get("dir", "asc"),
         page=page,
         per_page=per_page,
     )
     # The columns shown: chosen in the URL (?col=feature:seats&col=credits:credits), by default
-    # the persistent features and the credit systems (a compact table, whatever the catalog).
-    available = [f"feature:{c.key}" for c in listing.columns] + [
+    # the share of the allowance used, the persistent features and the credit systems (a compact
+    # table, whatever the catalog).
+    available = [PERCENT_COLUMN, *(f"feature:{c.key}" for c in listing.columns)] + [
         f"credits:{s.key}" for s in listing.credit_systems
     ]
     chosen = [c for c in request.args.getlist("col") if c in available] or [
-        f"feature:{c.key}" for c in listing.columns if c.type == "persistent"
+        PERCENT_COLUMN,
+        *(f"feature:{c.key}" for c in listing.columns if c.type == "persistent"),
     ] + [f"credits:{s.key}" for s in listing.credit_systems]
     args = {
         "q": request.args.get("q", ""),
         "status": request.args.get("status") or "all",
+        **({"near": "1"} if request.args.get("near") == "1" else {}),
         "sort": listing.sort,
         "dir": listing.direction,
         "col": chosen,
@@ -87,7 +92,12 @@ def customers():
     listing, args, chosen = _customer_listing(_int_arg("page", 1))
     template = "customers/_results.html" if target() == "results" else "customers/index.html"
     return render_template(
-        template, listing=listing, args=args, chosen=set(chosen), statuses=STATUS_FILTERS
+        template,
+        listing=listing,
+        args=args,
+        chosen=set(chosen),
+        statuses=STATUS_FILTERS,
+        near_limit_percent=NEAR_LIMIT_PERCENT,
     )
 
 
@@ -100,7 +110,9 @@ def export_customers():
     systems = {f"credits:{s.key}": s for s in first.credit_systems}
     header = ["key", "name", "email", "status", "created_at"]
     for col in chosen:
-        if col in features and features[col].type == "persistent":
+        if col == PERCENT_COLUMN:
+            header.append("% of allowance")
+        elif col in features and features[col].type == "persistent":
             header += [f"{features[col].name} used", f"{features[col].name} allowed"]
         elif col in features:
             header.append(f"{features[col].name} this period")
@@ -112,7 +124,9 @@ def export_customers():
         out = [c.key, c.name, c.email or "", c.status, c.created_at.isoformat()]
         for col in chosen:
             kind, _, key = col.partition(":")
-            if kind == "feature":
+            if col == PERCENT_COLUMN:
+                out.append("" if row.percent is None else row.percent)
+            elif kind == "feature":
                 used, allowed = row.usage.get(key, (None, None))
                 out.append("" if used is None else format_micros(used))
                 if features[col].type == "persistent":

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Numeric, and_, case, cast, func, or_, select
 
 from ...errors import ValidationError
 from ...extensions import db
@@ -38,6 +38,17 @@ class CustomerRow:
     usage: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key -> used, allow
     balances: dict[str, int] = field(default_factory=dict)  # credit system key -> micros
 
+    @property
+    def percent(self) -> int | None:
+        """The highest share of an allowance used this period, in whole percent (rounded down),
+        over the entitlements with a finite allowance above zero; None when there is none."""
+        shares = [used * 100 // allow for used, allow in self.usage.values() if allow]
+        return max(shares, default=None)
+
+    @property
+    def near_limit(self) -> bool:
+        return self.percent is not None and self.percent >= NEAR_LIMIT_PERCENT
+
 
 @dataclass(frozen=True)
 class CustomerList:
@@ -55,6 +66,7 @@ class CustomerList:
         return page_count(self.total, self.per_page)
 
 
+NEAR_LIMIT_PERCENT = 80  # an allowance this much used (or more) is "near its limit"
 CUSTOMER_SORTS = ("key", "name", "email", "status", "created")
 STATUS_FILTERS = ("all", *CUSTOMER_STATUSES)
 
@@ -64,6 +76,7 @@ def list_customers(
     *,
     search: str | None = None,
     status: str = "all",
+    near_limit: bool = False,
     sort: str = "key",
     direction: str = "asc",
     page: int = 1,
@@ -72,7 +85,8 @@ def list_customers(
 ) -> CustomerList:
     """Customers with offset pages. ``status`` is active, archived or all. ``sort`` is a column
     name, ``feature:<key>`` (usage this period) or ``credits:<key>`` (wallet balance); unknown
-    values fall back to ``key``."""
+    values fall back to ``key``. ``near_limit`` keeps the customers that used at least
+    NEAR_LIMIT_PERCENT of a finite allowance this period."""
     require(actor, VIEW)
     if status not in STATUS_FILTERS:
         raise ValidationError(
@@ -105,6 +119,19 @@ def list_customers(
                 func.lower(Customer.key).contains(term, autoescape=True),
                 func.lower(Customer.name).contains(term, autoescape=True),
                 func.lower(Customer.email).contains(term, autoescape=True),
+            )
+        )
+    if near_limit:
+        # used / allowance >= 80 / 100, in integers; Numeric so that x100 cannot overflow BIGINT
+        used = cast(UsageCounter.used_micros, Numeric) * 100
+        base = base.where(
+            Customer.id.in_(
+                current_usage(now)
+                .with_only_columns(UsageCounter.customer_id)
+                .where(
+                    Entitlement.allowance_micros > 0,
+                    used >= cast(Entitlement.allowance_micros, Numeric) * NEAR_LIMIT_PERCENT,
+                )
             )
         )
     total = db.session.scalar(select(func.count()).select_from(base.subquery())) or 0
