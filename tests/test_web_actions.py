@@ -336,3 +336,54 @@ def test_the_events_list_filters_by_feature_dates_and_event_id(client, seated):
     # The customer page's events card finds an event by its id on this page.
     page = client.get(f"/customers/{C}").get_data(as_text=True)
     assert f'action="{url}"' in page and 'name="event"' in page
+
+
+def preview(client, feature: str, amount: str) -> str:
+    response = client.get(
+        f"/customers/{C}/usage/preview",
+        query_string={"usage-feature_key": feature, "usage-amount": amount},
+        headers=HX,
+    )
+    assert response.status_code == 200
+    return " ".join(response.get_data(as_text=True).split())
+
+
+def test_the_usage_preview_shows_the_credits_and_what_is_left(client, seated):
+    signed_in(client, "support")
+    before = row_counts()
+    html = preview(client, "api_calls", "4")
+    assert "Allowed." in html
+    assert "Costs <strong>0.08</strong> credits; balance 10.00 → <strong>9.92</strong>" in html
+    assert "Allowance left: 1,000 → <strong>996</strong> of 1,000" in html
+    seats = preview(client, "seats", "2")
+    assert "Seats left: 7 → <strong>5</strong> of 10" in seats
+    assert "Costs" not in seats
+    assert row_counts() == before  # a preview writes nothing
+
+
+@pytest.mark.parametrize(
+    ("feature", "amount", "said"),
+    [
+        ("api_calls", "501", "Would be refused:</strong> Recording this needs 10.02 credits"),
+        ("candidates", "101", "Would be refused:</strong> 101 more candidates"),
+        ("api_calls", "", "Choose a feature and enter an amount"),
+        ("", "3", "Choose a feature and enter an amount"),
+        ("api_calls", "lots", "Amount must be a decimal number such as &#34;2&#34; or &#34;0.5&#34;."),
+        ("sso", "1", "Would be refused:</strong> Feature &#39;sso&#39; is boolean"),
+        ("nope", "1", "nope"),
+    ],
+)
+def test_the_usage_preview_explains_a_refusal_or_bad_input_in_words(
+    client, seated, feature, amount, said
+):
+    signed_in(client, "admin")
+    html = preview(client, feature, amount)
+    assert said in html
+    assert "→" not in html
+
+
+def test_the_usage_form_asks_for_its_preview(client, seated):
+    signed_in(client, "support")
+    html = client.get(f"/customers/{C}").get_data(as_text=True)
+    assert f'hx-get="/customers/{C}/usage/preview"' in html
+    assert 'hx-include="#usage-feature_key, #usage-amount"' in html

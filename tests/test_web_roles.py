@@ -42,6 +42,7 @@ EXPECTED: dict[str, str] = {
     "pages.ledger": VIEW_LEDGER,
     "pages.export_all_ledger": VIEW_LEDGER,
     "actions.record_usage": RECORD_USAGE,
+    "actions.usage_preview": RECORD_USAGE,
     "actions.reclaim_seats": RECORD_USAGE,
     "actions.topup": MANAGE_WALLETS,
     "actions.adjust": MANAGE_WALLETS,

@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_wtf import FlaskForm
 
 from ..api.schemas import AdjustmentRequest, RecordUsageRequest, TopupRequest
-from ..errors import DomainError, ValidationError
+from ..errors import DomainError, ServiceUnavailable, ValidationError
 from ..services import reads, usage, wallets
 from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
 from ..services.money import MICROS, parse_micros
@@ -26,6 +26,7 @@ from .forms import (
     ThresholdForm,
     TopupForm,
     blank,
+    humane,
     show_error,
 )
 from .htmx import is_htmx
@@ -78,6 +79,43 @@ def record_usage(key: str):
         return text + "."
 
     return _handle(key, "usage_form", form, call)
+
+
+LABELS = {"amount": "Amount", "feature_key": "Feature"}  # the record form's labels
+
+
+@bp.get("/customers/<key>/usage/preview")
+@requires(RECORD_USAGE)
+def usage_preview(key: str):
+    """The record form's preview: what recording would cost and leave, by the same service
+    check as recording (usage.check_entitlement). Bad input is a sentence in the box (200)."""
+    feature_key = request.args.get("usage-feature_key", "").strip()
+    amount = request.args.get("usage-amount", "").strip()
+    check = problem = None
+    if not feature_key or not amount:
+        problem = "Choose a feature and enter an amount to see what recording will do."
+    else:
+        try:
+            check = usage.check_entitlement(
+                current_actor(),
+                customer_key=key,
+                feature_key=feature_key,
+                amount=amount,
+                recording=True,
+            )
+        except ServiceUnavailable:
+            raise  # the 503 page, as for the form itself
+        except DomainError as exc:
+            problem = humane(exc.message, LABELS.get(exc.field or ""))
+    refusal = humane(check.message) if check and check.message else None
+    name = feature_names().get(feature_key, feature_key)
+    return render_template(
+        "customers/_usage_preview.html",
+        check=check,
+        problem=problem,
+        refusal=refusal,
+        feature_name=name,
+    )
 
 
 @bp.post("/customers/<key>/seats/reclaim")

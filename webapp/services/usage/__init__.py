@@ -99,6 +99,19 @@ class CheckResult:
     def available_micros(self) -> int | None:
         return None if self.allowance_micros is None else self.allowance_micros - self.used_micros
 
+    @property
+    def available_after_micros(self) -> int | None:
+        """The allowance left once this amount is recorded (None: no limit)."""
+        available = self.available_micros
+        return None if available is None else available - self.amount_micros
+
+    @property
+    def balance_after_micros(self) -> int | None:
+        """The wallet balance once this amount's credits are deducted (None: no charge)."""
+        if self.balance_micros is None or self.credits_required_micros is None:
+            return None
+        return self.balance_micros - self.credits_required_micros
+
 
 # ---------------------------------------------------------------- RecordUsage
 
@@ -288,9 +301,12 @@ def check_entitlement(
     feature_key: object = None,
     event_name: object = None,
     amount: object = 1,
+    recording: bool = False,
 ) -> CheckResult:
     """Would recording ``amount`` succeed now? The same parse, load and rules as RecordUsage
-    (without locks), so the two never disagree. Writes nothing."""
+    (without locks), so the two never disagree. Writes nothing. A boolean feature is checked
+    for access, unless ``recording`` (the dashboard's preview of RecordUsage) refuses it as
+    RecordUsage does."""
     require(actor, VIEW)
     now = utcnow()
     p = parse(
@@ -312,6 +328,8 @@ def check_entitlement(
     used = state.counters.get(state.counter_key(customer, feature, now), 0)
     reason = message = None
     try:
+        if recording:
+            check_amount_for_type(feature, p.amount_micros)
         credits = decide_check(feature, customer, ent, used, p.amount_micros, cost, balance)
     except DomainError as exc:
         reason, message = exc.code, exc.message
