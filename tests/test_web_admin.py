@@ -4,8 +4,9 @@ entitlements, each through its service; errors next to the field, nothing writte
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.factories import make_catalog
 from tests.web import row_counts, signed_in
@@ -54,6 +55,23 @@ def test_a_new_api_key_is_shown_once_and_can_be_revoked(client):
     assert client.post(f"/admin/api-keys/{key.id}/revoke").status_code == 303
     db.session.expire_all()
     assert db.session.get(ApiKey, key.id).revoked_at is not None
+
+
+def test_a_new_api_key_can_expire_and_the_list_shows_when(client):
+    signed_in(client, "admin")
+    response = client.post(
+        "/admin/api-keys", data={"name": "ci", "role": "support", "expires_days": "90"}
+    )
+    assert response.status_code == 303
+    key = db.session.scalar(select(ApiKey))
+    assert key.expires_at is not None
+    assert timedelta(days=89) < key.expires_at - key.created_at <= timedelta(days=90)
+    listing = client.get("/admin/api-keys").data.decode()
+    assert f'data-testid="key-expiry">{key.expires_at:%Y-%m-%d}' in listing
+    bad_days = {"name": "x", "role": "support", "expires_days": "7x"}
+    bad = client.post("/admin/api-keys", data=bad_days)
+    assert bad.status_code == 422 and b'id="expires_days-error"' in bad.data
+    assert db.session.scalar(select(func.count()).select_from(ApiKey)) == 1
 
 
 def test_admin_creates_edits_and_archives_a_customer(client, app):

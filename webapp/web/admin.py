@@ -173,7 +173,12 @@ def api_keys():
     form = ApiKeyForm()
     if form.validate_on_submit():
         try:
-            new = auth.create_api_key(current_actor(), name=form.name.data, role=form.role.data)
+            new = auth.create_api_key(
+                current_actor(),
+                name=form.name.data,
+                role=form.role.data,
+                expires_days=form.expires_days.data,
+            )
         except DomainError as exc:
             show_error(form, exc)
         else:
