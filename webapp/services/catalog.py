@@ -250,6 +250,64 @@ def create_credit_system(
 
 
 @transactional
+def update_feature(actor: Actor, key: object, *, name: object) -> Feature:
+    """Rename a feature; its key, type and event name stay (events and entitlements name them)."""
+    require(actor, ADMIN)
+    feature = get_feature(key)
+    feature.name = validation.text(name, field="name", max_len=200)
+    audit.record(actor, "feature.updated", target=f"feature:{feature.key}")
+    return feature
+
+
+@transactional
+def update_credit_system(
+    actor: Actor,
+    key: object,
+    *,
+    name: object,
+    unit_singular: object = None,
+    unit_plural: object = None,
+) -> CreditSystem:
+    """Rename a credit system and its units; its key stays (wallets and the ledger name it)."""
+    require(actor, ADMIN)
+    system = get_credit_system(key, field="key")
+    system.name = validation.text(name, field="name", max_len=200)
+    singular = validation.text(unit_singular, field="unit_singular", max_len=50, required=False)
+    plural = validation.text(unit_plural, field="unit_plural", max_len=50, required=False)
+    system.unit_singular = singular or "credit"
+    system.unit_plural = plural or "credits"
+    audit.record(actor, "credit_system.updated", target=f"credit_system:{system.key}")
+    return system
+
+
+@transactional
+def set_feature_archived(actor: Actor, key: object, archived: bool) -> Feature:
+    """An archived feature records no new usage (``feature_not_recordable``); its history stays."""
+    require(actor, ADMIN)
+    feature = get_feature(key)
+    _set_archived(actor, feature, "feature", feature.key, archived)
+    return feature
+
+
+@transactional
+def set_credit_system_archived(actor: Actor, key: object, archived: bool) -> CreditSystem:
+    """An archived credit system takes no new topups; its wallets and ledger stay readable."""
+    require(actor, ADMIN)
+    system = get_credit_system(key, field="key")
+    _set_archived(actor, system, "credit_system", system.key, archived)
+    return system
+
+
+def _set_archived(
+    actor: Actor, row: Feature | CreditSystem, kind: str, key: str, archived: bool
+) -> None:
+    if (row.archived_at is not None) != archived:
+        row.archived_at = utcnow() if archived else None
+        action = "archived" if archived else "unarchived"
+        audit.record(actor, f"{kind}.{action}", target=f"{kind}:{key}")
+
+
+@transactional
 def set_credit_cost(
     actor: Actor, feature_key: object, *, credit_system: object, cost: object
 ) -> CreditCost:
