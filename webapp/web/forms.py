@@ -162,6 +162,15 @@ class CreditSystemForm(FlaskForm):
     unit_plural = StringField("Unit (plural)", validators=[Optional()])
 
 
+class FeatureEditForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+
+
+class CreditSystemEditForm(FeatureEditForm):
+    unit_singular = StringField("Unit (singular)", validators=[Optional()])
+    unit_plural = StringField("Unit (plural)", validators=[Optional()])
+
+
 class CreditCostForm(FlaskForm):
     feature_key = _select("Feature", validators=[DataRequired()])
     credit_system = _select("Credit system", validators=[DataRequired()])
