@@ -235,18 +235,28 @@ def create_credit_system(
 ) -> CreditSystem:
     require(actor, ADMIN)
     key = validation.key(key, field="key", pattern=validation.FEATURE_KEY_RE)
-    name = validation.text(name, field="name", max_len=200)
-    singular = validation.text(unit_singular, field="unit_singular", max_len=50, required=False)
-    plural = validation.text(unit_plural, field="unit_plural", max_len=50, required=False)
+    fields = _credit_system_fields(name, unit_singular, unit_plural)
     if db.session.scalar(select(CreditSystem.id).where(CreditSystem.key == key)) is not None:
         raise Conflict(f"A credit system with key {key!r} already exists.", field="key")
-    system = CreditSystem(
-        key=key, name=name, unit_singular=singular or "credit", unit_plural=plural or "credits"
-    )
+    system = CreditSystem(key=key, **fields)
     db.session.add(system)
     db.session.flush()
     audit.record(actor, "credit_system.created", target=f"credit_system:{key}")
     return system
+
+
+def _credit_system_fields(
+    name: object, unit_singular: object, unit_plural: object
+) -> dict[str, str]:
+    """A credit system's editable fields, checked; unnamed units are "credit" / "credits"."""
+    label = validation.text(name, field="name", max_len=200)
+    singular = validation.text(unit_singular, field="unit_singular", max_len=50, required=False)
+    plural = validation.text(unit_plural, field="unit_plural", max_len=50, required=False)
+    return {
+        "name": label,
+        "unit_singular": singular or "credit",
+        "unit_plural": plural or "credits",
+    }
 
 
 @transactional
@@ -271,11 +281,8 @@ def update_credit_system(
     """Rename a credit system and its units; its key stays (wallets and the ledger name it)."""
     require(actor, ADMIN)
     system = get_credit_system(key, field="key")
-    system.name = validation.text(name, field="name", max_len=200)
-    singular = validation.text(unit_singular, field="unit_singular", max_len=50, required=False)
-    plural = validation.text(unit_plural, field="unit_plural", max_len=50, required=False)
-    system.unit_singular = singular or "credit"
-    system.unit_plural = plural or "credits"
+    for attr, value in _credit_system_fields(name, unit_singular, unit_plural).items():
+        setattr(system, attr, value)
     audit.record(actor, "credit_system.updated", target=f"credit_system:{system.key}")
     return system
 
