@@ -3,14 +3,17 @@ enforced by the services, and the per-key rate limit."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from tests.api_support import Api, C, api_as, check_response, error_code, make_key, row_counts
 from tests.conftest import TEST_CONFIG
 from webapp import create_app
+from webapp.errors import Unauthorized, ValidationError
 from webapp.extensions import db
-from webapp.models import ApiKey
+from webapp.models import ApiKey, utcnow
 from webapp.services import auth
 from webapp.services.actors import SYSTEM
 
@@ -48,6 +51,44 @@ def test_revoked_key_fails_at_once(client, catalog):
     response = api.post("/api/v1/usage", USAGE)
     assert response.status_code == 401 and error_code(response) == "unauthorized"
     assert row_counts() == before
+
+
+def _expire(key_id: int, *, seconds_ago: int) -> None:
+    db.session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .values(expires_at=utcnow() - timedelta(seconds=seconds_ago))
+    )
+    db.session.commit()
+
+
+def test_an_expired_key_is_refused_like_a_revoked_one(client, catalog):
+    new = auth.create_api_key(SYSTEM, name="for a month", role="admin", expires_days=30)
+    lifetime = new.key.expires_at - new.key.created_at
+    assert timedelta(days=30) - timedelta(seconds=5) < lifetime <= timedelta(days=30)
+    api = Api(client, new.secret)
+    assert api.get("/api/v1/customers").status_code == 200
+    _expire(new.key.id, seconds_ago=1)
+    before = row_counts()
+    assert error_code(api.post("/api/v1/usage", USAGE)) == "unauthorized"
+    metrifox = client.post(
+        "/metrifox/meter/usage/events", json=USAGE, headers={"x-api-key": new.secret}
+    )
+    assert metrifox.status_code == 401
+    assert error_code(api.get("/api/v1/customers")) == "unauthorized"
+    assert row_counts() == before
+    with pytest.raises(Unauthorized):
+        auth.authenticate_api_key(new.secret)
+
+
+def test_a_key_without_expiry_never_expires_and_bad_days_are_refused(client, catalog):
+    assert auth.create_api_key(SYSTEM, name="forever").key.expires_at is None
+    assert auth.create_api_key(SYSTEM, name="form", expires_days="90").key.expires_at
+    for bad in (0, -1, 3651, 1.5, "ten", True):
+        with pytest.raises(ValidationError) as err:
+            auth.create_api_key(SYSTEM, name="bad", expires_days=bad)
+        assert err.value.field == "expires_days"
+    assert db.session.scalar(select(func.count()).select_from(ApiKey)) == 2
 
 
 def test_scheme_is_case_insensitive_and_use_is_noted(client, catalog):

@@ -10,6 +10,8 @@ import pytest
 
 from tests.api_support import Api, C, api_as, error_code, row_counts
 from tests.factories import add_customer
+from webapp.services import catalog as catalog_service
+from webapp.services.actors import SYSTEM
 
 
 @pytest.fixture
@@ -82,7 +84,6 @@ def test_unlimited_allowance_answers_null(client):
 def test_overage_allowed_is_flagged(client):
     from tests.factories import make_catalog
     from webapp.services import catalog
-    from webapp.services.actors import SYSTEM
 
     make_catalog(api_allowance=2)
     catalog.set_entitlement(
@@ -369,3 +370,22 @@ def test_check_boolean_feature(api):
 def test_check_errors(api, args, status, code):
     response = check(api, **args)
     assert (response.status_code, error_code(response)) == (status, code)
+
+
+def test_usage_of_an_archived_feature_is_refused_on_every_door(api, client):
+    catalog_service.set_feature_archived(SYSTEM, "api_calls", True)
+    before = row_counts()
+    response = record(api, feature_key="api_calls", amount=1)
+    assert response.status_code == 422 and error_code(response) == "feature_not_recordable"
+    batch = api.post(
+        "/api/v1/usage/batch",
+        {"events": [{"customer_key": C, "event_name": "api.call", "amount": 1}]},
+    )
+    assert "feature_not_recordable" in json.dumps(batch.get_json())
+    metrifox = client.post(
+        "/metrifox/meter/usage/events",
+        json={"customer_key": C, "event_name": "api.call", "quantity": 1},
+        headers={"x-api-key": api.secret},
+    )
+    assert metrifox.status_code == 422
+    assert row_counts() == before

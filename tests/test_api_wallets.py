@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.api_support import Api, C, api_as, error_code, row_counts
+from webapp.services import catalog as catalog_service
+from webapp.services.actors import SYSTEM
 
 
 @pytest.fixture
@@ -140,3 +142,11 @@ def test_adjustment_needs_finance_or_admin(client, catalog):
         response = adjust(api_as(client, role))
         assert response.status_code == 403 and error_code(response) == "forbidden"
     assert adjust(api_as(client, "admin")).status_code == 201
+
+
+def test_topup_of_an_archived_credit_system_is_refused(api):
+    catalog_service.set_credit_system_archived(SYSTEM, "credits", True)
+    before = row_counts()
+    response = topup(api)
+    assert response.status_code == 422 and error_code(response) == "validation_error"
+    assert row_counts() == before

@@ -146,6 +146,15 @@ def test_api_key_create_prints_the_key_alone_on_the_last_line(runner):
     assert revoke.exit_code == 0
 
 
+def test_api_key_create_with_an_expiry(runner):
+    result = runner.invoke(args=["api-key", "create", "ci", "--expires-days", "30"])
+    assert result.exit_code == 0, result.output
+    key = db.session.scalar(select(ApiKey))
+    assert f"expires {key.expires_at:%Y-%m-%d}" in result.output
+    bad = runner.invoke(args=["api-key", "create", "ci", "--expires-days", "0"])
+    assert bad.exit_code != 0 and "1 to 3650" in bad.output
+
+
 def test_every_command_has_help(runner):
     for args in (
         ["db", "upgrade"],

@@ -230,3 +230,55 @@ def test_a_patch_of_an_entitlement_changes_only_the_fields_sent(app):
     cat.remove_entitlement(SYSTEM, C, "candidates")
     with pytest.raises(NotFound):  # a PATCH changes an entitlement, it never makes one
         cat.update_entitlement(SYSTEM, C, "candidates", allowance=1)
+
+
+def test_features_and_credit_systems_are_renamed_but_keep_their_keys(catalog):
+    feature = cat.update_feature(SYSTEM, "api_calls", name="Calls to the API")
+    assert (feature.key, feature.name, feature.event_name) == (
+        "api_calls",
+        "Calls to the API",
+        "api.call",
+    )
+    system = cat.update_credit_system(
+        SYSTEM, "credits", name="Tokens", unit_singular="token", unit_plural="tokens"
+    )
+    assert (system.key, system.name, system.unit_singular, system.unit_plural) == (
+        "credits",
+        "Tokens",
+        "token",
+        "tokens",
+    )
+    with pytest.raises(ValidationError):
+        cat.update_feature(SYSTEM, "api_calls", name="")
+    with pytest.raises(ValidationError):
+        cat.update_credit_system(SYSTEM, "credits", name="x", unit_plural="u" * 51)
+    with pytest.raises(Forbidden):
+        cat.update_feature(actor("finance"), "api_calls", name="Nope")
+    with pytest.raises(FeatureNotFound):
+        cat.set_feature_archived(SYSTEM, "nope", True)
+
+
+def test_an_archived_feature_records_nothing_and_its_history_stays(catalog):
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=2)
+    cat.set_feature_archived(SYSTEM, "api_calls", True)
+    for fields in ({"feature_key": "api_calls"}, {"event_name": "api.call"}):
+        with pytest.raises(FeatureNotRecordable, match="archived"):
+            usage.record_usage(SYSTEM, customer_key=C, amount=1, **fields)
+    batch = usage.record_usage_batch(
+        SYSTEM, [{"customer_key": C, "feature_key": "api_calls", "amount": 1}]
+    )
+    assert isinstance(batch[0], FeatureNotRecordable)
+    assert [e.amount_micros for e in reads.list_events(SYSTEM, C).items] == [2_000_000]
+    cat.set_feature_archived(SYSTEM, "api_calls", False)
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=1)
+
+
+def test_an_archived_credit_system_takes_no_topup_and_its_ledger_stays(catalog):
+    before = reads.list_ledger(SYSTEM, C).items
+    cat.set_credit_system_archived(SYSTEM, "credits", True)
+    with pytest.raises(ValidationError, match="archived") as err:
+        wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount=1)
+    assert err.value.field == "credit_system"
+    assert len(reads.list_ledger(SYSTEM, C).items) == len(before)
+    cat.set_credit_system_archived(SYSTEM, "credits", False)
+    wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount=1)

@@ -4,8 +4,9 @@ entitlements, each through its service; errors next to the field, nothing writte
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.factories import make_catalog
 from tests.web import row_counts, signed_in
@@ -54,6 +55,23 @@ def test_a_new_api_key_is_shown_once_and_can_be_revoked(client):
     assert client.post(f"/admin/api-keys/{key.id}/revoke").status_code == 303
     db.session.expire_all()
     assert db.session.get(ApiKey, key.id).revoked_at is not None
+
+
+def test_a_new_api_key_can_expire_and_the_list_shows_when(client):
+    signed_in(client, "admin")
+    response = client.post(
+        "/admin/api-keys", data={"name": "ci", "role": "support", "expires_days": "90"}
+    )
+    assert response.status_code == 303
+    key = db.session.scalar(select(ApiKey))
+    assert key.expires_at is not None
+    assert timedelta(days=89) < key.expires_at - key.created_at <= timedelta(days=90)
+    listing = client.get("/admin/api-keys").data.decode()
+    assert f'data-testid="key-expiry">{key.expires_at:%Y-%m-%d}' in listing
+    bad_days = {"name": "x", "role": "support", "expires_days": "7x"}
+    bad = client.post("/admin/api-keys", data=bad_days)
+    assert bad.status_code == 422 and b'id="expires_days-error"' in bad.data
+    assert db.session.scalar(select(func.count()).select_from(ApiKey)) == 1
 
 
 def test_admin_creates_edits_and_archives_a_customer(client, app):
@@ -141,3 +159,46 @@ def test_admin_creates_a_feature_and_a_credit_system(client):
     assert response.status_code == 303
     assert [f.key for f, _, _ in catalog.list_features(SYSTEM)] == ["exports"]
     assert b"exports" in client.get("/features").data
+
+
+def test_admin_edits_and_archives_features_and_credit_systems(client):
+    make_catalog()
+    signed_in(client, "admin")
+    page = client.get("/admin/features/api_calls/edit")
+    assert page.status_code == 200 and b'value="API calls"' in page.data
+    assert b"data-confirm=" in page.data  # archiving asks first
+    saved = client.post("/admin/features/api_calls/edit", data={"name": "Calls"})
+    assert saved.status_code == 303
+    assert client.post("/admin/features/api_calls/edit", data={"name": ""}).status_code == 422
+    assert (
+        client.post("/admin/features/api_calls/archived", data={"archived": "1"}).status_code == 303
+    )
+    listing = client.get("/admin/features").data
+    assert b"Calls" in listing and b"archived" in listing
+    edited = client.post(
+        "/admin/credit-systems/credits/edit",
+        data={"name": "Tokens", "unit_singular": "token", "unit_plural": "tokens"},
+    )
+    assert edited.status_code == 303
+    done = client.post("/admin/credit-systems/credits/archived", data={"archived": "1"})
+    assert done.status_code == 303
+    db.session.expire_all()
+    feature = catalog.get_feature("api_calls")
+    system = catalog.get_credit_system("credits")
+    assert feature.name == "Calls" and feature.archived_at is not None
+    assert (system.name, system.unit_plural) == ("Tokens", "tokens")
+    assert system.archived_at is not None
+    page = client.get("/admin/credit-systems/credits/edit").data
+    assert b"Unarchive" in page
+    client.post("/admin/credit-systems/credits/archived", data={"archived": "0"})
+    db.session.expire_all()
+    assert catalog.get_credit_system("credits").archived_at is None
+
+
+def test_only_admins_edit_features(client):
+    make_catalog()
+    signed_in(client, "finance")
+    response = client.post("/admin/features/api_calls/edit", data={"name": "Nope"})
+    assert response.status_code == 403
+    db.session.expire_all()
+    assert catalog.get_feature("api_calls").name == "API calls"

@@ -63,6 +63,10 @@ EXPECTED: dict[str, str] = {
     "admin.credit_systems": ADMIN,
     "admin.credit_costs": ADMIN,
     "admin.remove_credit_cost": ADMIN,
+    "admin.edit_feature": ADMIN,
+    "admin.feature_archived": ADMIN,
+    "admin.edit_credit_system": ADMIN,
+    "admin.credit_system_archived": ADMIN,
 }
 # Routes that end the session they are called with: called last.
 ENDS_SESSION = ("auth.logout_everywhere", "auth.logout")
@@ -111,6 +115,7 @@ def test_role_route_matrix(app, client, role):
     ids = {
         "key": "cust-6d11ca90",
         "feature_key": "api_calls",
+        "system_key": "credits",
         "user_id": victim.id,
         "key_id": key.id,
         "filename": "css/app.css",

@@ -185,11 +185,18 @@ def api_key() -> None:
     show_default=True,
     help="What the key may do (admin keys may also configure the catalog).",
 )
+@click.option(
+    "--expires-days",
+    type=int,
+    default=None,
+    help="The key stops working this many days from now (default: never).",
+)
 @_or_fail
-def api_key_create(name: str, role: str) -> None:
-    new = auth.create_api_key(SYSTEM, name=name, role=role)
+def api_key_create(name: str, role: str, expires_days: int | None) -> None:
+    new = auth.create_api_key(SYSTEM, name=name, role=role, expires_days=expires_days)
+    expiry = f", expires {new.key.expires_at:%Y-%m-%d %H:%M} UTC" if new.key.expires_at else ""
     click.echo(
-        f"Created {role} API key {new.key.name!r} ({new.key.prefix}…). "
+        f"Created {role} API key {new.key.name!r} ({new.key.prefix}…{expiry}). "
         "Store it now: it is not shown again."
     )
     click.echo(new.secret)

@@ -157,6 +157,7 @@ class ApiKey(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(300))
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
@@ -183,6 +184,7 @@ class Feature(Model):
     type: Mapped[str] = mapped_column(String(16))
     event_name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class CreditSystem(Model):
@@ -194,6 +196,7 @@ class CreditSystem(Model):
     unit_singular: Mapped[str] = mapped_column(String(50), default="credit")
     unit_plural: Mapped[str] = mapped_column(String(50), default="credits")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class CreditCost(Model):

@@ -24,6 +24,7 @@ from .tx import transactional, write_transaction
 MIN_PASSWORD = 10
 KEY_PREFIX = "mk_"
 LAST_USED_GRANULARITY = timedelta(minutes=1)
+MAX_KEY_DAYS = 3650
 
 
 @functools.cache
@@ -247,10 +248,27 @@ def _hash_key(secret: str) -> str:
 
 
 @transactional
-def create_api_key(actor: Actor, *, name: object, role: object = "admin") -> NewApiKey:
+def create_api_key(
+    actor: Actor, *, name: object, role: object = "admin", expires_days: object = None
+) -> NewApiKey:
+    """A new key; with ``expires_days`` (1 to 3650) it stops working that many days from now."""
     require(actor, ADMIN)
     label = validation.text(name, field="name", max_len=100)
     role_value = validation.choice(role, ROLES, field="role")
+    expires_at = None
+    if expires_days not in (None, ""):
+        if isinstance(expires_days, str) and expires_days.isdecimal():
+            expires_days = int(expires_days)
+        if (
+            isinstance(expires_days, bool)
+            or not isinstance(expires_days, int)
+            or not 1 <= expires_days <= MAX_KEY_DAYS
+        ):
+            raise ValidationError(
+                f"Give the days until expiry as a whole number from 1 to {MAX_KEY_DAYS}.",
+                field="expires_days",
+            )
+        expires_at = utcnow() + timedelta(days=expires_days)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         name=label,
@@ -258,6 +276,7 @@ def create_api_key(actor: Actor, *, name: object, role: object = "admin") -> New
         key_hash=_hash_key(secret),
         role=role_value,
         created_by=actor.label,
+        expires_at=expires_at,
     )
     db.session.add(key)
     db.session.flush()
@@ -265,20 +284,26 @@ def create_api_key(actor: Actor, *, name: object, role: object = "admin") -> New
         actor,
         "api_key.created",
         target=f"api_key:{key.prefix}",
-        details={"name": label, "role": role_value},
+        details={
+            "name": label,
+            "role": role_value,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
     )
     return NewApiKey(key, secret)
 
 
 def authenticate_api_key(secret: object) -> ApiKey:
     """The live API key with this secret, or Unauthorized. The secret's SHA-256 is looked up by
-    its unique index and compared in constant time; revocation takes effect at once."""
+    its unique index and compared in constant time; revocation and expiry take effect at once."""
     if not isinstance(secret, str) or not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         raise Unauthorized("Send a valid API key as `Authorization: Bearer <key>`.")
     digest = _hash_key(secret)
     key = db.session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
     if key is None or not hmac.compare_digest(key.key_hash, digest) or key.revoked_at:
         raise Unauthorized("This API key is not valid or has been revoked.")
+    if key.expires_at is not None and key.expires_at <= utcnow():
+        raise Unauthorized("This API key has expired.")
     return key
 
 

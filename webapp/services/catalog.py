@@ -235,18 +235,83 @@ def create_credit_system(
 ) -> CreditSystem:
     require(actor, ADMIN)
     key = validation.key(key, field="key", pattern=validation.FEATURE_KEY_RE)
-    name = validation.text(name, field="name", max_len=200)
-    singular = validation.text(unit_singular, field="unit_singular", max_len=50, required=False)
-    plural = validation.text(unit_plural, field="unit_plural", max_len=50, required=False)
+    fields = _credit_system_fields(name, unit_singular, unit_plural)
     if db.session.scalar(select(CreditSystem.id).where(CreditSystem.key == key)) is not None:
         raise Conflict(f"A credit system with key {key!r} already exists.", field="key")
-    system = CreditSystem(
-        key=key, name=name, unit_singular=singular or "credit", unit_plural=plural or "credits"
-    )
+    system = CreditSystem(key=key, **fields)
     db.session.add(system)
     db.session.flush()
     audit.record(actor, "credit_system.created", target=f"credit_system:{key}")
     return system
+
+
+def _credit_system_fields(
+    name: object, unit_singular: object, unit_plural: object
+) -> dict[str, str]:
+    """A credit system's editable fields, checked; unnamed units are "credit" / "credits"."""
+    label = validation.text(name, field="name", max_len=200)
+    singular = validation.text(unit_singular, field="unit_singular", max_len=50, required=False)
+    plural = validation.text(unit_plural, field="unit_plural", max_len=50, required=False)
+    return {
+        "name": label,
+        "unit_singular": singular or "credit",
+        "unit_plural": plural or "credits",
+    }
+
+
+@transactional
+def update_feature(actor: Actor, key: object, *, name: object) -> Feature:
+    """Rename a feature; its key, type and event name stay (events and entitlements name them)."""
+    require(actor, ADMIN)
+    feature = get_feature(key)
+    feature.name = validation.text(name, field="name", max_len=200)
+    audit.record(actor, "feature.updated", target=f"feature:{feature.key}")
+    return feature
+
+
+@transactional
+def update_credit_system(
+    actor: Actor,
+    key: object,
+    *,
+    name: object,
+    unit_singular: object = None,
+    unit_plural: object = None,
+) -> CreditSystem:
+    """Rename a credit system and its units; its key stays (wallets and the ledger name it)."""
+    require(actor, ADMIN)
+    system = get_credit_system(key, field="key")
+    for attr, value in _credit_system_fields(name, unit_singular, unit_plural).items():
+        setattr(system, attr, value)
+    audit.record(actor, "credit_system.updated", target=f"credit_system:{system.key}")
+    return system
+
+
+@transactional
+def set_feature_archived(actor: Actor, key: object, archived: bool) -> Feature:
+    """An archived feature records no new usage (``feature_not_recordable``); its history stays."""
+    require(actor, ADMIN)
+    feature = get_feature(key)
+    _set_archived(actor, feature, "feature", feature.key, archived)
+    return feature
+
+
+@transactional
+def set_credit_system_archived(actor: Actor, key: object, archived: bool) -> CreditSystem:
+    """An archived credit system takes no new topups; its wallets and ledger stay readable."""
+    require(actor, ADMIN)
+    system = get_credit_system(key, field="key")
+    _set_archived(actor, system, "credit_system", system.key, archived)
+    return system
+
+
+def _set_archived(
+    actor: Actor, row: Feature | CreditSystem, kind: str, key: str, archived: bool
+) -> None:
+    if (row.archived_at is not None) != archived:
+        row.archived_at = utcnow() if archived else None
+        action = "archived" if archived else "unarchived"
+        audit.record(actor, f"{kind}.{action}", target=f"{kind}:{key}")
 
 
 @transactional

@@ -102,6 +102,11 @@ def topup_wallet(
     require(actor, MANAGE_WALLETS)
     customer = get_customer(customer_key)
     system = get_credit_system(credit_system)
+    if system.archived_at is not None:
+        raise ValidationError(
+            f"Credit system {system.key!r} is archived: it takes no new topups.",
+            field="credit_system",
+        )
     amount_micros = parse_micros(amount, field="amount")
     if amount_micros <= 0:
         raise ValidationError(

@@ -13,7 +13,7 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask_wtf import FlaskForm
 
 from ..errors import DomainError
-from ..models import ROLES
+from ..models import ROLES, CreditSystem, Feature
 from ..services import auth, catalog, reads
 from ..services.actors import ADMIN
 from ..services.money import format_micros
@@ -21,10 +21,12 @@ from .forms import (
     ActionForm,
     ApiKeyForm,
     CreditCostForm,
+    CreditSystemEditForm,
     CreditSystemForm,
     CustomerEditForm,
     CustomerForm,
     EntitlementForm,
+    FeatureEditForm,
     FeatureForm,
     PasswordForm,
     RoleForm,
@@ -173,7 +175,12 @@ def api_keys():
     form = ApiKeyForm()
     if form.validate_on_submit():
         try:
-            new = auth.create_api_key(current_actor(), name=form.name.data, role=form.role.data)
+            new = auth.create_api_key(
+                current_actor(),
+                name=form.name.data,
+                role=form.role.data,
+                expires_days=form.expires_days.data,
+            )
         except DomainError as exc:
             show_error(form, exc)
         else:
@@ -403,6 +410,90 @@ def credit_systems():
             form=form,
         ),
         _status(),
+    )
+
+
+def _edit_page(kind: str, row: Feature | CreditSystem, form: FlaskForm, action_form: FlaskForm):
+    """One page for a feature or a credit system: its editable fields, and archive/unarchive."""
+    return render_template(
+        "admin/catalog_edit.html", kind=kind, row=row, form=form, action_form=action_form
+    )
+
+
+@bp.route("/features/<feature_key>/edit", methods=["GET", "POST"])
+@requires(ADMIN)
+def edit_feature(feature_key: str):
+    key = feature_key
+    feature = catalog.get_feature(key)
+    form = FeatureEditForm(obj=feature)
+
+    def call() -> str:
+        catalog.update_feature(current_actor(), key, name=form.name.data)
+        return f"Feature {key} saved."
+
+    return _submit(form, call, url_for("admin.features")) or (
+        _edit_page("feature", feature, form, ActionForm(formdata=None)),
+        _status(),
+    )
+
+
+@bp.route("/credit-systems/<system_key>/edit", methods=["GET", "POST"])
+@requires(ADMIN)
+def edit_credit_system(system_key: str):
+    key = system_key
+    system = catalog.get_credit_system(key, field="key")
+    form = CreditSystemEditForm(obj=system)
+
+    def call() -> str:
+        catalog.update_credit_system(
+            current_actor(),
+            key,
+            name=form.name.data,
+            unit_singular=blank(form.unit_singular.data),
+            unit_plural=blank(form.unit_plural.data),
+        )
+        return f"Credit system {key} saved."
+
+    return _submit(form, call, url_for("admin.credit_systems")) or (
+        _edit_page("credit_system", system, form, ActionForm(formdata=None)),
+        _status(),
+    )
+
+
+@bp.post("/features/<feature_key>/archived")
+@requires(ADMIN)
+def feature_archived(feature_key: str):
+    key = feature_key
+    archived = request.form.get("archived") == "1"
+    form = ActionForm()
+
+    def call() -> str:
+        catalog.set_feature_archived(current_actor(), key, archived)
+        return f"Feature {key} is {'archived' if archived else 'active again'}."
+
+    feature = catalog.get_feature(key)
+    return _submit(form, call, url_for("admin.features")) or (
+        _edit_page("feature", feature, FeatureEditForm(formdata=None, obj=feature), form),
+        422,
+    )
+
+
+@bp.post("/credit-systems/<system_key>/archived")
+@requires(ADMIN)
+def credit_system_archived(system_key: str):
+    key = system_key
+    archived = request.form.get("archived") == "1"
+    form = ActionForm()
+
+    def call() -> str:
+        catalog.set_credit_system_archived(current_actor(), key, archived)
+        return f"Credit system {key} is {'archived' if archived else 'active again'}."
+
+    system = catalog.get_credit_system(key, field="key")
+    edit = CreditSystemEditForm(formdata=None, obj=system)
+    return _submit(form, call, url_for("admin.credit_systems")) or (
+        _edit_page("credit_system", system, edit, form),
+        422,
     )
 
 

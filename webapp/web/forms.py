@@ -130,6 +130,11 @@ class RoleForm(FlaskForm):
 class ApiKeyForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=100)])
     role = _select("Role", [(r, r) for r in ROLES], default="admin")
+    expires_days = _select(
+        "Expires",
+        [("", "never"), ("30", "in 30 days"), ("90", "in 90 days"), ("365", "in 365 days")],
+        default="",
+    )
 
 
 class CustomerForm(FlaskForm):
@@ -153,6 +158,15 @@ class FeatureForm(FlaskForm):
 class CreditSystemForm(FlaskForm):
     key = StringField("Key", validators=[DataRequired(), Length(max=100)])
     name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    unit_singular = StringField("Unit (singular)", validators=[Optional()])
+    unit_plural = StringField("Unit (plural)", validators=[Optional()])
+
+
+class FeatureEditForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+
+
+class CreditSystemEditForm(FeatureEditForm):
     unit_singular = StringField("Unit (singular)", validators=[Optional()])
     unit_plural = StringField("Unit (plural)", validators=[Optional()])
 

@@ -28,7 +28,7 @@ from .rules import (
     CustomerRef,
     Parsed,
     WalletRef,
-    check_amount_for_type,
+    check_recordable,
     counter_period,
     decide,
     decide_check,
@@ -123,7 +123,7 @@ def _judge(
     Raises the first rule it breaks (domain.md, "Order of checks")."""
     customer = state.customer(p.customer_key)
     feature = state.feature(p)
-    check_amount_for_type(feature, p.amount_micros)
+    check_recordable(feature, p.amount_micros)
     event_id = p.event_id or uuid.uuid4().hex
     print_ = fingerprint(feature.id, p.amount_micros, p.metadata)
     cost = state.costs.get(feature.id)

@@ -35,6 +35,7 @@ class FeatureRef(NamedTuple):
     key: str
     type: str
     event_name: str
+    archived: bool = False
 
 
 class EntitlementRef(NamedTuple):
@@ -112,6 +113,16 @@ def parse(raw: object, now: datetime) -> Parsed:
         metadata=validation.metadata(raw.get("metadata")),
         reason=validation.text(reason, field="reason", max_len=MAX_REASON, required=False),
     )
+
+
+def check_recordable(feature: FeatureRef, amount_micros: int) -> None:
+    """Rules 2 and 3 of RecordUsage: an archived feature is never recorded (its history stays
+    readable), and the amount must suit the feature's type."""
+    if feature.archived:
+        raise FeatureNotRecordable(
+            f"Feature {feature.key!r} is archived: it records no new usage.", field="feature_key"
+        )
+    check_amount_for_type(feature, amount_micros)
 
 
 def check_amount_for_type(feature: FeatureRef, amount_micros: int) -> None:

@@ -166,6 +166,7 @@ _FEATURES = (
         Feature.key,
         Feature.type,
         Feature.event_name,
+        Feature.archived_at,
         CreditCost.cost_micros,
         CreditCost.credit_system_id,
         CreditSystem.key.label("credit_system_key"),
@@ -240,7 +241,7 @@ def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
     enames = sorted({p.event_name for p in parsed if p.event_name is not None})
     for f in conn.execute(_FEATURES, {"fkeys": fkeys, "enames": enames}):
         state.features[("key", f.key)] = state.features[("event", f.event_name)] = FeatureRef(
-            f.id, f.key, f.type, f.event_name
+            f.id, f.key, f.type, f.event_name, f.archived_at is not None
         )
         if f.cost_micros is not None:
             state.costs[f.id] = CostRef(f.cost_micros, f.credit_system_id, f.credit_system_key)
