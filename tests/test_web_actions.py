@@ -368,7 +368,11 @@ def test_the_usage_preview_shows_the_credits_and_what_is_left(client, seated):
         ("candidates", "101", "Would be refused:</strong> 101 more candidates"),
         ("api_calls", "", "Choose a feature and enter an amount"),
         ("", "3", "Choose a feature and enter an amount"),
-        ("api_calls", "lots", "Amount must be a decimal number such as &#34;2&#34; or &#34;0.5&#34;."),
+        (
+            "api_calls",
+            "lots",
+            "Amount must be a decimal number such as &#34;2&#34; or &#34;0.5&#34;.",
+        ),
         ("sso", "1", "Would be refused:</strong> Feature &#39;sso&#39; is boolean"),
         ("nope", "1", "nope"),
     ],

@@ -329,7 +329,7 @@ def check_entitlement(
     reason = message = None
     try:
         if recording:
-            check_amount_for_type(feature, p.amount_micros)
+            check_recordable(feature, p.amount_micros)
         credits = decide_check(feature, customer, ent, used, p.amount_micros, cost, balance)
     except DomainError as exc:
         reason, message = exc.code, exc.message
