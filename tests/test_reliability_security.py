@@ -77,7 +77,7 @@ EXPECTED: dict[str, str] = {
     "metrifox_api.credit_allocations": VIEW,
 }
 
-IDS = {"key": C, "feature_key": "api_calls", "rest": "x", "wallet_id": "1"}
+IDS = {"key": C, "feature_key": "api_calls", "system_key": "credits", "rest": "x", "wallet_id": "1"}
 
 
 def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
@@ -239,6 +239,7 @@ def test_security_headers_on_every_route_and_every_error(app, client, catalog):
     ids = {
         "key": C,
         "feature_key": "api_calls",
+        "system_key": "credits",
         "user_id": victim.id,
         "key_id": key_id,
         "filename": "css/app.css",
