@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import select
 
-from ..errors import IdempotencyConflict, InsufficientCredits, ValidationError
+from ..errors import DomainError, IdempotencyConflict, InsufficientCredits, ValidationError
 from ..extensions import db
 from ..models import TOPUP_KINDS, CreditSystem, Customer, LedgerEntry, Wallet, utcnow
 from . import audit, validation
 from .actors import MANAGE_WALLETS, Actor, require
 from .catalog import get_credit_system, get_customer
-from .money import check_total, format_micros, parse_micros
+from .money import MICROS, check_total, format_micros, parse_micros
 from .tx import transactional
 
 
@@ -241,3 +242,33 @@ def set_low_balance_threshold(
         details={"threshold": None if micros is None else format_micros(micros)},
     )
     return wallet
+
+
+class LargeAmount(NamedTuple):
+    """A wallet change that must be confirmed first: its amount and the balance it leads to."""
+
+    amount_micros: int
+    balance_after_micros: int
+    unit_plural: str
+
+
+def unconfirmed_large_amount(
+    customer_key: object, credit_system: object, amount: object, *, confirmed: object, limit: int
+) -> LargeAmount | None:
+    """The dashboard's rule for large amounts (domain.md): a topup or adjustment of more than
+    ``limit`` credits is applied only when ``confirmed`` repeats the amount (a changed amount asks
+    again). None when it may go ahead, or when the amount is not valid (the write names why)."""
+    try:
+        micros = parse_micros(amount)
+    except DomainError:
+        return None
+    if abs(micros) <= limit * MICROS or confirmed == amount:
+        return None
+    wallet = db.session.execute(
+        select(Wallet.balance_micros, CreditSystem.unit_plural)
+        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+        .join(Customer, Customer.id == Wallet.customer_id)
+        .where(Customer.key == customer_key, CreditSystem.key == credit_system)
+    ).first()
+    balance, units = wallet if wallet else (0, "credits")
+    return LargeAmount(micros, balance + micros, units)

@@ -15,9 +15,8 @@ from flask_wtf import FlaskForm
 
 from ..api.schemas import AdjustmentRequest, RecordUsageRequest, TopupRequest
 from ..errors import DomainError, ServiceUnavailable, ValidationError
-from ..services import reads, usage, wallets
+from ..services import usage, wallets
 from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
-from ..services.money import MICROS, parse_micros
 from .filters import credits, qty
 from .forms import (
     AdjustForm,
@@ -143,30 +142,24 @@ def reclaim_seats(key: str):
 
 
 def _confirm_large(key: str, form: TopupForm | AdjustForm, verb: str) -> None:
-    """Ask again before a large amount: the message shows the balance it leads to, the form a
-    checkbox whose value is the amount confirmed (a changed amount asks again)."""
+    """Ask again before a large amount (the rule is the wallet service's): the message shows the
+    balance it leads to, the form a checkbox whose value is the amount confirmed."""
     amount = form.amount.data.strip()
-    try:
-        micros = parse_micros(amount)
-    except DomainError:
-        return  # the service names what is wrong with it
-    limit = current_app.config["LARGE_AMOUNT_CONFIRM"] * MICROS
-    if abs(micros) <= limit or form.confirm.data == amount:
-        return
-    wallet = next(
-        (
-            w
-            for w in reads.customer_summary(current_actor(), key).wallets
-            if w.credit_system == form.credit_system.data
-        ),
-        None,
+    large = wallets.unconfirmed_large_amount(
+        key,
+        form.credit_system.data,
+        amount,
+        confirmed=form.confirm.data,
+        limit=current_app.config["LARGE_AMOUNT_CONFIRM"],
     )
-    balance = (wallet.balance_micros if wallet else 0) + micros
-    units = wallet.unit_plural if wallet else "credits"
-    form.needs_confirm = f"{credits(micros)} {units}"  # what the checkbox says
+    if large is None:
+        return
+    what = f"{credits(large.amount_micros)} {large.unit_plural}"
+    form.needs_confirm = what  # what the checkbox says
     raise ValidationError(
-        f"That is a large amount: after it the balance will be {credits(balance)} {units}. "
-        f"Tick the box to {verb} {credits(micros)} {units}, then send again.",
+        f"That is a large amount: after it the balance will be "
+        f"{credits(large.balance_after_micros)} {large.unit_plural}. "
+        f"Tick the box to {verb} {what}, then send again.",
         field="confirm",
     )
 
