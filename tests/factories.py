@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from webapp.models import utcnow
 from webapp.services import catalog, wallets
 from webapp.services.actors import SYSTEM
+from webapp.services.validation import MAX_BACKDATE
 
 
 @dataclass
@@ -67,5 +69,13 @@ def add_customer(
     catalog.set_entitlement(SYSTEM, key, "seats", allowance=seat_allowance)
     catalog.set_entitlement(SYSTEM, key, "sso")
     if topup is not None:
-        wallets.topup_wallet(SYSTEM, customer_key=key, credit_system="credits", amount=topup)
+        # Effective from the earliest time an event may carry, so that backdated test events
+        # may spend it (a grant pays only for events at or after its effective time).
+        wallets.topup_wallet(
+            SYSTEM,
+            customer_key=key,
+            credit_system="credits",
+            amount=topup,
+            effective_at=utcnow() - MAX_BACKDATE,
+        )
     return key

@@ -25,6 +25,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(user)
     app.cli.add_command(api_key)
     app.cli.add_command(ledger)
+    app.cli.add_command(credits_group)
 
 
 def _fail(exc: DomainError) -> NoReturn:
@@ -229,3 +230,23 @@ def ledger_verify() -> None:
         click.echo("Ledger verification FAILED.", err=True)
         sys.exit(1)
     click.echo("Ledger verified: every invariant holds.")
+
+
+@click.group("credits", help="Credit grants.")
+def credits_group() -> None:
+    pass
+
+
+@credits_group.command(
+    "expire",
+    help="Book every due credit expiry (idempotent; safe beside traffic and another run).",
+)
+@click.option("--batch", default=200, show_default=True, help="Wallets per transaction.")
+def credits_expire(batch: int) -> None:
+    from .services import credits
+
+    def progress(p: credits.SweepProgress) -> None:
+        click.echo(f"  {p.wallets} wallets, {p.grants} grants expired so far", err=True)
+
+    done = credits.expire_due(batch=max(1, batch), progress=progress)
+    click.echo(f"Expired {done.grants} grants in {done.wallets} wallets.")

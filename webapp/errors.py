@@ -93,6 +93,11 @@ class FeatureNotRecordable(DomainError):
     code, status = "feature_not_recordable", 422
 
 
+class NothingToVoid(DomainError):
+    code, status = "nothing_to_void", 422
+    meaning = "the grant has no credits left to void (depleted, expired or already voided)"
+
+
 class RateLimited(DomainError):
     code, status = "rate_limited", 429
     meaning = "with `Retry-After`"
@@ -126,6 +131,7 @@ ERRORS: tuple[type[DomainError], ...] = (
     ValidationError,
     InvalidAmount,
     FeatureNotRecordable,
+    NothingToVoid,
     RateLimited,
     NotImplementedByServer,
     ServiceUnavailable,

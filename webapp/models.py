@@ -6,6 +6,7 @@ returned as aware UTC datetimes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +45,11 @@ ROLES = ("account_manager", "support", "finance", "admin")
 FEATURE_TYPES = ("consumable", "persistent", "boolean")
 RESET_PERIODS = ("never", "day", "week", "month", "year")
 OVERAGE_POLICIES = ("block", "allow")
-LEDGER_TYPES = ("topup", "usage", "adjustment")
+LEDGER_TYPES = ("topup", "usage", "adjustment", "expiry", "void")
 TOPUP_KINDS = ("purchased", "granted")
+GRANT_STATUSES = ("scheduled", "active", "depleted", "expired", "voided")
+# Lower is spent first (domain.md, "Credit grants").
+DEFAULT_PRIORITY = {"granted": 100, "purchased": 200}
 CUSTOMER_STATUSES = ("active", "archived")
 
 
@@ -123,8 +127,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC)
 
 
-def utcnow() -> datetime:
+def _system_now() -> datetime:
     return datetime.now(UTC)
+
+
+_clock: Callable[[], datetime] = _system_now
+
+
+def utcnow() -> datetime:
+    """Now, in UTC: every service reads time here, so that tests can move it (set_clock)."""
+    return _clock()
+
+
+def set_clock(clock: Callable[[], datetime] | None) -> None:
+    """Replace the clock (tests); None restores the system clock."""
+    global _clock
+    _clock = clock or _system_now
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -336,12 +354,106 @@ class LedgerEntry(Model):
     amount_micros: Mapped[int] = mapped_column(BigInteger)
     balance_after_micros: Mapped[int] = mapped_column(BigInteger)
     usage_event_id: Mapped[int | None] = mapped_column(ForeignKey("usage_events.id"))
+    # topup, positive adjustment, expiry, void: the one grant the entry created or emptied.
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("credit_grants.id"), index=True)
     reference: Mapped[str | None] = mapped_column(String(200))
     note: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     actor: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CreditGrant(Model):
+    """One lot of credits in a wallet (domain.md, "Credit grants"): created by a topup or a
+    positive adjustment, spent by allocations in spending order, emptied by expiry or void.
+    ``remaining_micros`` = amount - allocations - expired - voided; the wallet balance is the sum
+    of its grants' remaining. Status is derived (status_at)."""
+
+    __tablename__ = "credit_grants"
+    __table_args__ = (
+        CheckConstraint(_in("kind", TOPUP_KINDS), name="kind"),
+        CheckConstraint("amount_micros > 0", name="amount_positive"),
+        CheckConstraint(
+            "remaining_micros >= 0 AND remaining_micros <= amount_micros", name="remaining"
+        ),
+        CheckConstraint("expires_at IS NULL OR expires_at > effective_at", name="expiry_after"),
+        CheckConstraint("expired_micros >= 0 AND voided_micros >= 0", name="removed"),
+        Index("ix_credit_grants_wallet", "wallet_id", "id"),
+        Index("ix_credit_grants_customer", "customer_id", "id"),
+        Index("ix_credit_grants_expiry", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    remaining_micros: Mapped[int] = mapped_column(BigInteger)
+    priority: Mapped[int] = mapped_column(Integer)
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reference: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    # What one credit of a purchased grant cost: exact decimal text (never a float), ISO 4217.
+    unit_price: Mapped[str | None] = mapped_column(String(40))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    actor: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Booked removals: the time and the amount taken out by its expiry entry / its void entry.
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expired_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    voided_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    def status_at(self, now: datetime) -> str:
+        return grant_status(
+            now,
+            remaining=self.remaining_micros,
+            effective_at=self.effective_at,
+            expires_at=self.expires_at,
+            voided=self.voided_at is not None,
+            expired_micros=self.expired_micros,
+        )
+
+
+def grant_status(
+    now: datetime,
+    *,
+    remaining: int,
+    effective_at: datetime,
+    expires_at: datetime | None,
+    voided: bool,
+    expired_micros: int,
+) -> str:
+    """scheduled / active / depleted / expired / voided (domain.md). Expired from the instant of
+    expiry, booked or not; depleted when spent to zero before then."""
+    if voided:
+        return "voided"
+    if expired_micros > 0 or (remaining > 0 and expires_at is not None and expires_at <= now):
+        return "expired"
+    if remaining == 0:
+        return "depleted"
+    if effective_at > now:
+        return "scheduled"
+    return "active"
+
+
+class CreditAllocation(Model):
+    """The part of one deduction (a usage or negative adjustment ledger entry) paid by one grant.
+    The allocations of an entry sum to its amount exactly."""
+
+    __tablename__ = "credit_allocations"
+    __table_args__ = (
+        CheckConstraint("amount_micros > 0", name="amount_positive"),
+        Index("ix_credit_allocations_grant", "grant_id", "id"),
+        Index("ix_credit_allocations_entry", "ledger_entry_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    ledger_entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id"))
+    grant_id: Mapped[int] = mapped_column(ForeignKey("credit_grants.id"))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditLog(Model):

@@ -16,7 +16,10 @@ from sqlalchemy import Table, func, insert, select, text
 
 from ..extensions import db
 from ..models import (
+    DEFAULT_PRIORITY,
     AuditLog,
+    CreditAllocation,
+    CreditGrant,
     Customer,
     Entitlement,
     Feature,
@@ -28,6 +31,8 @@ from ..models import (
 )
 from . import catalog
 from .actors import SYSTEM, Actor
+from .credits import EXPIRY_ACTOR
+from .credits.rules import GrantRef, allocate, due, eligible_balance
 from .money import MICROS, credit_cost_micros, parse_micros
 from .periods import effective_period, period_start
 from .usage import add_to_daily, fingerprint
@@ -188,6 +193,8 @@ class _Buffers:
         self.events: list[dict[str, Any]] = []
         self.ledger: list[dict[str, Any]] = []
         self.counters: list[dict[str, Any]] = []
+        self.grants: list[dict[str, Any]] = []
+        self.allocations: list[dict[str, Any]] = []
 
     def size(self) -> int:
         return len(self.events) + len(self.ledger)
@@ -199,7 +206,9 @@ class _Buffers:
             (Entitlement, self.entitlements),
             (Wallet, self.wallets),
             (UsageEvent, self.events),
+            (CreditGrant, self.grants),
             (LedgerEntry, self.ledger),
+            (CreditAllocation, self.allocations),
             (UsageCounter, self.counters),
         ):
             if rows:
@@ -251,31 +260,83 @@ def _seed_customer(
     ids["wallets"] += 1
     balance = 0
     ledger_rows: list[dict[str, Any]] = []
+    grant_rows: dict[int, dict[str, Any]] = {}
+    grants: list[GrantRef] = []
 
-    def post(kind_type: str, amount: int, at: datetime, **extra: Any) -> None:
+    def post(kind_type: str, amount: int, at: datetime, **extra: Any) -> int:
         nonlocal balance
         balance += amount
-        row = {
-            "id": ids["ledger_entries"],
+        entry_id = ids["ledger_entries"]
+        ids["ledger_entries"] += 1
+        ledger_rows.append(
+            {
+                "id": entry_id,
+                "wallet_id": wallet_id,
+                "customer_id": cid,
+                "type": kind_type,
+                "kind": extra.get("kind"),
+                "amount_micros": amount,
+                "balance_after_micros": balance,
+                "usage_event_id": extra.get("event"),
+                "grant_id": extra.get("grant"),
+                "reference": extra.get("reference"),
+                "note": extra.get("note"),
+                "idempotency_key": None,
+                "fingerprint": None,
+                "actor": extra.get("actor", label),
+                "created_at": at,
+            }
+        )
+        return entry_id
+
+    def grant(kind: str, amount: int, at: datetime, expires: datetime | None, **extra: Any) -> None:
+        """A topup: one grant and its entry, as wallets.topup_wallet writes them."""
+        gid = ids["credit_grants"]
+        ids["credit_grants"] += 1
+        grants.append(GrantRef(gid, kind, DEFAULT_PRIORITY[kind], at, expires, amount))
+        grant_rows[gid] = {
+            "id": gid,
             "wallet_id": wallet_id,
             "customer_id": cid,
-            "type": kind_type,
-            "kind": extra.get("kind"),
+            "kind": kind,
             "amount_micros": amount,
-            "balance_after_micros": balance,
-            "usage_event_id": extra.get("event"),
+            "remaining_micros": amount,
+            "priority": DEFAULT_PRIORITY[kind],
+            "effective_at": at,
+            "expires_at": expires,
             "reference": extra.get("reference"),
             "note": extra.get("note"),
-            "idempotency_key": None,
-            "fingerprint": None,
+            "unit_price": extra.get("unit_price"),
+            "currency": "USD" if extra.get("unit_price") else None,
             "actor": label,
             "created_at": at,
+            "expired_at": None,
+            "expired_micros": 0,
+            "voided_at": None,
+            "voided_micros": 0,
         }
-        ids["ledger_entries"] += 1
-        ledger_rows.append(row)
+        post("topup", amount, at, kind=kind, grant=gid, **extra)
+
+    def book_expiries(at: datetime) -> None:
+        for due_grant in due(grants, at):
+            left = due_grant.remaining_micros
+            due_grant.remaining_micros = 0
+            row = grant_rows[due_grant.id]
+            row.update(expired_at=at, expired_micros=left)
+            post(
+                "expiry",
+                -left,
+                at,
+                grant=due_grant.id,
+                actor=EXPIRY_ACTOR,
+                reference=f"grant:{due_grant.id}",
+            )
 
     opening = (3000 if big else 800) * MICROS
-    post("topup", opening, start, kind="granted", reference="DEMO-OPENING", note="Opening grant")
+    grant("granted", opening, start, None, reference="DEMO-OPENING", note="Opening grant")
+    # A promotional grant that expires during the history, usually with credits left.
+    promo_end = start + timedelta(days=rng.uniform(20, 40))
+    grant("granted", 100 * MICROS, start, promo_end, reference="PROMO", note="Launch promotion")
     times = sorted(
         start + timedelta(seconds=rng.uniform(60, 60 * 86400 - 600)) for _ in range(count)
     )
@@ -286,12 +347,13 @@ def _seed_customer(
     for at in times:
         if at >= next_invoice:
             invoice_no += 1
-            post(
-                "topup",
+            grant(
+                "purchased",
                 (1000 if big else 300) * MICROS,
                 at,
-                kind="purchased",
+                at + timedelta(days=365),
                 reference=f"INV-{invoice_no}",
+                unit_price="0.01",
             )
             next_invoice = at + timedelta(days=rng.uniform(15, 30))
         roll = rng.random()
@@ -323,8 +385,9 @@ def _seed_customer(
         cost = costs[fkey]
         credits = None
         if cost is not None:
+            book_expiries(at)
             credits = credit_cost_micros(amount, cost) if amount > 0 else 0
-            if credits > balance:
+            if credits > eligible_balance(grants, at):
                 stats.skipped += 1
                 continue
         event_pk = ids["usage_events"]
@@ -333,7 +396,11 @@ def _seed_customer(
         metadata = {"endpoint": rng.choice(ENDPOINTS)} if fkey == "api_calls" else {}
         event_id = f"demo-{event_pk}"
         if credits:
-            post("usage", -credits, at, event=event_pk, reference=f"{fkey}:{event_id}")
+            entry_id = post("usage", -credits, at, event=event_pk, reference=f"{fkey}:{event_id}")
+            for paid_by, part in allocate(grants, credits, at):
+                buf.allocations.append(
+                    {"ledger_entry_id": entry_id, "grant_id": paid_by.id, "amount_micros": part}
+                )
         buf.events.append(
             {
                 "id": event_pk,
@@ -348,7 +415,7 @@ def _seed_customer(
                 "overage_micros": overage,
                 "used_after_micros": used_after,
                 "allowance_micros": allowance,
-                "balance_after_micros": balance if cost is not None else None,
+                "balance_after_micros": eligible_balance(grants, at) if cost is not None else None,
                 "fingerprint": fingerprint(feature.id, amount, metadata),
                 "actor": label,
                 "recorded_at": at,
@@ -367,6 +434,9 @@ def _seed_customer(
             "updated_at": max((row["created_at"] for row in ledger_rows), default=start),
         }
     )
+    for g in grants:
+        grant_rows[g.id]["remaining_micros"] = g.remaining_micros
+    buf.grants.extend(grant_rows.values())
     buf.ledger.extend(ledger_rows)
     stats.ledger_entries += len(ledger_rows)
     for (fid, pstart), used in counters.items():
@@ -375,7 +445,7 @@ def _seed_customer(
         )
 
 
-_TABLES = ("customers", "wallets", "usage_events", "ledger_entries")
+_TABLES = ("customers", "wallets", "usage_events", "ledger_entries", "credit_grants")
 
 
 def _next_ids() -> dict[str, int]:
@@ -384,6 +454,7 @@ def _next_ids() -> dict[str, int]:
         "wallets": Wallet.id,
         "usage_events": UsageEvent.id,
         "ledger_entries": LedgerEntry.id,
+        "credit_grants": CreditGrant.id,
     }
     return {
         name: (db.session.scalar(select(func.max(column))) or 0) + 1 for name, column in ids.items()

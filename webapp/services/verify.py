@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, literal, or_, select
+from sqlalchemy import Select, and_, case, func, literal, or_, select
 
 from ..extensions import db
 from ..models import (
     DAILY_BASE,
     DAILY_SHARDS,
+    CreditAllocation,
+    CreditGrant,
     Customer,
     Entitlement,
     Feature,
@@ -63,6 +65,12 @@ def verify_ledger() -> Report:
         _within_allowance(),
         _usage_entries_point_at_events(),
         _credit_events_have_entries(),
+        _wallets_match_grants(),
+        _grants_remaining(),
+        _grant_removals_booked_once(),
+        _deductions_allocated(),
+        _allocations_eligible(),
+        _credits_come_from_grants(),
     ]
     return Report(checks)
 
@@ -313,4 +321,163 @@ def _credit_events_have_entries() -> Check:
         lambda eid, event_id, count: (
             f"usage event {eid} ({event_id}) has {count} usage ledger entries"
         ),
+    )
+
+
+# ---------------------------------------------------------------- credit grants
+
+
+def _wallets_match_grants() -> Check:
+    sums = (
+        select(CreditGrant.wallet_id, exact_sum(CreditGrant.remaining_micros).label("total"))
+        .group_by(CreditGrant.wallet_id)
+        .subquery()
+    )
+    return _run(
+        "wallet balance = sum of its grants' remaining",
+        select(func.count()).select_from(Wallet),
+        select(Wallet.id, Wallet.balance_micros, func.coalesce(sums.c.total, 0))
+        .outerjoin(sums, sums.c.wallet_id == Wallet.id)
+        .where(Wallet.balance_micros != func.coalesce(sums.c.total, 0)),
+        lambda wid, bal, total: (
+            f"wallet {wid}: balance {format_micros(bal)} but its grants hold {format_micros(total)}"
+        ),
+    )
+
+
+def _grants_remaining() -> Check:
+    spent = (
+        select(CreditAllocation.grant_id, exact_sum(CreditAllocation.amount_micros).label("n"))
+        .group_by(CreditAllocation.grant_id)
+        .subquery()
+    )
+    g = CreditGrant
+    expected = g.amount_micros - func.coalesce(spent.c.n, 0) - g.expired_micros - g.voided_micros
+    return _run(
+        "grant remaining = amount - allocations - expired - voided, and >= 0",
+        select(func.count()).select_from(g),
+        select(g.id, g.remaining_micros, expected)
+        .outerjoin(spent, spent.c.grant_id == g.id)
+        .where(or_(g.remaining_micros != expected, g.remaining_micros < 0)),
+        lambda gid, left, want: (
+            f"grant {gid}: remaining {format_micros(left)}, but amount less what left it is "
+            f"{format_micros(want)}"
+        ),
+    )
+
+
+def _grant_removals_booked_once() -> Check:
+    """Every grant comes from exactly one topup or positive adjustment of its amount, and has at
+    most one expiry and one void entry, each equal to what its grant records as removed."""
+    e = LedgerEntry
+    per_grant = (
+        select(
+            e.grant_id,
+            func.sum(case((e.amount_micros > 0, 1), else_=0)).label("issued"),
+            func.sum(case((e.amount_micros > 0, e.amount_micros), else_=0)).label("amount"),
+            func.sum(case((e.type == "expiry", 1), else_=0)).label("expiries"),
+            func.sum(case((e.type == "expiry", -e.amount_micros), else_=0)).label("expired"),
+            func.sum(case((e.type == "void", 1), else_=0)).label("voids"),
+            func.sum(case((e.type == "void", -e.amount_micros), else_=0)).label("voided"),
+        )
+        .where(e.grant_id.is_not(None))
+        .group_by(e.grant_id)
+        .subquery()
+    )
+    g = CreditGrant
+    p = per_grant.c
+    return _run(
+        "each grant: one issuing entry of its amount; expiry and void booked at most once",
+        select(func.count()).select_from(g),
+        select(g.id)
+        .outerjoin(per_grant, p.grant_id == g.id)
+        .where(
+            or_(
+                func.coalesce(p.issued, 0) != 1,
+                p.amount != g.amount_micros,
+                p.expiries > 1,
+                p.voids > 1,
+                p.expired != g.expired_micros,
+                p.voided != g.voided_micros,
+                and_(g.expired_micros > 0, g.expired_at.is_(None)),
+                and_(g.voided_micros > 0, g.voided_at.is_(None)),
+            )
+        ),
+        lambda gid: f"grant {gid}: its issuing, expiry or void entries do not match it",
+    )
+
+
+def _deductions_allocated() -> Check:
+    """Usage entries and negative adjustments: allocations sum to the amount exactly; other
+    entries have none."""
+    sums = (
+        select(
+            CreditAllocation.ledger_entry_id, exact_sum(CreditAllocation.amount_micros).label("n")
+        )
+        .group_by(CreditAllocation.ledger_entry_id)
+        .subquery()
+    )
+    e = LedgerEntry
+    is_deduction = and_(e.type.in_(("usage", "adjustment")), e.amount_micros < 0)
+    allocated = func.coalesce(sums.c.n, 0)
+    return _run(
+        "a deduction's allocations sum to its amount; nothing else has allocations",
+        select(func.count()).select_from(e),
+        select(e.id, e.amount_micros, allocated)
+        .outerjoin(sums, sums.c.ledger_entry_id == e.id)
+        .where(
+            or_(
+                and_(is_deduction, allocated != -e.amount_micros),
+                and_(~is_deduction, allocated != 0),
+            )
+        ),
+        lambda eid, amount, n: (
+            f"ledger entry {eid} of {format_micros(amount)} has allocations of {format_micros(n)}"
+        ),
+    )
+
+
+def _allocations_eligible() -> Check:
+    """Each allocation draws on a grant of the entry's own wallet that was effective and not yet
+    expired at the deduction's time (a usage event's timestamp; an adjustment's creation), and
+    comes before the grant's booked expiry or void."""
+    e, g, a = LedgerEntry, CreditGrant, CreditAllocation
+    at = func.coalesce(UsageEvent.timestamp, e.created_at)
+    removed = (
+        select(LedgerEntry.grant_id, func.min(LedgerEntry.id).label("first"))
+        .where(LedgerEntry.type.in_(("expiry", "void")))
+        .group_by(LedgerEntry.grant_id)
+        .subquery()
+    )
+    return _run(
+        "allocations use only grants eligible at the deduction's time, before expiry or void",
+        select(func.count()).select_from(a),
+        select(a.id, a.ledger_entry_id, a.grant_id)
+        .join(e, e.id == a.ledger_entry_id)
+        .join(g, g.id == a.grant_id)
+        .outerjoin(UsageEvent, UsageEvent.id == e.usage_event_id)
+        .outerjoin(removed, removed.c.grant_id == g.id)
+        .where(
+            or_(
+                g.wallet_id != e.wallet_id,
+                g.effective_at > at,
+                and_(g.expires_at.is_not(None), g.expires_at <= at),
+                removed.c.first < e.id,
+            )
+        ),
+        lambda aid, eid, gid: (
+            f"allocation {aid} of ledger entry {eid} draws on grant {gid}, which was not "
+            "eligible then"
+        ),
+    )
+
+
+def _credits_come_from_grants() -> Check:
+    """Credits enter a wallet only as grants: every topup and positive adjustment names one."""
+    e = LedgerEntry
+    return _run(
+        "every topup and positive adjustment created a grant",
+        select(func.count()).select_from(e).where(e.amount_micros > 0),
+        select(e.id).where(e.amount_micros > 0, e.grant_id.is_(None)),
+        lambda eid: f"ledger entry {eid} adds credits without a grant",
     )

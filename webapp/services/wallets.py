@@ -1,20 +1,39 @@
-"""Credit topups (the only way to add credits) and adjustments (corrections with a reason)."""
+"""Wallet writes: topups (the only way to add credits, each one grant), adjustments (corrections
+with a reason), voids of a grant, and the low-balance threshold."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import select
 
-from ..errors import DomainError, IdempotencyConflict, InsufficientCredits, ValidationError
+from ..errors import (
+    DomainError,
+    IdempotencyConflict,
+    InsufficientCredits,
+    NotFound,
+    NothingToVoid,
+    ValidationError,
+)
 from ..extensions import db
-from ..models import TOPUP_KINDS, CreditSystem, Customer, LedgerEntry, Wallet, utcnow
-from . import audit, validation
+from ..models import (
+    DEFAULT_PRIORITY,
+    TOPUP_KINDS,
+    CreditGrant,
+    CreditSystem,
+    Customer,
+    LedgerEntry,
+    Wallet,
+    utcnow,
+)
+from . import audit, credits, validation
 from .actors import MANAGE_WALLETS, Actor, require
 from .catalog import get_credit_system, get_customer
-from .money import MICROS, check_total, format_micros, parse_micros
+from .money import MICROS, format_micros, parse_micros
 from .tx import transactional
 
 
@@ -30,62 +49,132 @@ class LedgerResult:
         return self.entry.balance_after_micros
 
 
-def _locked_wallet(customer: Customer, system: CreditSystem, *, create: bool) -> Wallet | None:
-    """The wallet to write to, locked. Every wallet write comes here first, so an archived
-    customer's wallets are refused in one place, whatever the write (topup, adjustment)."""
-    if customer.status != "active":
-        raise ValidationError(f"Customer {customer.key!r} is archived.", field="customer_key")
-    stmt = (
-        select(Wallet)
-        .where(Wallet.customer_id == customer.id, Wallet.credit_system_id == system.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+CURRENCY_RE = re.compile(r"[A-Z]{3}")
+MAX_PRIORITY = 1_000_000
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(validation.canonical_json(list(parts)).encode()).hexdigest()
+
+
+def _idempotency_key(value: object) -> str | None:
+    if value is None:
+        return None
+    return validation.key(value, field="idempotency_key", pattern=validation.EVENT_ID_RE)
+
+
+def _replay(customer: Customer, key: str | None, fingerprint: str, what: str) -> LedgerEntry | None:
+    """The entry an idempotency key already made for this customer (same content: a replay),
+    or None; other content under the key is a 409."""
+    if key is None:
+        return None
+    previous = db.session.scalar(
+        select(LedgerEntry).where(
+            LedgerEntry.customer_id == customer.id, LedgerEntry.idempotency_key == key
+        )
     )
-    wallet = db.session.scalar(stmt)
-    if wallet is None and create:
-        # Created on first topup. Two first topups at once: one insert fails on the unique key
-        # and its transaction is retried, finding this wallet.
-        wallet = Wallet(customer_id=customer.id, credit_system_id=system.id, balance_micros=0)
-        db.session.add(wallet)
-        db.session.flush()
-    return wallet
+    if previous is None:
+        return None
+    if previous.fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            f"idempotency_key {key!r} was already used for a different {what}.",
+            field="idempotency_key",
+        )
+    return previous
 
 
-def _post(
+def _priority(value: object, kind: str) -> int:
+    if value is None or value == "":
+        return DEFAULT_PRIORITY[kind]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValidationError("`priority` must be a whole number.", field="priority")
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit() or len(text) > 8:
+        raise ValidationError("`priority` must be a whole number.", field="priority")
+    number = int(text)
+    if not 0 <= number <= MAX_PRIORITY:
+        raise ValidationError(
+            f"`priority` must be between 0 and {MAX_PRIORITY:,} (lower is spent first).",
+            field="priority",
+        )
+    return number
+
+
+def _unit_price(value: object, currency: object) -> tuple[str | None, str | None]:
+    """An exact decimal price of one credit and its ISO 4217 currency: both or neither."""
+    if value in (None, "") and currency in (None, ""):
+        return None, None
+    if value in (None, "") or currency in (None, ""):
+        raise ValidationError(
+            "Give `unit_price` and `currency` together.",
+            field="unit_price" if value in (None, "") else "currency",
+        )
+    micros = parse_micros(value, field="unit_price")
+    if micros < 0:
+        raise ValidationError("`unit_price` may not be negative.", field="unit_price")
+    if not isinstance(currency, str) or not CURRENCY_RE.fullmatch(currency.strip().upper()):
+        raise ValidationError(
+            "`currency` must be a three-letter ISO 4217 code such as USD.", field="currency"
+        )
+    return format_micros(micros), currency.strip().upper()
+
+
+def _grant_times(
+    effective_at: object, expires_at: object, now: datetime
+) -> tuple[datetime, datetime | None]:
+    effective = (
+        now
+        if effective_at in (None, "")
+        else validation.parse_time(effective_at, field="effective_at")
+    )
+    expires = (
+        None if expires_at in (None, "") else validation.parse_time(expires_at, field="expires_at")
+    )
+    if expires is not None and expires <= effective:
+        raise ValidationError(
+            "`expires_at` must be after `effective_at` (the grant would never be spendable).",
+            field="expires_at",
+        )
+    if expires is not None and expires <= now:
+        raise ValidationError("`expires_at` is in the past.", field="expires_at")
+    return effective, expires
+
+
+def _issue_grant(
     actor: Actor,
     wallet: Wallet,
-    customer: Customer,
     *,
-    type: str,
+    kind: str,
     amount_micros: int,
-    kind: str | None = None,
-    reference: str | None = None,
-    note: str | None = None,
-    idempotency_key: str | None = None,
-    fingerprint: str | None = None,
-) -> LedgerEntry:
-    now = utcnow()
-    balance = wallet.balance_micros + amount_micros
-    check_total(balance, what="The wallet balance")
-    wallet.balance_micros = balance
-    wallet.updated_at = now
-    entry = LedgerEntry(
+    priority: int,
+    effective_at: datetime,
+    expires_at: datetime | None,
+    reference: str | None,
+    note: str | None,
+    unit_price: str | None,
+    currency: str | None,
+    now: datetime,
+) -> CreditGrant:
+    """A new grant of its own (never merged into another) with its full amount remaining."""
+    grant = CreditGrant(
         wallet_id=wallet.id,
-        customer_id=customer.id,
-        type=type,
+        customer_id=wallet.customer_id,
         kind=kind,
         amount_micros=amount_micros,
-        balance_after_micros=balance,
+        remaining_micros=amount_micros,
+        priority=priority,
+        effective_at=effective_at,
+        expires_at=expires_at,
         reference=reference,
         note=note,
-        idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
+        unit_price=unit_price,
+        currency=currency,
         actor=actor.label,
         created_at=now,
     )
-    db.session.add(entry)
+    db.session.add(grant)
     db.session.flush()
-    return entry
+    return grant
 
 
 @transactional
@@ -99,8 +188,15 @@ def topup_wallet(
     reference: object = None,
     note: object = None,
     idempotency_key: object = None,
+    priority: object = None,
+    effective_at: object = None,
+    expires_at: object = None,
+    unit_price: object = None,
+    currency: object = None,
 ) -> LedgerResult:
+    """Add credits: exactly one new grant and its `topup` entry (domain.md, "Credit grants")."""
     require(actor, MANAGE_WALLETS)
+    now = utcnow()
     customer = get_customer(customer_key)
     system = get_credit_system(credit_system)
     if system.archived_at is not None:
@@ -116,35 +212,60 @@ def topup_wallet(
     kind_value = validation.choice(kind or "purchased", TOPUP_KINDS, field="kind")
     ref = validation.text(reference, field="reference", max_len=200, required=False)
     note_value = validation.text(note, field="note", max_len=2000, required=False)
-    key = None
-    if idempotency_key is not None:
-        key = validation.key(
-            idempotency_key, field="idempotency_key", pattern=validation.EVENT_ID_RE
-        )
-    fingerprint = hashlib.sha256(
-        validation.canonical_json([system.id, amount_micros, kind_value, ref, note_value]).encode()
-    ).hexdigest()
-    if key is not None:
-        previous = db.session.scalar(
-            select(LedgerEntry).where(
-                LedgerEntry.customer_id == customer.id, LedgerEntry.idempotency_key == key
-            )
-        )
-        if previous is not None:
-            if previous.fingerprint != fingerprint:
-                raise IdempotencyConflict(
-                    f"idempotency_key {key!r} was already used for a different topup.",
-                    field="idempotency_key",
-                )
-            return LedgerResult(True, previous, customer.key, system.key)
-    wallet = _locked_wallet(customer, system, create=True)
+    key = _idempotency_key(idempotency_key)
+    priority_value = _priority(priority, kind_value)
+    price, currency_code = _unit_price(unit_price, currency)
+    if price is not None and kind_value != "purchased":
+        raise ValidationError("Only purchased credits have a unit price.", field="unit_price")
+    effective, expires = _grant_times(effective_at, expires_at, now)
+    # The grant's terms are part of the content only when given: a replay an hour later that
+    # leaves them out is the same topup (its default effective time would differ).
+    terms = (priority, effective_at, expires_at, unit_price, currency)
+    fingerprint = _fingerprint(
+        system.id,
+        amount_micros,
+        kind_value,
+        ref,
+        note_value,
+        *(
+            []
+            if terms == (None,) * 5
+            else [
+                priority_value,
+                None if effective_at in (None, "") else effective.isoformat(),
+                None if expires is None else expires.isoformat(),
+                price,
+                currency_code,
+            ]
+        ),
+    )
+    previous = _replay(customer, key, fingerprint, "topup")
+    if previous is not None:
+        return LedgerResult(True, previous, customer.key, system.key)
+    wallet = credits.locked_wallet(customer, system, create=True)
     assert wallet is not None
-    entry = _post(
+    credits.book_expiries(wallet, credits.live_grants(wallet.id), now)
+    grant = _issue_grant(
         actor,
         wallet,
-        customer,
+        kind=kind_value,
+        amount_micros=amount_micros,
+        priority=priority_value,
+        effective_at=effective,
+        expires_at=expires,
+        reference=ref,
+        note=note_value,
+        unit_price=price,
+        currency=currency_code,
+        now=now,
+    )
+    entry = credits.post(
+        actor.label,
+        wallet,
         type="topup",
         amount_micros=amount_micros,
+        now=now,
+        grant_id=grant.id,
         kind=kind_value,
         reference=ref,
         note=note_value,
@@ -155,12 +276,14 @@ def topup_wallet(
         actor,
         "wallet.topup",
         customer_key=customer.key,
-        target=f"ledger:{entry.id}",
+        target=f"grant:{grant.id}",
         details={
             "credit_system": system.key,
             "amount": format_micros(amount_micros),
             "kind": kind_value,
             "reference": ref,
+            "priority": priority_value,
+            "expires_at": None if expires is None else expires.isoformat(),
         },
     )
     return LedgerResult(False, entry, customer.key, system.key)
@@ -175,9 +298,12 @@ def adjust_wallet(
     amount: object,
     reason: object,
     reference: object = None,
+    idempotency_key: object = None,
 ) -> LedgerResult:
-    """A correction, positive or negative, with a reason; never below zero."""
+    """A correction with a reason: positive, a `granted` grant of its own; negative, spent from
+    the grants available now like usage (never below zero)."""
     require(actor, MANAGE_WALLETS)
+    now = utcnow()
     customer = get_customer(customer_key)
     system = get_credit_system(credit_system)
     amount_micros = parse_micros(amount, field="amount")
@@ -185,37 +311,163 @@ def adjust_wallet(
         raise ValidationError("`amount` may not be zero.", field="amount")
     reason_text = validation.text(reason, field="reason", max_len=2000)
     ref = validation.text(reference, field="reference", max_len=200, required=False)
-    wallet = _locked_wallet(customer, system, create=amount_micros > 0)
-    balance = 0 if wallet is None else wallet.balance_micros
-    if balance + amount_micros < 0:
+    key = _idempotency_key(idempotency_key)
+    fingerprint = _fingerprint("adjustment", system.id, amount_micros, reason_text, ref)
+    previous = _replay(customer, key, fingerprint, "adjustment")
+    if previous is not None:
+        return LedgerResult(True, previous, customer.key, system.key)
+    wallet = credits.locked_wallet(customer, system, create=amount_micros > 0)
+    if wallet is None:
         raise InsufficientCredits(
-            f"The wallet holds {format_micros(balance)}; an adjustment of "
+            f"The customer has no {system.key} wallet; an adjustment of "
             f"{format_micros(amount_micros)} would take it below zero.",
             field="amount",
-            wallet_balance=format_micros(balance),
+            eligible_balance="0",
+            wallet_balance="0",
         )
-    assert wallet is not None
-    entry = _post(
-        actor,
-        wallet,
-        customer,
-        type="adjustment",
-        amount_micros=amount_micros,
-        reference=ref,
-        note=reason_text,
-    )
+    grants = credits.live_grants(wallet.id)
+    credits.book_expiries(wallet, grants, now)
+
+    def entry(grant_id: int | None = None) -> LedgerEntry:
+        return credits.post(
+            actor.label,
+            wallet,
+            type="adjustment",
+            amount_micros=amount_micros,
+            now=now,
+            grant_id=grant_id,
+            kind="granted" if amount_micros > 0 else None,
+            reference=ref,
+            note=reason_text,
+            idempotency_key=key,
+            fingerprint=fingerprint,
+        )
+
+    if amount_micros > 0:
+        grant = _issue_grant(
+            actor,
+            wallet,
+            kind="granted",
+            amount_micros=amount_micros,
+            priority=DEFAULT_PRIORITY["granted"],
+            effective_at=now,
+            expires_at=None,
+            reference=ref,
+            note=reason_text,
+            unit_price=None,
+            currency=None,
+            now=now,
+        )
+        posted = entry(grant.id)
+    else:
+        posted = credits.deduct(wallet, grants, -amount_micros, now, entry)
     audit.record(
         actor,
         "wallet.adjustment",
         customer_key=customer.key,
-        target=f"ledger:{entry.id}",
+        target=f"ledger:{posted.id}",
         details={
             "credit_system": system.key,
             "amount": format_micros(amount_micros),
             "reason": reason_text,
         },
     )
-    return LedgerResult(False, entry, customer.key, system.key)
+    return LedgerResult(False, posted, customer.key, system.key)
+
+
+@dataclass(frozen=True)
+class VoidResult:
+    replayed: bool
+    entry: LedgerEntry
+    grant: CreditGrant
+    customer_key: str
+    credit_system: str
+
+
+@transactional
+def void_grant(
+    actor: Actor,
+    *,
+    grant_id: object,
+    reason: object,
+    reference: object = None,
+    idempotency_key: object = None,
+) -> VoidResult:
+    """Remove what remains of one grant with a `void` entry (a refund of unused prepaid credits,
+    or a mistaken topup). What was consumed stays consumed."""
+    require(actor, MANAGE_WALLETS)
+    now = utcnow()
+    gid = _grant_id(grant_id)
+    reason_text = validation.text(reason, field="reason", max_len=2000)
+    ref = validation.text(reference, field="reference", max_len=200, required=False)
+    key = _idempotency_key(idempotency_key)
+    found = db.session.execute(
+        select(CreditGrant, Customer, CreditSystem)
+        .join(Customer, Customer.id == CreditGrant.customer_id)
+        .join(Wallet, Wallet.id == CreditGrant.wallet_id)
+        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+        .where(CreditGrant.id == gid)
+    ).first()
+    if found is None:
+        raise NotFound(f"No credit grant with id {gid}.", field="grant_id")
+    grant, customer, system = found
+    fingerprint = _fingerprint("void", gid, reason_text, ref)
+    previous = _replay(customer, key, fingerprint, "void")
+    if previous is not None:
+        db.session.refresh(grant)
+        return VoidResult(True, previous, grant, customer.key, system.key)
+    wallet = credits.locked_wallet(customer, system, create=False)
+    assert wallet is not None
+    grants = credits.live_grants(wallet.id)
+    credits.book_expiries(wallet, grants, now)
+    db.session.refresh(grant)
+    if grant.remaining_micros == 0:
+        status = grant.status_at(now)
+        raise NothingToVoid(
+            f"Grant {gid} has nothing left to void (it is {status}).",
+            field="grant_id",
+            status=status,
+        )
+    left = grant.remaining_micros
+    grant.remaining_micros = 0
+    grant.voided_micros = left
+    grant.voided_at = now
+    entry = credits.post(
+        actor.label,
+        wallet,
+        type="void",
+        amount_micros=-left,
+        now=now,
+        grant_id=grant.id,
+        reference=ref,
+        note=reason_text,
+        idempotency_key=key,
+        fingerprint=fingerprint,
+    )
+    audit.record(
+        actor,
+        "wallet.void",
+        customer_key=customer.key,
+        target=f"grant:{grant.id}",
+        details={
+            "credit_system": system.key,
+            "amount": format_micros(left),
+            "reason": reason_text,
+        },
+    )
+    return VoidResult(False, entry, grant, customer.key, system.key)
+
+
+def _grant_id(value: object) -> int:
+    if isinstance(value, bool):
+        raise NotFound("No credit grant with that id.", field="grant_id")
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise NotFound("No credit grant with that id.", field="grant_id") from None
+    if not 0 < number < 2**63:
+        raise NotFound("No credit grant with that id.", field="grant_id")
+    return number
 
 
 @transactional
@@ -230,7 +482,7 @@ def set_low_balance_threshold(
     micros = None if threshold in (None, "") else parse_micros(threshold, field="threshold")
     if micros is not None and micros < 0:
         raise ValidationError("The threshold may not be negative.", field="threshold")
-    wallet = _locked_wallet(customer, system, create=False)
+    wallet = credits.locked_wallet(customer, system, create=False)
     if wallet is None:
         raise ValidationError("This customer has no wallet in this credit system yet.")
     wallet.low_balance_threshold_micros = micros

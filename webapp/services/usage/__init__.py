@@ -141,15 +141,15 @@ def _judge(
     wallet = state.wallet(customer, cost)
     ent = state.entitlements.get((customer.id, feature.id))
     used = state.counters.get(ckey, 0)
-    balance = None if wallet is None else wallet.balance_micros
-    decision = decide(feature, customer, ent, used, p.amount_micros, cost, balance)
+    decision = decide(feature, customer, ent, used, p.amount_micros, cost, wallet, at, now)
     assert ent is not None  # decide() refuses an event without an entitlement
     # Accepted: move the in-memory state, so that the next event of a batch sees this one.
     state.move_counter(ckey, decision.used_after)
     ledger = None
+    allocations: list[tuple[int, int]] = []
     if decision.credits:
         assert wallet is not None  # decide() refuses a charge without a wallet
-        state.debit(wallet, decision.credits)
+        allocations = state.debit(wallet, decision.credits, at)
         ledger = _ledger_row(wallet, customer, -decision.credits, f"{feature.key}:{event_id}")
         ledger.update(actor=actor.label, created_at=now)
     recorded = StoredEvent(
@@ -163,13 +163,19 @@ def _judge(
         allowance_micros=ent.allowance_micros,
         overage_micros=decision.overage,
         credits_micros=decision.credits,
-        balance_micros=None if cost is None or wallet is None else wallet.balance_micros,
+        balance_micros=None if cost is None or wallet is None else wallet.available(now),
     )
     state.events[(customer.id, event_id)] = recorded
     row = recorded.row(customer.id, feature.id, event_id, ckey[2], p.metadata)
     row.update(actor=actor.label, recorded_at=now)
     audit = (event_id, feature.key, format_micros(p.amount_micros), p.reason)
-    pending = Pending(event=row, ledger=ledger, customer_key=customer.key, audit=audit)
+    pending = Pending(
+        event=row,
+        ledger=ledger,
+        customer_key=customer.key,
+        audit=audit,
+        allocations=allocations,
+    )
     return _result(recorded, event_id, customer, cost, replayed=False), pending
 
 
@@ -183,6 +189,7 @@ def _ledger_row(
         "kind": None,
         "amount_micros": amount,
         "balance_after_micros": wallet.balance_micros,
+        "grant_id": None,
         "reference": reference[:200],
         "note": None,
         "idempotency_key": None,
@@ -225,6 +232,7 @@ def _parse_all(raws: Sequence[object]) -> list[Parsed | DomainError]:
 def _record(actor: Actor, parsed: list[Parsed | DomainError]) -> list[UsageResult | DomainError]:
     now = utcnow()
     state = load_state([p for p in parsed if isinstance(p, Parsed)], now, lock=True)
+    state.book_expiries(now)  # before any decision (domain.md, "Expiry")
     pending: list[Pending] = []
     results: list[UsageResult | DomainError] = []
     for p in parsed:
@@ -324,13 +332,13 @@ def check_entitlement(
     ent = state.entitlements.get((customer.id, feature.id))
     cost = state.costs.get(feature.id)
     wallet = state.wallet(customer, cost)
-    balance = None if wallet is None else wallet.balance_micros
+    balance = None if wallet is None else wallet.available(now)
     used = state.counters.get(state.counter_key(customer, feature, now), 0)
     reason = message = None
     try:
         if recording:
             check_recordable(feature, p.amount_micros)
-        credits = decide_check(feature, customer, ent, used, p.amount_micros, cost, balance)
+        credits = decide_check(feature, customer, ent, used, p.amount_micros, cost, wallet, now)
     except DomainError as exc:
         reason, message = exc.code, exc.message
         credits = refusal_credits(p.amount_micros, cost)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -20,6 +20,7 @@ from ...errors import (
     ValidationError,
 )
 from .. import validation
+from ..credits.rules import GrantRef, eligible_balance
 from ..money import MICROS, check_total, credit_cost_micros, format_micros, parse_micros
 from ..periods import effective_period
 
@@ -52,10 +53,16 @@ class CostRef(NamedTuple):
 
 @dataclass
 class WalletRef:
-    """A wallet as judged: its balance moves as a batch's events are accepted one by one."""
+    """A wallet as judged, with its grants that hold credits: the balance (the sum of its ledger)
+    and the grants move as a batch's events are accepted one by one."""
 
     id: int
     balance_micros: int
+    grants: list[GrantRef] = field(default_factory=list)
+
+    def available(self, at: datetime) -> int:
+        """The credits a deduction at ``at`` may use (domain.md, "Spending order")."""
+        return eligible_balance(self.grants, at)
 
 
 @dataclass(frozen=True)
@@ -168,9 +175,12 @@ def decide(
     used: int,
     amount: int,
     cost: CostRef | None,
-    balance: int | None,
+    wallet: WalletRef | None,
+    at: datetime,
+    now: datetime,
 ) -> Decision:
-    """Rule 4 of RecordUsage, in its order. Raises the first DomainError that applies."""
+    """Rule 4 of RecordUsage, in its order. Raises the first DomainError that applies. Credits
+    come from the wallet's grants eligible at ``at``, the event's own time."""
     allowance = check_entitled(customer, feature, entitlement).allowance_micros
     used_after = used + amount
     overage = 0
@@ -187,14 +197,19 @@ def decide(
         )
     check_total(used_after, what="The usage counter", error=InvalidAmount)
     credits = None if cost is None else charge(amount, cost)
-    if credits and (balance is None or balance < credits):
-        raise InsufficientCredits(
-            f"Recording this needs {format_micros(credits)} credits; the wallet holds "
-            f"{format_micros(balance or 0)}.",
-            field="amount",
-            credits_required=format_micros(credits),
-            wallet_balance=format_micros(balance or 0),
-        )
+    if credits:
+        eligible = 0 if wallet is None else wallet.available(at)
+        if eligible < credits:
+            balance = 0 if wallet is None else wallet.available(now)
+            raise InsufficientCredits(
+                f"Recording this needs {format_micros(credits)} credits; the wallet has "
+                f"{format_micros(eligible)} available"
+                + ("." if at == now or eligible == balance else " at the event's time."),
+                field="amount",
+                credits_required=format_micros(credits),
+                eligible_balance=format_micros(eligible),
+                wallet_balance=format_micros(balance),
+            )
     return Decision(used_after=used_after, overage=overage, credits=credits)
 
 
@@ -210,7 +225,8 @@ def decide_check(
     used: int,
     amount: int,
     cost: CostRef | None,
-    balance: int | None,
+    wallet: WalletRef | None,
+    now: datetime,
 ) -> int | None:
     """The entitlement check: what RecordUsage would decide, except that a boolean feature is
     checked for access instead of refused. Returns the credits required; raises the refusal."""
@@ -218,7 +234,7 @@ def decide_check(
         check_entitled(customer, feature, entitlement)
         return None
     check_amount_for_type(feature, amount)
-    return decide(feature, customer, entitlement, used, amount, cost, balance).credits
+    return decide(feature, customer, entitlement, used, amount, cost, wallet, now, now).credits
 
 
 def refusal_credits(amount: int, cost: CostRef | None) -> int | None:

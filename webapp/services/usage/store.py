@@ -9,7 +9,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, or_, select, text, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -19,7 +31,9 @@ from ...models import (
     DAILY_BASE,
     DAILY_SHARDS,
     AuditLog,
+    CreditAllocation,
     CreditCost,
+    CreditGrant,
     CreditSystem,
     Customer,
     Entitlement,
@@ -34,6 +48,8 @@ from ...models import (
 from ..actors import Actor
 from ..audit import audit_row
 from ..bulk import bulk_insert, pipelined, use_copy
+from ..credits import EXPIRY_ACTOR
+from ..credits.rules import GrantRef, allocate, due
 from ..periods import period_start
 from .rules import (
     CostRef,
@@ -104,6 +120,9 @@ class State:
     dirty_counters: set[CounterKey] = field(default_factory=set)
     wallets: dict[WalletKey, WalletRef] = field(default_factory=dict)
     dirty_wallets: dict[int, WalletRef] = field(default_factory=dict)  # by wallet id
+    dirty_grants: dict[int, GrantRef] = field(default_factory=dict)  # by grant id
+    expiries: list[dict[str, Any]] = field(default_factory=list)  # ledger rows booked
+    expired_grants: list[dict[str, Any]] = field(default_factory=list)  # their grant updates
     events: dict[tuple[int, str], StoredEvent] = field(default_factory=dict)
 
     def customer(self, key: str) -> CustomerRef:
@@ -140,9 +159,44 @@ class State:
         self.counters[key] = used
         self.dirty_counters.add(key)
 
-    def debit(self, wallet: WalletRef, credits: int) -> None:
+    def debit(self, wallet: WalletRef, credits: int, at: datetime) -> list[tuple[int, int]]:
+        """Take ``credits`` from the grants eligible at ``at`` in spending order: the parts
+        (grant id, amount) to write as allocations."""
+        parts = allocate(wallet.grants, credits, at)
+        for grant, _ in parts:
+            self.dirty_grants[grant.id] = grant
         wallet.balance_micros -= credits
         self.dirty_wallets[wallet.id] = wallet
+        return [(grant.id, amount) for grant, amount in parts]
+
+    def book_expiries(self, now: datetime) -> None:
+        """Book every due expiry of the loaded wallets (locked), before any decision: an
+        `expiry` ledger entry per grant, taking its remaining out (domain.md, "Expiry")."""
+        for (customer_id, _), wallet in sorted(self.wallets.items(), key=lambda kv: kv[1].id):
+            for grant in sorted(due(wallet.grants, now), key=lambda g: g.id):
+                left = grant.remaining_micros
+                grant.remaining_micros = 0
+                wallet.balance_micros -= left
+                self.dirty_wallets[wallet.id] = wallet
+                self.expired_grants.append({"gid": grant.id, "left": left, "now": now})
+                self.expiries.append(
+                    {
+                        "wallet_id": wallet.id,
+                        "customer_id": customer_id,
+                        "type": "expiry",
+                        "kind": None,
+                        "amount_micros": -left,
+                        "balance_after_micros": wallet.balance_micros,
+                        "grant_id": grant.id,
+                        "reference": f"grant:{grant.id}",
+                        "note": None,
+                        "idempotency_key": None,
+                        "fingerprint": None,
+                        "actor": EXPIRY_ACTOR,
+                        "created_at": now,
+                        "usage_event_id": None,
+                    }
+                )
 
 
 # Statements of the hot path, built once: per call only their parameters change, so SQLAlchemy
@@ -212,18 +266,36 @@ _COUNTERS = (
     .where(_COUNTER_KEY.in_(bindparam("ckeys", expanding=True)))
     .order_by(UsageCounter.customer_id, UsageCounter.feature_id, UsageCounter.period_start)
 )
+# Each wallet with its grants that hold credits, in one query (one row per grant; one row with
+# no grant for a wallet without any).
 _WALLETS = (
-    select(Wallet.customer_id, Wallet.credit_system_id, Wallet.id, Wallet.balance_micros)
+    select(
+        Wallet.customer_id,
+        Wallet.credit_system_id,
+        Wallet.id,
+        Wallet.balance_micros,
+        CreditGrant.id,
+        CreditGrant.kind,
+        CreditGrant.priority,
+        CreditGrant.effective_at,
+        CreditGrant.expires_at,
+        CreditGrant.remaining_micros,
+    )
+    .outerjoin(
+        CreditGrant,
+        and_(CreditGrant.wallet_id == Wallet.id, CreditGrant.remaining_micros > 0),
+    )
     .where(
         tuple_(Wallet.customer_id, Wallet.credit_system_id).in_(bindparam("wkeys", expanding=True))
     )
-    .order_by(Wallet.id)
+    .order_by(Wallet.id, CreditGrant.id)
 )
 # A write locks the counters and wallets it moves, in key order (PostgreSQL; on SQLite, BEGIN
-# IMMEDIATE already holds the write lock). The entitlement check reads them without a lock.
+# IMMEDIATE already holds the write lock). A wallet's grants change only under its wallet's
+# lock, so locking the wallet row locks them too. The entitlement check reads without a lock.
 _LOCKED = {
     False: (_COUNTERS, _WALLETS),
-    True: (_COUNTERS.with_for_update(), _WALLETS.with_for_update()),
+    True: (_COUNTERS.with_for_update(), _WALLETS.with_for_update(of=Wallet)),
 }
 
 
@@ -272,8 +344,12 @@ def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
         for cid, fid, start, used in conn.execute(counters, {"ckeys": sorted(counter_keys)}):
             state.counters[(cid, fid, start)] = used
     if wallet_keys:
-        for cid, sid, wid, balance in conn.execute(wallets, {"wkeys": sorted(wallet_keys)}):
-            state.wallets[(cid, sid)] = WalletRef(wid, balance)
+        for cid, sid, wid, balance, *grant in conn.execute(wallets, {"wkeys": sorted(wallet_keys)}):
+            wallet = state.wallets.get((cid, sid))
+            if wallet is None:
+                wallet = state.wallets[(cid, sid)] = WalletRef(wid, balance)
+            if grant[0] is not None:
+                wallet.grants.append(GrantRef(*grant))
     return state
 
 
@@ -288,6 +364,7 @@ class Pending:
     ledger: dict[str, Any] | None
     customer_key: str
     audit: tuple[str, str, str, str | None]  # event_id, feature_key, amount, reason
+    allocations: list[tuple[int, int]] = field(default_factory=list)  # (grant id, amount)
 
 
 _event_table = cast(Table, UsageEvent.__table__)
@@ -296,6 +373,8 @@ _wallet_table = cast(Table, Wallet.__table__)
 _daily_table = cast(Table, UsageDaily.__table__)
 _ledger_table = cast(Table, LedgerEntry.__table__)
 _audit_table = cast(Table, AuditLog.__table__)
+_grant_table = cast(Table, CreditGrant.__table__)
+_allocation_table = cast(Table, CreditAllocation.__table__)
 _INSERT_EVENTS_RETURNING = insert(_event_table).returning(
     _event_table.c.id, sort_by_parameter_order=True
 )
@@ -314,6 +393,30 @@ _UPDATE_COUNTER = (
         _counter_table.c.period_start == bindparam("s", type_=_counter_table.c.period_start.type),
     )
     .values(used_micros=bindparam("u"))
+)
+_UPDATE_GRANT = (
+    update(_grant_table)
+    .where(_grant_table.c.id == bindparam("gid"))
+    .values(remaining_micros=bindparam("left"))
+)
+_EXPIRE_GRANT = (
+    update(_grant_table)
+    .where(_grant_table.c.id == bindparam("gid"))
+    .values(
+        remaining_micros=0,
+        expired_micros=bindparam("left"),
+        expired_at=bindparam("now", type_=_grant_table.c.expired_at.type),
+    )
+)
+# An allocation names its ledger entry, whose id the bulk insert does not return: the entry is
+# found by its (unique) usage event, in the same statement.
+_INSERT_ALLOCATIONS = insert(_allocation_table).from_select(
+    ["ledger_entry_id", "grant_id", "amount_micros"],
+    select(
+        _ledger_table.c.id,
+        bindparam("gid", type_=BigInteger),
+        bindparam("amount", type_=BigInteger),
+    ).where(_ledger_table.c.usage_event_id == bindparam("event", type_=BigInteger)),
 )
 _UPDATE_WALLET = (
     update(_wallet_table)
@@ -377,15 +480,24 @@ def write(state: State, pending: list[Pending], actor: Actor) -> None:
             rows, conn.execute(_INSERT_EVENTS_RETURNING, rows).scalars(), strict=True
         ):
             row["id"] = event_pk
-    ledger_rows = []
+    # Expiries booked before the decisions come first: the ledger's running balance follows ids.
+    ledger_rows = list(state.expiries)
+    allocations: list[dict[str, int]] = []
     for p in pending:
         if p.ledger is not None:
             p.ledger["usage_event_id"] = p.event["id"]
             ledger_rows.append(p.ledger)
+            allocations.extend(
+                {"event": p.event["id"], "gid": gid, "amount": amount}
+                for gid, amount in p.allocations
+            )
     # The writes below return nothing: on PostgreSQL without COPY (which pipeline mode cannot
     # carry) they go out in one round trip instead of one each.
     with pipelined(conn, enabled=not copy):
         bulk_insert(conn, _ledger_table, ledger_rows)
+        if allocations:
+            conn.execute(_INSERT_ALLOCATIONS, allocations)
+        _write_grants(conn, state)
         _write_counters(conn, state)
         _write_wallets(conn, state)
         add_to_daily(conn, rows)
@@ -419,6 +531,18 @@ def _write_counters(conn: Connection, state: State) -> None:
         conn.execute(
             _UPDATE_COUNTER,
             [{"c": c, "f": f, "s": s, "u": state.counters[(c, f, s)]} for (c, f, s) in moved],
+        )
+
+
+def _write_grants(conn: Connection, state: State) -> None:
+    if state.expired_grants:
+        conn.execute(_EXPIRE_GRANT, state.expired_grants)
+    booked = {row["gid"] for row in state.expired_grants}
+    moved = sorted(gid for gid in state.dirty_grants if gid not in booked)
+    if moved:
+        conn.execute(
+            _UPDATE_GRANT,
+            [{"gid": gid, "left": state.dirty_grants[gid].remaining_micros} for gid in moved],
         )
 
 
