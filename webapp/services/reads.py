@@ -28,6 +28,7 @@ from ..models import (
 from . import validation
 from .actors import VIEW, VIEW_LEDGER, Actor, require
 from .catalog import get_credit_system, get_customer, get_feature
+from .credits.reads import wallet_credits
 from .paging import AnySelect, Page, keyset_page
 from .periods import effective_period, next_reset, period_start
 
@@ -59,10 +60,12 @@ class WalletView:
     name: str
     unit_singular: str
     unit_plural: str
-    balance_micros: int
+    balance_micros: int  # available now: its grants effective and not expired (domain.md)
     wallet_id: int
     credit_system_id: int
     low_balance_threshold_micros: int | None
+    scheduled_micros: int = 0  # grants effective later
+    ledger_balance_micros: int = 0  # Σ ledger entries (expiries not yet booked included)
 
 
 @dataclass(frozen=True)
@@ -124,27 +127,31 @@ def customer_summary(actor: Actor, key: object, *, now: datetime | None = None) 
                 cost_micros=None if cost is None else cost.cost_micros,
             )
         )
-    return CustomerSummary(customer, entitlements, wallets_of(customer.id))
+    return CustomerSummary(customer, entitlements, wallets_of(customer.id, now))
 
 
-def wallets_of(customer_id: int) -> list[WalletView]:
+def wallets_of(customer_id: int, now: datetime | None = None) -> list[WalletView]:
+    rows = db.session.execute(
+        select(Wallet, CreditSystem)
+        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+        .where(Wallet.customer_id == customer_id)
+        .order_by(CreditSystem.key)
+    ).all()
+    standing = wallet_credits([wallet.id for wallet, _ in rows], now)
     return [
         WalletView(
             credit_system=system.key,
             name=system.name,
             unit_singular=system.unit_singular,
             unit_plural=system.unit_plural,
-            balance_micros=wallet.balance_micros,
+            balance_micros=standing[wallet.id].available_micros,
             wallet_id=wallet.id,
             credit_system_id=system.id,
             low_balance_threshold_micros=wallet.low_balance_threshold_micros,
+            scheduled_micros=standing[wallet.id].scheduled_micros,
+            ledger_balance_micros=wallet.balance_micros,
         )
-        for wallet, system in db.session.execute(
-            select(Wallet, CreditSystem)
-            .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
-            .where(Wallet.customer_id == customer_id)
-            .order_by(CreditSystem.key)
-        )
+        for wallet, system in rows
     ]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, ScalarSelect, and_, func, or_, select
 
 from ...errors import InsufficientCredits, ValidationError
 from ...extensions import db
@@ -262,7 +262,7 @@ def expire_due(
 # ---------------------------------------------------------------- reads
 
 
-def available_balance(now: datetime) -> object:
+def available_balance(now: datetime) -> ScalarSelect[int]:
     """SQL: a wallet's credits available at ``now`` (Σ remaining of its grants effective and not
     expired at ``now``), as a correlated scalar subquery on Wallet. Expired credits are not
     available from the instant of expiry, booked or not."""
@@ -279,7 +279,7 @@ def available_balance(now: datetime) -> object:
     )
 
 
-def status_filter(status: str, now: datetime) -> object:
+def status_filter(status: str, now: datetime) -> ColumnElement[bool]:
     """SQL condition for a grant status (scheduled / active / depleted / expired / voided); the
     same as models.grant_status."""
     g = CreditGrant
