@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -14,7 +15,15 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, make_url, select, text, update
 
 from webapp.extensions import db
-from webapp.models import ApiKey, LedgerEntry, UsageCounter, User, Wallet
+from webapp.models import (
+    ApiKey,
+    CreditAllocation,
+    CreditGrant,
+    LedgerEntry,
+    UsageCounter,
+    User,
+    Wallet,
+)
 from webapp.services.verify import verify_ledger
 
 
@@ -102,15 +111,40 @@ def test_ledger_verify_names_each_violation(runner):
         .values(used_micros=UsageCounter.used_micros + 5)
     )
     usage_entry = db.session.scalar(select(LedgerEntry.id).where(LedgerEntry.type == "usage"))
+    db.session.execute(
+        text("DELETE FROM credit_allocations WHERE ledger_entry_id = :id"), {"id": usage_entry}
+    )
     db.session.execute(text("DELETE FROM ledger_entries WHERE id = :id"), {"id": usage_entry})
+    # A grant that says it holds one micro more than what left it allows, and a grant that
+    # paid for usage before it was effective.
+    spent = db.session.scalars(
+        select(CreditAllocation.grant_id)
+        .join(CreditGrant, CreditGrant.id == CreditAllocation.grant_id)
+        .where(CreditGrant.wallet_id != wallet_id)
+        .order_by(CreditAllocation.id)
+    ).all()
+    first, last = spent[0], spent[-1]
+    db.session.execute(
+        update(CreditGrant)
+        .where(CreditGrant.id == first)
+        .values(remaining_micros=CreditGrant.remaining_micros + 1)
+    )
+    db.session.execute(
+        update(CreditGrant)
+        .where(CreditGrant.id == last)
+        .values(effective_at=datetime(2999, 1, 1, tzinfo=UTC), expires_at=None)
+    )
     db.session.commit()
     result = runner.invoke(args=["ledger", "verify"])
     assert result.exit_code == 1
     assert f"wallet {wallet_id} of" in result.output
     assert "but events sum to" in result.output
     assert "usage ledger entries" in result.output
+    assert f"grant {first}: remaining" in result.output
+    assert "but its grants hold" in result.output
+    assert f"draws on grant {last}, which was not eligible then" in result.output
     report = verify_ledger()
-    assert not report.ok and len(report.violations) >= 3
+    assert not report.ok and len(report.violations) >= 6
 
 
 def test_user_create(runner, monkeypatch):

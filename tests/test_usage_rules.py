@@ -19,6 +19,7 @@ from webapp.errors import (
     NotEntitled,
     ValidationError,
 )
+from webapp.services.credits.rules import GrantRef
 from webapp.services.money import MAX_TOTAL_MICROS, MICROS
 from webapp.services.usage import rules
 from webapp.services.usage.rules import CostRef, CustomerRef, EntitlementRef, FeatureRef
@@ -114,48 +115,58 @@ def test_persistent_amounts_are_whole_and_consumables_never_negative():
 
 # ---------------------------------------------------------------- decide
 
+T = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _w(balance: int | None) -> rules.WalletRef | None:
+    """A wallet holding ``balance`` in one active grant (None: no wallet)."""
+    if balance is None:
+        return None
+    grants = [GrantRef(1, "purchased", 200, T, None, balance)] if balance else []
+    return rules.WalletRef(1, balance, grants)
+
 
 def test_four_calls_at_two_cents_cost_eight_hundredths():
-    decision = rules.decide(CALLS, ACTIVE, BLOCK_10, 0, 4 * MICROS, COST, 10 * MICROS)
+    decision = rules.decide(CALLS, ACTIVE, BLOCK_10, 0, 4 * MICROS, COST, _w(10 * MICROS), T, T)
     assert decision == rules.Decision(used_after=4 * MICROS, overage=0, credits=80_000)
 
 
 def test_archived_or_unentitled_customers_are_not_entitled():
     with pytest.raises(NotEntitled):
-        rules.decide(CALLS, ARCHIVED, BLOCK_10, 0, MICROS, None, None)
+        rules.decide(CALLS, ARCHIVED, BLOCK_10, 0, MICROS, None, _w(None), T, T)
     with pytest.raises(NotEntitled):
-        rules.decide(CALLS, ACTIVE, None, 0, MICROS, None, None)
+        rules.decide(CALLS, ACTIVE, None, 0, MICROS, None, _w(None), T, T)
 
 
 def test_block_refuses_past_the_allowance_and_allow_flags_overage():
     with pytest.raises(LimitExceeded) as raised:
-        rules.decide(CALLS, ACTIVE, BLOCK_10, 9 * MICROS, 2 * MICROS, None, None)
+        rules.decide(CALLS, ACTIVE, BLOCK_10, 9 * MICROS, 2 * MICROS, None, _w(None), T, T)
     assert raised.value.details == {"field": "amount", "used": 9, "allowance": 10, "available": 1}
-    decision = rules.decide(CALLS, ACTIVE, ALLOW_10, 9 * MICROS, 3 * MICROS, None, None)
+    decision = rules.decide(CALLS, ACTIVE, ALLOW_10, 9 * MICROS, 3 * MICROS, None, _w(None), T, T)
     assert (decision.used_after, decision.overage) == (12 * MICROS, 2 * MICROS)
 
 
 def test_seats_cannot_be_given_back_below_zero():
     with pytest.raises(InvalidAmount):
-        rules.decide(SEATS, ACTIVE, UNLIMITED, MICROS, -2 * MICROS, None, None)
-    assert rules.decide(SEATS, ACTIVE, UNLIMITED, MICROS, -MICROS, COST, 0).credits == 0
+        rules.decide(SEATS, ACTIVE, UNLIMITED, MICROS, -2 * MICROS, None, _w(None), T, T)
+    assert rules.decide(SEATS, ACTIVE, UNLIMITED, MICROS, -MICROS, COST, _w(0), T, T).credits == 0
 
 
 def test_a_counter_stops_at_the_maximum():
     with pytest.raises(InvalidAmount) as raised:
-        rules.decide(CALLS, ACTIVE, UNLIMITED, MAX_TOTAL_MICROS, 1, None, None)
+        rules.decide(CALLS, ACTIVE, UNLIMITED, MAX_TOTAL_MICROS, 1, None, _w(None), T, T)
     assert raised.value.details["max"] == MAX_TOTAL_MICROS // MICROS
 
 
 def test_credits_beyond_the_balance_are_insufficient():
     with pytest.raises(InsufficientCredits):
-        rules.decide(CALLS, ACTIVE, BLOCK_10, 0, 4 * MICROS, COST, 79_999)
+        rules.decide(CALLS, ACTIVE, BLOCK_10, 0, 4 * MICROS, COST, _w(79_999), T, T)
     with pytest.raises(InsufficientCredits):
-        rules.decide(CALLS, ACTIVE, BLOCK_10, 0, 4 * MICROS, COST, None)  # no wallet yet
+        rules.decide(CALLS, ACTIVE, BLOCK_10, 0, 4 * MICROS, COST, _w(None), T, T)  # no wallet yet
 
 
 def test_a_charge_that_rounds_to_zero_needs_no_wallet():
-    decision = rules.decide(CALLS, ACTIVE, UNLIMITED, 0, 24, COST, None)
+    decision = rules.decide(CALLS, ACTIVE, UNLIMITED, 0, 24, COST, _w(None), T, T)
     assert decision.credits == 0
 
 
@@ -166,7 +177,7 @@ def test_a_charge_that_rounds_to_zero_needs_no_wallet():
 )
 def test_decide_either_refuses_or_keeps_every_invariant(used, amount, balance):
     try:
-        decision = rules.decide(CALLS, ACTIVE, BLOCK_10, used, amount, COST, balance)
+        decision = rules.decide(CALLS, ACTIVE, BLOCK_10, used, amount, COST, _w(balance), T, T)
     except (LimitExceeded, InsufficientCredits):
         assert used + amount > 10 * MICROS or rules.charge(amount, COST) > balance
         return
@@ -178,11 +189,11 @@ def test_decide_either_refuses_or_keeps_every_invariant(used, amount, balance):
 
 
 def test_the_check_accepts_an_entitled_boolean_and_refuses_others():
-    assert rules.decide_check(SSO, ACTIVE, UNLIMITED, 0, MICROS, None, None) is None
+    assert rules.decide_check(SSO, ACTIVE, UNLIMITED, 0, MICROS, None, _w(None), T) is None
     with pytest.raises(NotEntitled):
-        rules.decide_check(SSO, ACTIVE, None, 0, MICROS, None, None)
+        rules.decide_check(SSO, ACTIVE, None, 0, MICROS, None, _w(None), T)
     with pytest.raises(InvalidAmount):
-        rules.decide_check(CALLS, ACTIVE, UNLIMITED, 0, -MICROS, None, None)
+        rules.decide_check(CALLS, ACTIVE, UNLIMITED, 0, -MICROS, None, _w(None), T)
 
 
 # ---------------------------------------------------------------- fingerprint

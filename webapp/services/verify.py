@@ -361,7 +361,7 @@ def _grants_remaining() -> Check:
         .where(or_(g.remaining_micros != expected, g.remaining_micros < 0)),
         lambda gid, left, want: (
             f"grant {gid}: remaining {format_micros(left)}, but amount less what left it is "
-            f"{format_micros(want)}"
+            f"{format_micros(int(want))}"
         ),
     )
 
@@ -432,7 +432,8 @@ def _deductions_allocated() -> Check:
             )
         ),
         lambda eid, amount, n: (
-            f"ledger entry {eid} of {format_micros(amount)} has allocations of {format_micros(n)}"
+            f"ledger entry {eid} of {format_micros(amount)} has allocations of "
+            f"{format_micros(int(n))}"
         ),
     )
 

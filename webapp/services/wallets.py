@@ -360,7 +360,15 @@ def adjust_wallet(
         )
         posted = entry(grant.id)
     else:
-        posted = credits.deduct(wallet, grants, -amount_micros, now, entry)
+        posted = credits.deduct(
+            wallet,
+            grants,
+            -amount_micros,
+            now,
+            entry,
+            refusal="The wallet has {available} credits available; an adjustment of -{amount} "
+            "would take it below zero.",
+        )
     audit.record(
         actor,
         "wallet.adjustment",

@@ -160,6 +160,8 @@ def deduct(
     amount: int,
     at: datetime,
     entry_for: Callable[[], LedgerEntry],
+    *,
+    refusal: str = "This needs {amount} credits; the wallet has {available} available.",
 ) -> LedgerEntry:
     """Spend ``amount`` micros from the grants eligible at ``at`` (after book_expiries): raises
     InsufficientCredits (nothing written) when they hold less; otherwise posts the entry
@@ -168,8 +170,7 @@ def deduct(
     available = eligible_balance(refs.values(), at)
     if available < amount:
         raise InsufficientCredits(
-            f"This needs {format_micros(amount)} credits; the wallet has "
-            f"{format_micros(available)} available.",
+            refusal.format(amount=format_micros(amount), available=format_micros(available)),
             field="amount",
             credits_required=format_micros(amount),
             eligible_balance=format_micros(available),
