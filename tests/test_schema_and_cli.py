@@ -200,3 +200,117 @@ def test_every_command_has_help(runner):
     ):
         result = runner.invoke(args=[*args, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, args
+
+
+def _fresh_database(backend: str, database_url: str, tmp_path: Path, name: str) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / f'{name}.sqlite3'}"
+    url = make_url(database_url).set(database=make_url(database_url).database + f"_{name}")
+    admin = psycopg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, dbname="postgres", autocommit=True
+    )
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{url.database}"')
+    return url.render_as_string(hide_password=False)
+
+
+def _flask(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": url, "FLASK_DEBUG": "1"}
+    flask = Path(sys.executable).parent / "flask"
+    return subprocess.run(
+        [str(flask), "--app", "webapp", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+# The wallet of one customer as the code before credit grants wrote it: a purchased topup, a
+# positive adjustment, a charged event timestamped a day before any of them (the old wallet had
+# no rule about that), a negative adjustment and a granted topup.
+_LEGACY = [
+    "INSERT INTO customers (id, key, name, status, metadata, created_at) "
+    "VALUES (1, 'cust-old', 'Old', 'active', '{}', '2026-10-01 00:00:00')",
+    "INSERT INTO credit_systems (id, key, name, unit_singular, unit_plural, created_at) "
+    "VALUES (1, 'credits', 'Credits', 'credit', 'credits', '2026-10-01 00:00:00')",
+    "INSERT INTO features (id, key, name, type, event_name, created_at) "
+    "VALUES (1, 'api_calls', 'API calls', 'consumable', 'api.call', '2026-10-01 00:00:00')",
+    "INSERT INTO credit_costs (feature_id, credit_system_id, cost_micros, updated_at) "
+    "VALUES (1, 1, 1000000, '2026-10-01 00:00:00')",
+    "INSERT INTO entitlements (id, customer_id, feature_id, allowance_micros, reset_period, "
+    "overage, updated_at) VALUES (1, 1, 1, NULL, 'never', 'block', '2026-10-01 00:00:00')",
+    "INSERT INTO wallets (id, customer_id, credit_system_id, balance_micros, created_at, "
+    "updated_at) VALUES (1, 1, 1, 10000000, '2026-10-02 00:00:00', '2026-10-06 00:00:00')",
+    "INSERT INTO usage_events (id, customer_id, feature_id, event_id, amount_micros, timestamp, "
+    "period_start, credits_micros, overage_micros, used_after_micros, balance_after_micros, "
+    "fingerprint, actor, recorded_at) VALUES (1, 1, 1, 'e1', 3000000, '2026-10-01 12:00:00', "
+    "'1970-01-01 00:00:00', 3000000, 0, 3000000, 12000000, 'x', 'system:cli', "
+    "'2026-10-04 00:00:00')",
+    "INSERT INTO usage_counters (customer_id, feature_id, period_start, used_micros) "
+    "VALUES (1, 1, '1970-01-01 00:00:00', 3000000)",
+    "INSERT INTO usage_daily (feature_id, day, shard, amount_micros, amount_high) "
+    "VALUES (1, '2026-10-01', 1, 3000000, 0)",
+]
+_LEGACY_LEDGER = [
+    # id, type, kind, amount, balance after, event, created
+    (1, "topup", "purchased", 10, 10, None, "2026-10-02"),
+    (2, "adjustment", None, 5, 15, None, "2026-10-03"),
+    (3, "usage", None, -3, 12, 1, "2026-10-04"),
+    (4, "adjustment", None, -4, 8, None, "2026-10-05"),
+    (5, "topup", "granted", 2, 10, None, "2026-10-06"),
+]
+
+
+def test_the_migration_turns_legacy_wallets_into_grants(backend, database_url, tmp_path):
+    url = _fresh_database(backend, database_url, tmp_path, "legacy")
+    old = _flask(url, "db", "upgrade", "e5b3a9d1c7f2")
+    assert old.returncode == 0, old.stderr
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in _LEGACY:
+                conn.execute(text(statement))
+            for eid, type_, kind, amount, after, event, day in _LEGACY_LEDGER:
+                conn.execute(
+                    text(
+                        "INSERT INTO ledger_entries (id, wallet_id, customer_id, type, kind, "
+                        "amount_micros, balance_after_micros, usage_event_id, note, actor, "
+                        "created_at) VALUES (:id, 1, 1, :type, :kind, :amount, :after, :event, "
+                        ":note, 'user:finance@example.com', :created)"
+                    ),
+                    {
+                        "id": eid,
+                        "type": type_,
+                        "kind": kind,
+                        "amount": amount * 1_000_000,
+                        "after": after * 1_000_000,
+                        "event": event,
+                        "note": "legacy" if type_ == "adjustment" else None,
+                        "created": f"{day} 00:00:00",
+                    },
+                )
+        new = _flask(url, "db", "upgrade")
+        assert new.returncode == 0, new.stderr
+        verified = _flask(url, "ledger", "verify")
+        assert verified.returncode == 0, verified.stdout
+        with engine.connect() as conn:
+            grants = conn.execute(
+                text(
+                    "SELECT kind, amount_micros, remaining_micros, priority, expires_at "
+                    "FROM credit_grants ORDER BY id"
+                )
+            ).all()
+            allocations = conn.execute(
+                text(
+                    "SELECT ledger_entry_id, grant_id, amount_micros FROM credit_allocations "
+                    "ORDER BY id"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    m = 1_000_000
+    # Granted credits (priority 100) are spent before purchased ones (200).
+    assert [tuple(g) for g in grants] == [
+        ("purchased", 10 * m, 8 * m, 200, None),
+        ("granted", 5 * m, 0, 100, None),
+        ("granted", 2 * m, 2 * m, 100, None),
+    ]
+    assert [tuple(a) for a in allocations] == [(3, 2, 3 * m), (4, 2, 2 * m), (4, 1, 2 * m)]

@@ -221,8 +221,17 @@ def _migrate_wallets(conn):
 
 
 def downgrade():
+    # Before grants a wallet could not lose credits to an expiry or a void: such entries have no
+    # older form, and dropping them would break every balance after them.
+    removed = op.get_bind().execute(
+        sa.text("SELECT count(*) FROM ledger_entries WHERE type IN ('expiry', 'void')")
+    ).scalar()
+    if removed:
+        raise RuntimeError(
+            f'{removed} expiry or void ledger entries exist: they cannot be expressed without '
+            'credit grants, so this downgrade would lose money. Restore a backup instead.'
+        )
     op.drop_table('credit_allocations')
-    op.execute("DELETE FROM ledger_entries WHERE type IN ('expiry', 'void')")
     with op.batch_alter_table('ledger_entries') as batch:
         batch.drop_constraint(batch.f('ck_ledger_entries_type'), type_='check')
         batch.create_check_constraint(
