@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -217,3 +218,31 @@ def empty_database(url: str) -> None:
     if url.startswith("sqlite"):
         raise NotImplementedError
     _empty_pg(url)
+
+
+class Clock:
+    """The services' clock in a test: starts at the real now, moves only when told."""
+
+    def __init__(self) -> None:
+        from webapp.models import _system_now
+
+        self.now = _system_now().replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    from webapp.models import set_clock
+
+    moving = Clock()
+    set_clock(moving)
+    try:
+        yield moving
+    finally:
+        set_clock(None)
