@@ -271,3 +271,26 @@ def test_the_expiry_sweep_books_each_grant_once(customer, clock, runner):
     expiries = db.session.scalars(select(LedgerEntry).where(LedgerEntry.type == "expiry")).all()
     assert len(expiries) == 3 and len({e.grant_id for e in expiries}) == 3
     assert remaining()[keep.entry.grant_id] == M
+
+
+def test_dashboard_reads_show_available_credits_not_expired_ones(customer, clock):
+    from webapp.services import dashboard, reads
+
+    top_up("5", expires_at=(clock.now + timedelta(days=1)).isoformat())
+    top_up("2")
+    top_up("7", effective_at=(clock.now + timedelta(days=3)).isoformat())  # scheduled
+    clock.advance(days=1)  # the 5 expire; nothing booked them yet
+    overview = dashboard.overview(SYSTEM)
+    mine = [c for c in overview.credits if c.key == "credits"][0]
+    others = 10 * M  # the catalog's own customer: a 10-credit topup
+    assert mine.balance_micros == 2 * M + others
+    rows = {r.customer_key: r for r in dashboard.lowest_wallets(SYSTEM).rows}
+    assert rows[C].balance_micros == 2 * M
+    listed = {r.customer.key: r for r in dashboard.list_customers(SYSTEM, search=C).rows}
+    assert listed[C].balances["credits"] == 2 * M
+    (wallet,) = reads.customer_summary(SYSTEM, C).wallets
+    assert (wallet.balance_micros, wallet.scheduled_micros, wallet.ledger_balance_micros) == (
+        2 * M,
+        7 * M,
+        14 * M,
+    )

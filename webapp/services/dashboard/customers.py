@@ -22,6 +22,7 @@ from ...models import (
     utcnow,
 )
 from ..actors import VIEW, Actor, require
+from ..credits import available_balance
 from .current import current_usage, page_bounds, page_count
 
 
@@ -149,7 +150,7 @@ def list_customers(
         order = func.coalesce(usage.c.used_micros, 0)
     elif kind == "credits" and arg in {s.key for s in systems}:
         wallet = (
-            select(Wallet.customer_id, Wallet.balance_micros)
+            select(Wallet.customer_id, available_balance(now).label("balance_micros"))
             .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
             .where(CreditSystem.key == arg)
             .subquery()
@@ -194,11 +195,11 @@ def list_customers(
         ):
             rows[cid].usage[fkey] = (int(used or 0), allowance)
         for cid, skey, balance in db.session.execute(
-            select(Wallet.customer_id, CreditSystem.key, Wallet.balance_micros)
+            select(Wallet.customer_id, CreditSystem.key, available_balance(now))
             .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
             .where(Wallet.customer_id.in_(rows))
         ):
-            rows[cid].balances[skey] = balance
+            rows[cid].balances[skey] = int(balance)
     return CustomerList(
         rows=list(rows.values()),
         columns=columns,

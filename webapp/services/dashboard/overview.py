@@ -12,6 +12,7 @@ from sqlalchemy import case, func, literal, select
 from ...extensions import db
 from ...models import (
     DAILY_BASE,
+    CreditGrant,
     CreditSystem,
     Customer,
     Entitlement,
@@ -24,6 +25,7 @@ from ...models import (
 )
 from ..actors import VIEW, Actor, require
 from ..catalog import get_customer
+from ..credits import status_filter
 from .current import current_usage
 
 
@@ -97,16 +99,28 @@ def overview(actor: Actor, *, now: datetime | None = None) -> Overview:
         )
         for key, name, ftype in features
     ]
+    # Outstanding = available now: credits of grants effective and not expired (booked or not).
+    live = (
+        select(
+            Wallet.credit_system_id.label("system_id"),
+            exact_sum(CreditGrant.remaining_micros).label("available"),
+        )
+        .join(CreditGrant, CreditGrant.wallet_id == Wallet.id)
+        .where(status_filter("active", utcnow()))
+        .group_by(Wallet.credit_system_id)
+        .subquery()
+    )
     credits = [
         CreditTotal(key, name, balance or 0, count)
         for key, name, balance, count in db.session.execute(
             select(
                 CreditSystem.key,
                 CreditSystem.name,
-                exact_sum(Wallet.balance_micros),
+                func.max(live.c.available),
                 func.count(Wallet.id),
             )
             .outerjoin(Wallet, Wallet.credit_system_id == CreditSystem.id)
+            .outerjoin(live, live.c.system_id == CreditSystem.id)
             .group_by(CreditSystem.key, CreditSystem.name)
             .order_by(CreditSystem.key)
         )

@@ -8,8 +8,9 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 
 from ...extensions import db
-from ...models import CreditSystem, Customer, Wallet
+from ...models import CreditSystem, Customer, Wallet, utcnow
 from ..actors import VIEW, Actor, require
+from ..credits import available_balance
 from .current import page_bounds, page_count
 
 
@@ -47,8 +48,9 @@ def lowest_wallets(
 ) -> WalletList:
     require(actor, VIEW)
     page, per_page = page_bounds(page, per_page)
+    available = available_balance(utcnow())
     stmt = (
-        select(Wallet, Customer, CreditSystem)
+        select(Wallet, Customer, CreditSystem, available.label("available"))
         .join(Customer, Customer.id == Wallet.customer_id)
         .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
     )
@@ -70,14 +72,12 @@ def lowest_wallets(
             customer.status,
             system.key,
             system.name,
-            wallet.balance_micros,
+            int(balance),
             wallet.low_balance_threshold_micros,
             wallet.updated_at,
         )
-        for wallet, customer, system in db.session.execute(
-            stmt.order_by(Wallet.balance_micros, Wallet.id)
-            .offset((page - 1) * per_page)
-            .limit(per_page)
+        for wallet, customer, system, balance in db.session.execute(
+            stmt.order_by(available, Wallet.id).offset((page - 1) * per_page).limit(per_page)
         )
     ]
     return WalletList(rows, total, page, per_page)
