@@ -262,6 +262,9 @@ class Wallet(Model):
     low_balance_threshold_micros: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Moves with every change of the balance or the grants: RecordUsage compares the version it
+    # locked with the one its statement's snapshot saw, to know its grants are current.
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class UsageEvent(Model):

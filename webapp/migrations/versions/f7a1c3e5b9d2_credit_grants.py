@@ -74,6 +74,10 @@ def upgrade():
         batch.create_index('ix_credit_grants_expiry', ['expires_at'], unique=False)
         batch.create_index('ix_credit_grants_wallet', ['wallet_id', 'id'], unique=False)
 
+    with op.batch_alter_table('wallets') as batch:
+        batch.add_column(
+            sa.Column('version', sa.BigInteger(), server_default='0', nullable=False)
+        )
     with op.batch_alter_table('ledger_entries') as batch:
         batch.add_column(sa.Column('grant_id', BigId, nullable=True))
         batch.create_index(batch.f('ix_ledger_entries_grant_id'), ['grant_id'], unique=False)
@@ -241,3 +245,5 @@ def downgrade():
         batch.drop_index(batch.f('ix_ledger_entries_grant_id'))
         batch.drop_column('grant_id')
     op.drop_table('credit_grants')
+    with op.batch_alter_table('wallets') as batch:
+        batch.drop_column('version')

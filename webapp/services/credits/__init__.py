@@ -113,6 +113,7 @@ def post(
     check_total(balance, what="The wallet balance")
     wallet.balance_micros = balance
     wallet.updated_at = now
+    wallet.version = (wallet.version or 0) + 1
     entry = LedgerEntry(
         wallet_id=wallet.id,
         customer_id=wallet.customer_id,

@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import Insert
 
 from ...errors import CustomerNotFound, FeatureNotFound
@@ -268,12 +269,24 @@ _COUNTERS = (
 )
 # Each wallet with its grants that hold credits, in one query (one row per grant; one row with
 # no grant for a wallet without any).
+#
+# On PostgreSQL a statement that waited for a wallet's lock returns the wallet row as its holder
+# committed it, but the joined grant rows as the statement's snapshot saw them, from before that
+# commit (READ COMMITTED re-reads only the rows it locks). So the statement also reads the
+# wallet's version from its snapshot: when it differs from the locked row's, the wallet changed
+# while we waited and its grants are read again (one more query, only then).
+_wallet_then = aliased(Wallet)
+_SNAPSHOT_VERSION = (
+    select(_wallet_then.version).where(_wallet_then.id == Wallet.id).scalar_subquery()
+)
 _WALLETS = (
     select(
         Wallet.customer_id,
         Wallet.credit_system_id,
         Wallet.id,
         Wallet.balance_micros,
+        Wallet.version,
+        _SNAPSHOT_VERSION,
         CreditGrant.id,
         CreditGrant.kind,
         CreditGrant.priority,
@@ -289,6 +302,22 @@ _WALLETS = (
         tuple_(Wallet.customer_id, Wallet.credit_system_id).in_(bindparam("wkeys", expanding=True))
     )
     .order_by(Wallet.id, CreditGrant.id)
+)
+_LIVE_GRANTS = (
+    select(
+        CreditGrant.wallet_id,
+        CreditGrant.id,
+        CreditGrant.kind,
+        CreditGrant.priority,
+        CreditGrant.effective_at,
+        CreditGrant.expires_at,
+        CreditGrant.remaining_micros,
+    )
+    .where(
+        CreditGrant.wallet_id.in_(bindparam("wids", expanding=True)),
+        CreditGrant.remaining_micros > 0,
+    )
+    .order_by(CreditGrant.wallet_id, CreditGrant.id)
 )
 # A write locks the counters and wallets it moves, in key order (PostgreSQL; on SQLite, BEGIN
 # IMMEDIATE already holds the write lock). A wallet's grants change only under its wallet's
@@ -344,12 +373,22 @@ def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
         for cid, fid, start, used in conn.execute(counters, {"ckeys": sorted(counter_keys)}):
             state.counters[(cid, fid, start)] = used
     if wallet_keys:
-        for cid, sid, wid, balance, *grant in conn.execute(wallets, {"wkeys": sorted(wallet_keys)}):
+        changed: dict[int, WalletRef] = {}
+        for cid, sid, wid, balance, version, seen, *grant in conn.execute(
+            wallets, {"wkeys": sorted(wallet_keys)}
+        ):
             wallet = state.wallets.get((cid, sid))
             if wallet is None:
                 wallet = state.wallets[(cid, sid)] = WalletRef(wid, balance)
+                if version != seen:
+                    changed[wid] = wallet
             if grant[0] is not None:
                 wallet.grants.append(GrantRef(*grant))
+        if changed:
+            for wallet in changed.values():
+                wallet.grants.clear()
+            for wid, *grant in conn.execute(_LIVE_GRANTS, {"wids": sorted(changed)}):
+                changed[wid].grants.append(GrantRef(*grant))
     return state
 
 
@@ -424,6 +463,7 @@ _UPDATE_WALLET = (
     .values(
         balance_micros=bindparam("bal"),
         updated_at=bindparam("now", type_=_wallet_table.c.updated_at.type),
+        version=_wallet_table.c.version + 1,
     )
 )
 
