@@ -28,9 +28,9 @@ def _connect(database_url: str) -> psycopg.Connection:
     )
 
 
-def test_a_waiting_writer_sees_the_grants_its_lock_holder_left(catalog, backend, database_url):
-    if backend != "postgresql":
-        pytest.skip("SQLite takes its write lock before it reads anything")
+# PostgreSQL only: SQLite takes its write lock (BEGIN IMMEDIATE) before it reads anything.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_waiting_writer_sees_the_grants_its_lock_holder_left(catalog, database_url):
     add_customer(C, topup=None, api_allowance=None)
     first = wallets.topup_wallet(
         SYSTEM, customer_key=C, credit_system="credits", amount="1", priority=1
