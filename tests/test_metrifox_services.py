@@ -251,3 +251,20 @@ def test_allocation_reads_need_the_view_permission(catalog):
         metrifox.wallet_allocations_paged(nobody, wallet_id())
     with pytest.raises(Forbidden):
         metrifox.allocation_transactions(nobody, topup("1"))
+
+
+def test_live_allocations_are_active_in_spending_order_then_scheduled_and_capped(catalog, clock):
+    wid = wallet_id()
+    later = topup("5", kind="granted", priority=1, effective_at=iso_in(clock, days=1))
+    expiring = topup("1", expires_at=iso_in(clock, days=5))  # purchased, priority 200
+    gift = topup("2", kind="granted")  # priority 100: spent first
+    topup("0.5", kind="granted", expires_at=iso_in(clock, hours=1))
+    clock.advance(hours=2)  # the last one has expired, unbooked
+    first = metrifox.wallet_allocations_paged(SYSTEM, wid, page=5, per_page=1).items[0]
+    live = metrifox.live_allocations([wid, wid])[wid]
+    # Same priority 200: the one that expires goes before the one that never does.
+    assert [g.id for g in live] == [gift, expiring, first.id, later]
+    assert [g.status for g in live] == ["active", "active", "active", "scheduled"]
+    capped = metrifox.live_allocations([wid], per_wallet=2)
+    assert [g.id for g in capped[wid]] == [gift, expiring]
+    assert metrifox.live_allocations([]) == {}

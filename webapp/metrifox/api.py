@@ -154,8 +154,8 @@ def wallet_json(
     wallet: WalletView, customer_key: str, allocations: list[GrantView]
 ) -> dict[str, Any]:
     """``balance`` is what the wallet can spend now: credits effective and not expired, whether or
-    not an expiry has been booked yet; ``allocations`` are its live grants (active, then
-    scheduled, in spending order)."""
+    not an expiry has been booked yet; ``allocations`` are its live grants (active ones in
+    spending order, then scheduled ones; at most MAX_WALLET_ALLOCATIONS)."""
     return {
         "id": str(wallet.wallet_id),
         "name": wallet.name,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import case, func, or_, select
 
 from ..errors import NotFound, ValidationError
 from ..extensions import db
@@ -98,6 +98,7 @@ def archived_at(actor: Actor, customer_keys: list[str]) -> dict[str, datetime]:
 
 LIVE_STATUSES = ("active", "scheduled")  # the grants that make up a wallet's credits, now or later
 RECENT_TRANSACTIONS = 10  # per allocation in a list; one allocation pages through all of them
+MAX_WALLET_ALLOCATIONS = 100  # per wallet in a wallet list; the allocations list pages through all
 
 
 @dataclass(frozen=True)
@@ -195,11 +196,49 @@ def wallet_allocations_paged(
 
 
 def live_allocations(
-    wallet_ids: Iterable[int], now: datetime | None = None
+    wallet_ids: Iterable[int],
+    now: datetime | None = None,
+    *,
+    per_wallet: int = MAX_WALLET_ALLOCATIONS,
 ) -> dict[int, list[GrantView]]:
-    """The grants that make up each wallet's credits now or later (active, then scheduled ones
-    in spending order); spent, expired and voided grants are left out."""
-    return credit_reads.grants_of_wallets(wallet_ids, statuses=LIVE_STATUSES, now=now)
+    """The grants that make up each wallet's credits: the active ones in spending order, then the
+    scheduled ones in the order they will be spent (spent, expired and voided grants are left
+    out), at most ``per_wallet`` of each wallet. One query, however many grants a wallet has."""
+    now = now or utcnow()
+    ids = sorted(set(wallet_ids))
+    if not ids:
+        return {}
+    g = CreditGrant
+    order = (
+        case((g.effective_at <= now, 0), else_=1),
+        g.priority,
+        case((g.expires_at.is_(None), 1), else_=0),
+        g.expires_at,
+        case((g.kind == "granted", 0), else_=1),
+        g.effective_at,
+        g.id,
+    )
+    ranked = (
+        select(g.id, func.row_number().over(partition_by=g.wallet_id, order_by=order).label("rank"))
+        .where(
+            g.wallet_id.in_(ids),
+            or_(*[status_filter(status, now) for status in LIVE_STATUSES]),
+        )
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(g, Customer.key, CreditSystem.key)
+        .join(ranked, ranked.c.id == g.id)
+        .join(Customer, Customer.id == g.customer_id)
+        .join(Wallet, Wallet.id == g.wallet_id)
+        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+        .where(ranked.c.rank <= per_wallet)
+        .order_by(g.wallet_id, ranked.c.rank)
+    )
+    found: dict[int, list[GrantView]] = {wid: [] for wid in ids}
+    for grant, customer_key, credit_system in rows:
+        found[grant.wallet_id].append(GrantView.of(grant, customer_key, credit_system, now))
+    return found
 
 
 def allocation_transactions(
