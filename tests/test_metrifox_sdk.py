@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -21,7 +22,10 @@ from metrifox_sdk import (
 from werkzeug.serving import make_server
 
 from tests.factories import add_customer
+from tests.test_metrifox_services import Clock
 from webapp.extensions import db
+from webapp.jsondoor import iso
+from webapp.models import set_clock
 from webapp.services import auth, wallets
 from webapp.services import catalog as catalog_service
 from webapp.services.actors import SYSTEM
@@ -261,6 +265,176 @@ def test_wallets_after_a_topup(catalog, client_sdk):
     assert wallet["customer_key"] == C
     assert wallet["low_balance_threshold"] is None
     assert wallet["id"] and wallet["credit_system_id"]
+    assert [a["amount"] for a in wallet["allocations"]] == [10, 0.3]  # spending order
+
+
+# ---------------------------------------------------------------- credit allocations
+
+
+@pytest.fixture
+def clock(catalog) -> Iterator[Clock]:
+    """The services' clock, moved by the test (the server thread reads it too)."""
+    moved = Clock()
+    set_clock(moved)
+    try:
+        yield moved
+    finally:
+        set_clock(None)
+
+
+def grant(amount: str, **terms: object) -> str:
+    """A new grant (a Metrifox credit allocation) in the customer's credits wallet; its id."""
+    result = wallets.topup_wallet(
+        SYSTEM, customer_key=C, credit_system="credits", amount=amount, **terms
+    )
+    return str(result.entry.grant_id)
+
+
+def spend(sdk: MetrifoxClient, event_id: str, **event: object) -> dict:
+    return sdk.usages.record_usage({"customer_key": C, "event_id": event_id, **event})
+
+
+def test_credit_allocations_and_their_transactions_through_the_sdk(catalog, client_sdk):
+    expires = datetime.now(UTC) + timedelta(days=30)
+    small = grant("0.05", kind="granted", expires_at=expires.isoformat(), reference="promo-7")
+    # 0.08: 0.05 from the granted credits (priority 100), 0.03 from the purchased ten (200).
+    spend(client_sdk, "evt-a", feature_key="api_calls", quantity=4)
+    spend(client_sdk, "evt-b", event_name="candidate.sourced", quantity=1)
+    (wallet,) = client_sdk.wallets.list(C)["data"]
+    assert wallet["balance"] == 9.95
+    (ten,) = wallet["allocations"]  # the spent grant is no longer part of the wallet
+    assert (ten["amount"], ten["consumed"], ten["allocation_type"]) == (10, 0.05, "topup")
+    assert (ten["valid_until"], ten["status"], ten["balance"]) == (None, "active", 9.95)
+
+    listed = client_sdk.wallets.list_credit_allocations(wallet["id"])
+    assert listed["message"] == "Credit allocations fetched successfully"
+    assert [a["id"] for a in listed["data"]] == [small, ten["id"]]  # newest first
+    assert listed["meta"]["total_count"] == 2
+    promo, first = listed["data"]
+    assert (promo["amount"], promo["consumed"], promo["allocation_type"]) == (0.05, 0.05, "granted")
+    assert promo["valid_until"] == iso(expires)
+    assert (promo["status"], promo["reference"], promo["order_id"]) == ("depleted", "promo-7", None)
+    assert [
+        (t["usage_event_id"], t["amount"], t["quantity"], t["event_name"])
+        for t in first["transactions"]
+    ] == [("evt-b", 0.02, 1, "candidate.sourced"), ("evt-a", 0.03, 4, "api.call")]
+    assert first["transactions_count"] == 2
+
+    active = client_sdk.wallets.list_credit_allocations(wallet["id"], status="active")["data"]
+    assert [a["id"] for a in active] == [ten["id"]]
+    assert client_sdk.wallets.list_credit_allocations(wallet["id"], status="expired")["data"] == []
+
+    one = client_sdk.wallets.get_credit_allocation(small)
+    assert one["data"]["id"] == small
+    assert (one["data"]["amount"], one["data"]["consumed"]) == (0.05, 0.05)
+    (txn,) = one["data"]["transactions"]
+    assert (txn["usage_event_id"], txn["amount"], txn["quantity"]) == ("evt-a", 0.05, 4)
+    assert (txn["event_name"], txn["type"], txn["feature_key"]) == (
+        "api.call",
+        "usage",
+        "api_calls",
+    )
+    assert txn["id"] and txn["created_at"].endswith("Z")
+    assert one["meta"]["total_count"] == 1
+
+    details = client_sdk.customers.get_details(C)["data"]
+    assert [a["id"] for a in details["wallets"][0]["allocations"]] == [ten["id"]]
+
+
+def test_expired_credits_are_never_available_even_before_the_expiry_is_booked(
+    catalog, client_sdk, clock
+):
+    soon = grant("1", kind="granted", expires_at=(clock.now + timedelta(days=1)).isoformat())
+    assert credits(client_sdk) == 11
+    clock.advance(days=2)  # expired; no write has booked the expiry yet
+    (wallet,) = client_sdk.wallets.list(C)["data"]
+    assert wallet["balance"] == 10
+    assert soon not in [a["id"] for a in wallet["allocations"]]
+    assert client_sdk.customers.get_details(C)["data"]["wallets"][0]["balance"] == 10
+    access = client_sdk.usages.check_access({"feature_key": "api_calls", "customer_key": C})
+    assert access["data"]["wallet_balance"] == 10
+    (expired,) = client_sdk.wallets.list_credit_allocations(wallet["id"], status="expired")["data"]
+    assert expired["id"] == soon
+    assert (expired["status"], expired["balance"], expired["remaining"]) == ("expired", 0, 1)
+    active = client_sdk.wallets.list_credit_allocations(wallet["id"], status="active")["data"]
+    assert soon not in [a["id"] for a in active]
+
+    assert spend(client_sdk, "after", feature_key="api_calls", quantity=1)["wallet_balance"] == 9.98
+    booked = client_sdk.wallets.get_credit_allocation(soon)["data"]
+    assert (booked["status"], booked["remaining"], booked["expired"]) == ("expired", 0, 1)
+    assert (booked["consumed"], booked["transactions"]) == (0, [])
+
+
+def test_allocations_page_by_number_over_http(catalog, server, api_key):
+    for _ in range(3):
+        grant("1", kind="granted")
+    headers = {"x-api-key": api_key}
+    base = f"{server}/metrifox/api/v1/credit_systems/v2"
+    (wallet,) = requests.get(
+        f"{base}/wallets", params={"customer_key": C}, headers=headers, timeout=10
+    ).json()["data"]
+    page = requests.get(
+        f"{base}/wallets/{wallet['id']}/credit-allocations",
+        params={"page": 2, "per_page": 3, "status": "active"},
+        headers=headers,
+        timeout=10,
+    )
+    assert page.status_code == 200
+    (oldest,) = page.json()["data"]
+    assert oldest["amount"] == 10
+    assert page.json()["meta"] == {
+        "current_page": 2,
+        "prev_page": 1,
+        "next_page": None,
+        "total_count": 4,
+        "total_pages": 2,
+        "per_page": 3,
+    }
+    for n in range(3):
+        requests.post(
+            f"{server}/metrifox/meter/usage/events",
+            json={
+                "customer_key": C,
+                "feature_key": "api_calls",
+                "quantity": 1,
+                "event_id": f"p{n}",
+            },
+            headers=headers,
+            timeout=10,
+        ).raise_for_status()
+    ten = page.json()["data"][0]["id"]
+    untouched = requests.get(f"{base}/credit-allocations/{ten}", headers=headers, timeout=10)
+    assert untouched.json()["data"]["transactions"] == []  # granted credits went first
+    # The oldest of the three granted (same priority, no expiry): second in newest-first order.
+    everything = requests.get(
+        f"{base}/wallets/{wallet['id']}/credit-allocations", headers=headers, timeout=10
+    ).json()["data"]
+    assert [a["transactions_count"] for a in everything] == [0, 0, 3, 0]
+    txns = requests.get(
+        f"{base}/credit-allocations/{everything[2]['id']}",
+        params={"page": 2, "per_page": 2},
+        headers=headers,
+        timeout=10,
+    )
+    assert [t["usage_event_id"] for t in txns.json()["data"]["transactions"]] == ["p0"]
+    assert txns.json()["meta"]["total_count"] == 3
+    assert '"amount":0.02,' in txns.text  # an exact number on the wire
+
+
+def test_bad_allocation_reads_raise_api_error(catalog, client_sdk):
+    (wallet,) = client_sdk.wallets.list(C)["data"]
+    cases = [
+        (lambda: client_sdk.wallets.list_credit_allocations("999999"), 404, "wallet"),
+        (lambda: client_sdk.wallets.list_credit_allocations("nope"), 404, "wallet"),
+        (lambda: client_sdk.wallets.list_credit_allocations(wallet["id"], "gone"), 422, "status"),
+        (lambda: client_sdk.wallets.get_credit_allocation("999999"), 404, "credit grant"),
+        (lambda: client_sdk.wallets.get_credit_allocation("a3f2b8e0-4d11"), 404, "credit grant"),
+    ]
+    for call, status, words in cases:
+        with pytest.raises(APIError) as err:
+            call()
+        assert err.value.status_code == status, words
+        assert words in str(err.value)
 
 
 def raw_event(event_id: str, quantity: str) -> str:
@@ -513,8 +687,6 @@ def test_what_the_product_does_not_do_answers_501(catalog, client_sdk):
         lambda: client_sdk.subscriptions.bulk_assign_plan(customer_keys=[C], plan_key="pro"),
         lambda: client_sdk.usages.quantity_price(C, "api_calls", 5),
         lambda: client_sdk.customers.has_active_subscription(C),
-        lambda: client_sdk.wallets.list_credit_allocations("1"),
-        lambda: client_sdk.wallets.get_credit_allocation("1"),
         lambda: client_sdk.customers.list({"customer_type": "BUSINESS"}),
     ]
     for call in calls:

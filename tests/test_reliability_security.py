@@ -60,6 +60,8 @@ EXPECTED: dict[str, str] = {
     "metrifox_api.get_customer": VIEW,
     "metrifox_api.customer_details": VIEW,
     "metrifox_api.list_wallets": VIEW,
+    "metrifox_api.wallet_credit_allocations": VIEW,
+    "metrifox_api.credit_allocation": VIEW,
     "metrifox_api.create_customer": ADMIN,
     "metrifox_api.update_customer": ADMIN,
     "metrifox_api.delete_customer": ADMIN,
@@ -74,10 +76,16 @@ EXPECTED: dict[str, str] = {
     "metrifox_api.quantity_price": VIEW,
     "metrifox_api.active_subscription": VIEW,
     "metrifox_api.csv_upload": VIEW,
-    "metrifox_api.credit_allocations": VIEW,
 }
 
-IDS = {"key": C, "feature_key": "api_calls", "system_key": "credits", "rest": "x", "wallet_id": "1"}
+IDS = {
+    "key": C,
+    "feature_key": "api_calls",
+    "system_key": "credits",
+    "rest": "x",
+    "wallet_id": "1",
+    "allocation_id": "1",
+}
 
 
 def _request(endpoint: str, role: str) -> tuple[dict | None, str]:

@@ -1,7 +1,8 @@
 """A Metrifox-compatible door: the official Metrifox SDK, pointed at this server with two base
 URLs, keeps working. An HTTP adapter over the service layer; no rule lives here.
 
-- ``base_url``               -> ``/metrifox/api/v1/`` (customers, wallets; 501 for the rest)
+- ``base_url``               -> ``/metrifox/api/v1/`` (customers, wallets, credit allocations;
+  501 for the rest)
 - ``meter_service_base_url`` -> ``/metrifox/meter/`` (usage events, access checks)
 """
 

@@ -1,5 +1,6 @@
-"""The main API of the Metrifox SDK (``base_url``): customers and credit wallets; the parts of
-Metrifox this product does not have (checkout, subscriptions, invoices) answer 501.
+"""The main API of the Metrifox SDK (``base_url``): customers, credit wallets and their credit
+allocations (our credit grants); the parts of Metrifox this product does not have (checkout,
+subscriptions, invoices) answer 501.
 
 A Metrifox customer has many profile fields; ours has a key, a name and an email. The fields we do
 not model are kept, not dropped, in the customer's metadata under the "metrifox" key."""
@@ -18,8 +19,9 @@ from ..models import Customer
 from ..services import catalog, reads
 from ..services import metrifox as paged
 from ..services.actors import ADMIN, require
+from ..services.credits.reads import GrantView
 from ..services.reads import EntitlementView, WalletView
-from .common import actor, in_sdk_terms, install, not_supported, num, respond
+from .common import actor, in_sdk_terms, install, millis, not_supported, num, respond
 
 bp = Blueprint("metrifox_api", __name__)
 install(bp)
@@ -103,7 +105,57 @@ def _one(customer: Customer) -> dict[str, Any]:
     return customer_json(customer, archived)
 
 
-def wallet_json(wallet: WalletView, customer_key: str) -> dict[str, Any]:
+# Our grant kinds as Metrifox allocation types: a purchased grant is what Metrifox calls a
+# "topup"; credits given away have no Metrifox type and keep our word.
+ALLOCATION_TYPES = {"purchased": "topup", "granted": "granted"}
+
+
+def allocation_json(grant: GrantView) -> dict[str, Any]:
+    """A credit grant as a Metrifox credit allocation (without its transactions)."""
+    return {
+        "id": str(grant.id),
+        "amount": num(grant.amount_micros),
+        "consumed": num(grant.consumed_micros),
+        "allocation_type": ALLOCATION_TYPES[grant.kind],
+        "invoice_id": None,
+        "order_id": None,
+        "order_number": None,
+        "valid_until": grant.expires_at,
+        "created_at": grant.created_at,
+        # Ours, beyond Metrifox's shape.
+        "status": grant.status,
+        "balance": num(grant.available_micros),
+        "remaining": num(grant.remaining_micros),
+        "expired": num(grant.expired_micros),
+        "voided": num(grant.voided_micros),
+        "kind": grant.kind,
+        "priority": grant.priority,
+        "valid_from": grant.effective_at,
+        "reference": grant.reference,
+    }
+
+
+def transaction_json(txn: paged.TransactionView) -> dict[str, Any]:
+    return {
+        "id": str(txn.id),
+        "amount": num(txn.amount_micros),
+        "quantity": num(txn.quantity_micros),
+        "event_name": txn.event_name,
+        "usage_event_id": txn.event_id,
+        "created_at": txn.created_at,
+        # Ours, beyond Metrifox's shape.
+        "type": txn.entry_type,
+        "feature_key": txn.feature_key,
+        "timestamp": millis(txn.timestamp),
+    }
+
+
+def wallet_json(
+    wallet: WalletView, customer_key: str, allocations: list[GrantView]
+) -> dict[str, Any]:
+    """``balance`` is what the wallet can spend now: credits effective and not expired, whether or
+    not an expiry has been booked yet; ``allocations`` are its live grants (active ones in
+    spending order, then scheduled ones; at most MAX_WALLET_ALLOCATIONS)."""
     return {
         "id": str(wallet.wallet_id),
         "name": wallet.name,
@@ -114,8 +166,15 @@ def wallet_json(wallet: WalletView, customer_key: str) -> dict[str, Any]:
         "balance": num(wallet.balance_micros),
         "customer_key": customer_key,
         "low_balance_threshold": num(wallet.low_balance_threshold_micros),
-        "allocations": [],
+        "allocations": [allocation_json(g) for g in allocations],
+        # Ours, beyond Metrifox's shape.
+        "scheduled": num(wallet.scheduled_micros),
     }
+
+
+def wallets_json(wallets: list[WalletView], customer_key: str) -> list[dict[str, Any]]:
+    live = paged.live_allocations([w.wallet_id for w in wallets])
+    return [wallet_json(w, customer_key, live.get(w.wallet_id, [])) for w in wallets]
 
 
 def entitlement_json(ent: EntitlementView) -> dict[str, Any]:
@@ -243,7 +302,7 @@ def customer_details(key: str) -> Response:
         "timezone": profile.get("timezone"),
         "language": profile.get("language"),
         "subscriptions": [],
-        "wallets": [wallet_json(w, customer.key) for w in summary.wallets],
+        "wallets": wallets_json(summary.wallets, customer.key),
         "entitlements": [entitlement_json(e) for e in summary.entitlements],
     }
     return respond({"data": data})
@@ -294,8 +353,51 @@ def bulk_create() -> Response:
 @bp.get("/credit_systems/v2/wallets")
 def list_wallets() -> Response:
     summary = reads.customer_summary(actor(), request.args.get("customer_key"))
-    key = summary.customer.key
-    return respond({"data": [wallet_json(w, key) for w in summary.wallets]})
+    return respond({"data": wallets_json(summary.wallets, summary.customer.key)})
+
+
+@bp.get("/credit_systems/v2/wallets/<wallet_id>/credit-allocations")
+def wallet_credit_allocations(wallet_id: str) -> Response:
+    args = request.args
+    page = paged.wallet_allocations_paged(
+        actor(),
+        wallet_id,
+        status=args.get("status"),
+        page=args.get("page"),
+        per_page=args.get("per_page"),
+    )
+    recent = paged.recent_transactions([g.id for g in page.items])
+    data = [
+        {
+            **allocation_json(g),
+            "transactions": [transaction_json(t) for t in recent[g.id].items],
+            "transactions_count": recent[g.id].total_count,
+        }
+        for g in page.items
+    ]
+    return respond(
+        {"message": "Credit allocations fetched successfully", "data": data, "meta": page.meta()}
+    )
+
+
+@bp.get("/credit_systems/v2/credit-allocations/<allocation_id>")
+def credit_allocation(allocation_id: str) -> Response:
+    args = request.args
+    grant, transactions = paged.allocation_transactions(
+        actor(), allocation_id, page=args.get("page"), per_page=args.get("per_page")
+    )
+    data = {
+        **allocation_json(grant),
+        "transactions": [transaction_json(t) for t in transactions.items],
+        "transactions_count": transactions.total_count,
+    }
+    return respond(
+        {
+            "message": "Credit allocation fetched successfully",
+            "data": data,
+            "meta": transactions.meta(),
+        }
+    )
 
 
 # ---------------------------------------------------------------- what we do not do
@@ -310,13 +412,6 @@ NOT_PROVIDED = {  # endpoint: (what, its paths)
     "quantity_price": ("Pricing a quantity (plans and prices)", ["/usage/quantity-price"]),
     "active_subscription": ("Subscriptions", ["/customers/<key>/check-active-subscription"]),
     "csv_upload": ("CSV upload of customers (use bulk-create)", ["/customers/csv-upload"]),
-    "credit_allocations": (
-        "Credit allocations (our wallets keep one ledger, not allocations)",
-        [
-            "/credit_systems/v2/wallets/<wallet_id>/credit-allocations",
-            "/credit_systems/v2/credit-allocations/<path:rest>",
-        ],
-    ),
 }
 for endpoint, (what, rules) in NOT_PROVIDED.items():
     view = lambda what=what, **_: not_supported(what)  # noqa: E731
