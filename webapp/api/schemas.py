@@ -547,7 +547,7 @@ class Wallet(Response):
         "past their expiry count here until the expiry is booked)."
     )
     low_balance_threshold: OptCredits = Field(
-        description="At or under this `balance` the wallet counts as low; null: never."
+        description="The wallet counts as low at or under this; null: never."
     )
 
 
