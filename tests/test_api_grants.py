@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import event
 
-from tests.api_support import Api, C, api_as, error_code, row_counts
+from tests.api_support import Api, C, api_as, document, error_code, row_counts
 from tests.factories import add_customer
 from webapp.extensions import db
 from webapp.jsondoor import iso
@@ -491,3 +491,27 @@ def test_expiry_entries_from_the_sweep_name_their_grant(api, clock):
     grant = api.get(f"/api/v1/wallets/grants/{entry['grant_id']}").get_json()
     assert (grant["status"], grant["expired"], grant["remaining"]) == ("expired", "2", "0")
     assert grant["expired_at"] == iso(clock.now)
+
+
+def test_the_contract_lists_the_errors_of_the_grant_operations():
+    paths = document()["paths"]
+
+    def codes(path: str, method: str) -> dict[str, list[str]]:
+        out = {}
+        for status, response in paths[path][method]["responses"].items():
+            schema = response["content"]["application/json"]["schema"]
+            if "allOf" in schema:
+                out[status] = schema["properties"]["error"]["properties"]["code"]["enum"]
+        return out
+
+    void_codes = codes("/api/v1/wallets/grants/{grant_id}/void", "post")
+    assert "nothing_to_void" in void_codes["422"] and void_codes["409"] == ["idempotency_conflict"]
+    assert void_codes["404"] == ["not_found"] and void_codes["403"] == ["forbidden"]
+    adjust_codes = codes("/api/v1/wallets/adjustments", "post")
+    assert adjust_codes["409"] == ["idempotency_conflict"] and "402" in adjust_codes
+    assert "nothing_to_void" not in codes("/api/v1/wallets/topups", "post")["422"]
+    assert codes("/api/v1/wallets/grants/{grant_id}", "get")["404"] == ["not_found"]
+    assert codes("/api/v1/customers/{key}/wallets", "get")["404"] == ["customer_not_found"]
+    for path in ("/api/v1/wallets/adjustments", "/api/v1/wallets/grants/{grant_id}/void"):
+        assert set(paths[path]["post"]["responses"]) >= {"200", "201"}
+        assert "Idempotent-Replayed" in paths[path]["post"]["responses"]["200"]["headers"]
