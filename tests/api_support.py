@@ -14,7 +14,15 @@ from sqlalchemy import func, select
 
 from webapp.api.openapi import openapi_document
 from webapp.extensions import db
-from webapp.models import AuditLog, LedgerEntry, UsageCounter, UsageEvent, Wallet
+from webapp.models import (
+    AuditLog,
+    CreditAllocation,
+    CreditGrant,
+    LedgerEntry,
+    UsageCounter,
+    UsageEvent,
+    Wallet,
+)
 from webapp.services import auth
 from webapp.services.actors import SYSTEM
 
@@ -112,7 +120,15 @@ def api_as(client: FlaskClient, role: str = "admin") -> Api:
 def row_counts() -> dict[str, int]:
     return {
         model.__tablename__: db.session.scalar(select(func.count()).select_from(model))
-        for model in (UsageEvent, LedgerEntry, UsageCounter, Wallet, AuditLog)
+        for model in (
+            UsageEvent,
+            LedgerEntry,
+            UsageCounter,
+            Wallet,
+            AuditLog,
+            CreditGrant,
+            CreditAllocation,
+        )
     }
 
 

@@ -28,7 +28,16 @@ def test_customer_detail_has_every_entitlement_and_wallet(client, catalog):
     assert (calls["used"], calls["allowance"], calls["available"]) == (4, 1000, 996)
     assert calls["credit_cost"] == "0.02" and calls["reset_at"].endswith("Z")
     assert by_key["seats"]["reset_at"] is None
-    assert body["wallets"] == [{"credit_system": "credits", "name": "Credits", "balance": "9.92"}]
+    assert body["wallets"] == [
+        {
+            "credit_system": "credits",
+            "name": "Credits",
+            "balance": "9.92",
+            "scheduled": "0",
+            "ledger_balance": "9.92",
+            "low_balance_threshold": None,
+        }
+    ]
 
 
 def test_unknown_customer_is_404(api):

@@ -40,12 +40,15 @@ EXPECTED: dict[str, str] = {
     "api.get_customer": VIEW,
     "api.list_events": VIEW,
     "api.list_ledger": VIEW,
+    "api.list_wallets": VIEW,
+    "api.get_grant": VIEW,
     "api.list_features": VIEW,
     "api.check_entitlement": VIEW,
     "api.record_usage": RECORD_USAGE,
     "api.record_usage_batch": RECORD_USAGE,
     "api.topup_wallet": MANAGE_WALLETS,
     "api.adjust_wallet": MANAGE_WALLETS,
+    "api.void_grant": MANAGE_WALLETS,
     "api.create_customer": ADMIN,
     "api.set_entitlement": ADMIN,
     "api.update_entitlement": ADMIN,
@@ -85,6 +88,7 @@ IDS = {
     "rest": "x",
     "wallet_id": "1",
     "allocation_id": "1",
+    "grant_id": "1",  # make_catalog's topup
 }
 
 
@@ -102,6 +106,7 @@ def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
             "amount": "1",
             "reason": "matrix",
         },
+        "api.void_grant": {"reason": "matrix"},
         "api.create_customer": {"key": f"cust-{tag}", "name": "New"},
         "api.set_entitlement": {"allowance": 1000, "reset_period": "month", "overage": "block"},
         "api.update_entitlement": {"allowance": 1000},

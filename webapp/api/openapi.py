@@ -85,6 +85,9 @@ LIMIT = param(
 )
 CUSTOMER_KEY_PATH = param("key", "path", "The customer's key.")
 FEATURE_KEY_PATH = param("feature_key", "path", "The feature's key.")
+GRANT_ID_PATH = param(
+    "grant_id", "path", "The grant's id.", schema={"type": "integer", "minimum": 1}
+)
 
 REPLAYED = {
     "Idempotent-Replayed": {
@@ -189,7 +192,10 @@ def _document() -> dict[str, Any]:
         "security": [{"bearerAuth": []}],
         "tags": [
             {"name": "Usage", "description": "RecordUsage, batches and entitlement checks."},
-            {"name": "Wallets", "description": "Credit topups and adjustments."},
+            {
+                "name": "Wallets",
+                "description": "Credit topups, adjustments, grants and voids.",
+            },
             {"name": "Customers", "description": "Customers, their usage and their ledger."},
             {"name": "Configuration", "description": "Features, credit systems, entitlements."},
             {"name": "Meta", "description": "This document."},

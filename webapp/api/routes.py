@@ -14,14 +14,17 @@ from .. import errors as e
 from .. import jsondoor
 from ..errors import DomainError, PayloadTooLarge
 from ..jsondoor import json_body, query
+from ..models import utcnow
 from ..services import catalog, reads, usage, wallets
 from ..services.actors import Actor
+from ..services.credits import reads as grants
 from ..services.usage import MAX_BATCH
 from . import schemas
 from .openapi import (
     CURSOR,
     CUSTOMER_KEY_PATH,
     FEATURE_KEY_PATH,
+    GRANT_ID_PATH,
     LIMIT,
     Operations,
     openapi_document,
@@ -178,23 +181,35 @@ def check_entitlement():
 # ---------------------------------------------------------------- wallets
 
 
+def ledger_result(result: wallets.LedgerResult) -> schemas.LedgerResult:
+    """A topup or adjustment with its grant (as it is now) or, when negative, its allocations."""
+    entry = result.entry
+    grant = None if entry.grant_id is None else grants.get_grant(actor(), entry.grant_id)
+    parts = grants.allocations_of_entries([entry.id]) if entry.amount_micros < 0 else {}
+    return schemas.LedgerResult.of(
+        entry, result.customer_key, result.credit_system, grant, parts.get(entry.id, [])
+    )
+
+
 @api.post(
     "/wallets/topups",
     "topupWallet",
-    "Add credits to a wallet (the only way to add credits)",
+    "Add credits to a wallet: one new grant (the only way to add credits)",
     tag="Wallets",
     body="TopupRequest",
     ok={
-        201: ("LedgerResult", "Credits added."),
+        201: ("LedgerResult", "Credits added: the `topup` entry and its grant."),
         200: ("LedgerResult", "A replay of an earlier topup (same `idempotency_key`)."),
     },
     errors=(e.Forbidden, e.CustomerNotFound, e.NotFound, e.IdempotencyConflict),
     replay=True,
-    description="Finance and admin keys only.",
+    description="Finance and admin keys only. Every topup creates exactly one grant of its own, "
+    "with its kind, priority, effective and expiry times and, for purchased credits, the price "
+    "of one credit.",
 )
 def topup_wallet():
     result = wallets.topup_wallet(actor(), **schemas.TopupRequest.parse(json_body()))
-    return created_or_replayed(schemas.LedgerResult.of(result), result.replayed)
+    return created_or_replayed(ledger_result(result), result.replayed)
 
 
 @api.post(
@@ -203,14 +218,69 @@ def topup_wallet():
     "Correct a wallet with a signed adjustment and a reason",
     tag="Wallets",
     body="AdjustmentRequest",
-    ok={201: ("LedgerResult", "The adjustment entry.")},
-    errors=(e.Forbidden, e.InsufficientCredits, e.CustomerNotFound, e.NotFound),
-    description="Finance and admin keys only. Never takes the balance below zero "
-    "(`insufficient_credits`). Not idempotent: send it once.",
+    ok={
+        201: ("LedgerResult", "The adjustment entry, with its grant or its allocations."),
+        200: ("LedgerResult", "A replay of an earlier adjustment (same `idempotency_key`)."),
+    },
+    errors=(
+        e.Forbidden,
+        e.InsufficientCredits,
+        e.CustomerNotFound,
+        e.NotFound,
+        e.IdempotencyConflict,
+    ),
+    replay=True,
+    description="Finance and admin keys only. Positive: a new `granted` grant. Negative: "
+    "spent from the grants available now in spending order, never below zero "
+    "(`insufficient_credits`, nothing written). Idempotent with `idempotency_key`.",
 )
 def adjust_wallet():
     result = wallets.adjust_wallet(actor(), **schemas.AdjustmentRequest.parse(json_body()))
-    return created_or_replayed(schemas.LedgerResult.of(result), result.replayed)
+    return created_or_replayed(ledger_result(result), result.replayed)
+
+
+@api.get(
+    "/wallets/grants/<grant_id>",
+    "getGrant",
+    "One credit grant with what it paid for (its allocations, paged)",
+    tag="Wallets",
+    params=[GRANT_ID_PATH, CURSOR, LIMIT],
+    ok={200: ("GrantDetail", "The grant and a page of its allocations, newest first.")},
+    errors=(e.Forbidden, e.NotFound),
+)
+def get_grant(grant_id: str):
+    args = query(("cursor", "limit"))
+    grant = grants.get_grant(actor(), grant_id)
+    page = grants.grant_allocations(actor(), grant.id, **args)
+    return respond(schemas.GrantDetail.of(grant, page))
+
+
+@api.post(
+    "/wallets/grants/<grant_id>/void",
+    "voidGrant",
+    "Void what remains of a grant (finance, admin)",
+    tag="Wallets",
+    params=[GRANT_ID_PATH],
+    body="VoidRequest",
+    ok={
+        201: ("LedgerResult", "The `void` entry and the grant, now voided."),
+        200: ("LedgerResult", "A replay of an earlier void (same `idempotency_key`)."),
+    },
+    errors=(e.Forbidden, e.NotFound, e.IdempotencyConflict, e.NothingToVoid),
+    replay=True,
+    description="A refund of unused prepaid credits, or a mistaken topup: one `void` entry takes "
+    "the grant's remaining out of the wallet. What it already paid for stays paid. A grant with "
+    "nothing left (depleted, expired or voided) is `422 nothing_to_void`.",
+)
+def void_grant(grant_id: str):
+    result = wallets.void_grant(
+        actor(), grant_id=grant_id, **schemas.VoidRequest.parse(json_body())
+    )
+    grant = grants.GrantView.of(result.grant, result.customer_key, result.credit_system, utcnow())
+    payload = schemas.LedgerResult.of(
+        result.entry, result.customer_key, result.credit_system, grant, []
+    )
+    return created_or_replayed(payload, result.replayed)
 
 
 # ---------------------------------------------------------------- customers
@@ -302,7 +372,39 @@ def list_events(key: str):
 def list_ledger(key: str):
     args = query(("credit_system", "cursor", "limit"))
     page = reads.list_ledger(actor(), key, **args)
-    return respond(schemas.LedgerPage.model_validate(page))
+    # One query for the whole page: which grants paid for its deductions.
+    parts = grants.allocations_of_entries(v.id for v in page.items if v.amount_micros < 0)
+    return respond(
+        schemas.LedgerPage(
+            data=[schemas.LedgerEntry.of(v, parts.get(v.id, [])) for v in page.items],
+            next_cursor=page.next_cursor,
+        )
+    )
+
+
+@api.get(
+    "/customers/<key>/wallets",
+    "listWallets",
+    "A customer's wallets with their credits and grants",
+    tag="Customers",
+    params=[
+        CUSTOMER_KEY_PATH,
+        param(
+            "status",
+            "query",
+            "Grants of these statuses: one of `scheduled`, `active`, `depleted`, `expired`, "
+            "`voided`, a comma-separated list, or `all`. Default `scheduled,active`.",
+        ),
+    ],
+    ok={200: ("WalletPage", "Every wallet in one page (`next_cursor` is null).")},
+    errors=(e.Forbidden, e.CustomerNotFound),
+)
+def list_wallets(key: str):
+    args = query(("status",))
+    found = reads.customer_wallets(actor(), key, **args)
+    return respond(
+        schemas.WalletPage(data=[schemas.WalletGrants.of(w) for w in found], next_cursor=None)
+    )
 
 
 @api.put(

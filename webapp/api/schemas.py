@@ -29,8 +29,16 @@ from pydantic.json_schema import WithJsonSchema
 from .. import models as db
 from ..errors import ValidationError
 from ..jsondoor import iso, safe
-from ..models import FEATURE_TYPES, OVERAGE_POLICIES, RESET_PERIODS, TOPUP_KINDS
+from ..models import (
+    FEATURE_TYPES,
+    GRANT_STATUSES,
+    LEDGER_TYPES,
+    OVERAGE_POLICIES,
+    RESET_PERIODS,
+    TOPUP_KINDS,
+)
 from ..services import reads, wallets
+from ..services.credits.reads import AllocationView, GrantView
 from ..services.money import format_micros, quantity_json
 from ..services.usage import MAX_BATCH
 
@@ -175,7 +183,13 @@ class BatchRequest(Request):
     )
 
 
+OptTimeIn = Annotated[StrictStr | None, _doc(_null(TIME))]
+PRIORITY = {"type": "integer", "minimum": 0, "maximum": wallets.MAX_PRIORITY}
+
+
 class TopupRequest(Request):
+    """One topup: exactly one new grant (domain.md, "Credit grants")."""
+
     customer_key: StrictStr
     credit_system: StrictStr = Field(examples=["credits"])
     amount: Amount = Field(description="Credits to add, greater than zero.")
@@ -183,16 +197,45 @@ class TopupRequest(Request):
     reference: OptStr = Field(None, description="E.g. an invoice number.")
     note: OptStr = None
     idempotency_key: OptStr = None
+    priority: Annotated[StrictInt | None, _doc(_null(PRIORITY))] = Field(
+        None,
+        description="Lower is spent first. Default 100 for `granted`, 200 for `purchased`.",
+    )
+    effective_at: OptTimeIn = Field(
+        None, description="From when the credits may be spent; default now (later: scheduled)."
+    )
+    expires_at: OptTimeIn = Field(
+        None, description="When what is left expires; after `effective_at`; default never."
+    )
+    unit_price: Annotated[Amount | None, _doc({**AMOUNT, "type": ["string", "number", "null"]})] = (
+        Field(
+            None,
+            description="What one credit cost (purchased only), an exact decimal; with `currency`.",
+        )
+    )
+    currency: OptStr = Field(None, description="ISO 4217, e.g. `USD`; with `unit_price`.")
 
 
 class AdjustmentRequest(Request):
     customer_key: StrictStr
     credit_system: StrictStr
     amount: Amount = Field(
-        description="Signed credits: positive adds, negative removes (never below zero)."
+        description="Signed credits: positive adds (a `granted` grant), negative is spent from "
+        "the grants available now (never below zero)."
     )
     reason: StrictStr = Field(description="Why; kept in the ledger entry's note.")
     reference: OptStr = None
+    idempotency_key: OptStr = Field(
+        None, description="Same key and content: a replay; other content: 409."
+    )
+
+
+class VoidRequest(Request):
+    reason: StrictStr = Field(description="Why; kept in the `void` entry's note.")
+    reference: OptStr = Field(None, description="E.g. a refund or credit note number.")
+    idempotency_key: OptStr = Field(
+        None, description="Same key and content: a replay; other content: 409."
+    )
 
 
 class CustomerCreate(Request):
@@ -343,33 +386,125 @@ class EntitlementCheck(Response):
     credit_system: str | None
 
 
-class LedgerResult(Response):
-    message: Literal["Credits added", "Wallet adjusted"]
+GrantStatus = Annotated[str, _doc({"type": "string", "enum": list(GRANT_STATUSES)})]
+TopupKind = Annotated[str, _doc({"type": "string", "enum": list(TOPUP_KINDS)})]
+DECIMAL = {**CREDITS, "description": "An exact decimal as a string.", "examples": ["0.5"]}
+OptDecimal = Annotated[str | None, _doc(_null(DECIMAL))]
+
+
+class Grant(Response):
+    """One lot of credits in a wallet (docs/domain.md, "Credit grants"), as it is now."""
+
+    id: int
     customer_key: str
     credit_system: str
-    type: Literal["topup", "adjustment"]
+    kind: TopupKind
+    status: GrantStatus = Field(
+        description="Derived now: `scheduled` (effective later), `active`, `depleted` (spent), "
+        "`expired` (from the instant of its expiry, booked or not), `voided`."
+    )
+    amount: Credits = Field(description="What it was issued with.")
+    remaining: Credits = Field(
+        description="Not yet spent, expired (booked) or voided: amount - consumed - expired - "
+        "voided."
+    )
+    available: Credits = Field(description="What it can pay for now: `remaining` while active.")
+    consumed: Credits = Field(description="The sum of its allocations.")
+    expired: Credits = Field(description="Taken out by its `expiry` entry.")
+    voided: Credits = Field(description="Taken out by its `void` entry.")
+    priority: int = Field(description="Lower is spent first.")
+    effective_at: Time
+    expires_at: OptTime
+    reference: str | None
+    note: str | None
+    unit_price: OptDecimal = Field(description="What one credit cost (purchased grants).")
+    currency: str | None
+    actor: str
+    created_at: Time
+    expired_at: OptTime = Field(description="When its expiry entry was booked.")
+    voided_at: OptTime
+
+
+class EntryAllocation(Response):
+    """The part of a deduction one grant paid."""
+
+    grant_id: int
+    amount: Credits
+
+
+class GrantAllocation(Response):
+    """What a grant paid for: one part of a `usage` entry or of a negative adjustment."""
+
+    ledger_entry_id: int
+    entry_type: Annotated[str, _doc({"type": "string", "enum": ["usage", "adjustment"]})]
+    amount: Credits
+    event_id: str | None = Field(description="The usage event's id (usage entries).")
+    feature_key: str | None
+    timestamp: Time = Field(
+        description="When the deduction counts: the usage event's timestamp, else the entry's "
+        "creation."
+    )
+    created_at: Time
+
+
+class GrantDetail(Grant):
+    allocations: list[GrantAllocation] = Field(description="A page of them, newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page of allocations; null on the last page."
+    )
+
+    @classmethod
+    def of(cls, grant: GrantView, page: Any) -> GrantDetail:
+        fields = Grant.model_validate(grant).model_dump()
+        return cls.model_validate(
+            {**fields, "allocations": page.items, "next_cursor": page.next_cursor}
+        )
+
+
+class LedgerResult(Response):
+    message: Literal["Credits added", "Wallet adjusted", "Grant voided"]
+    customer_key: str
+    credit_system: str
+    type: Literal["topup", "adjustment", "void"]
     kind: str | None
     amount: Credits
     reference: str | None
     note: str | None
-    wallet_balance: Credits = Field(description="The balance right after this entry.")
+    wallet_balance: Credits = Field(
+        description="The ledger balance right after this entry (scheduled grants included)."
+    )
     ledger_entry_id: int
     created_at: Time
+    grant: Grant | None = Field(
+        description="The grant the entry created (topup, positive adjustment) or voided, as it "
+        "is now; null for a negative adjustment."
+    )
+    allocations: list[EntryAllocation] = Field(
+        description="A negative adjustment: the grants it was spent from. Otherwise empty."
+    )
 
     @classmethod
-    def of(cls, r: wallets.LedgerResult) -> LedgerResult:
-        e = r.entry
-        message = "Credits added" if e.type == "topup" else "Wallet adjusted"
+    def of(
+        cls,
+        e: db.LedgerEntry,
+        customer_key: str,
+        credit_system: str,
+        grant: GrantView | None,
+        allocations: list[AllocationView],
+    ) -> LedgerResult:
+        message = {"topup": "Credits added", "void": "Grant voided"}.get(e.type, "Wallet adjusted")
         return cls.model_validate(
             {
                 **{name: getattr(e, name) for name in ("type", "kind", "reference", "note")},
                 "message": message,
-                "customer_key": r.customer_key,
-                "credit_system": r.credit_system,
+                "customer_key": customer_key,
+                "credit_system": credit_system,
                 "amount": e.amount_micros,
-                "wallet_balance": r.balance_micros,
+                "wallet_balance": e.balance_after_micros,
                 "ledger_entry_id": e.id,
                 "created_at": e.created_at,
+                "grant": grant,
+                "allocations": allocations,
             }
         )
 
@@ -403,7 +538,27 @@ class CustomerEntitlement(Response):
 class Wallet(Response):
     credit_system: str
     name: str
-    balance: Credits
+    balance: Credits = Field(
+        description="Available now: the remaining of its grants effective and not expired."
+    )
+    scheduled: Credits = Field(description="The remaining of its grants effective later.")
+    ledger_balance: Credits = Field(
+        description="The sum of its ledger entries (= the remaining of all its grants; credits "
+        "past their expiry count here until the expiry is booked)."
+    )
+    low_balance_threshold: OptCredits = Field(
+        description="The wallet counts as low at or under this; null: never."
+    )
+
+
+class WalletGrants(Wallet):
+    grants: list[Grant] = Field(description="Those of the `status` asked for, in spending order.")
+
+    @classmethod
+    def of(cls, w: reads.WalletGrants) -> WalletGrants:
+        return cls.model_validate(
+            {**Wallet.model_validate(w.wallet).model_dump(), "grants": w.grants}
+        )
 
 
 class CustomerDetail(Customer):
@@ -434,7 +589,7 @@ class Event(Response):
 class LedgerEntry(Response):
     id: int
     credit_system: str
-    type: Literal["topup", "usage", "adjustment"]
+    type: Annotated[str, _doc({"type": "string", "enum": list(LEDGER_TYPES)})]
     kind: str | None
     amount: Credits = Field(description="Signed: positive adds, negative deducts.")
     balance_after: Credits
@@ -443,6 +598,19 @@ class LedgerEntry(Response):
     event_id: str | None = Field(description="For `usage` entries.")
     actor: str
     created_at: Time
+    grant_id: int | None = Field(
+        description="The grant a `topup` or positive `adjustment` created, or an `expiry` or "
+        "`void` emptied."
+    )
+    allocations: list[EntryAllocation] = Field(
+        [], description="A `usage` entry or negative adjustment: the grants that paid for it."
+    )
+
+    @classmethod
+    def of(cls, view: reads.LedgerView, allocations: list[AllocationView]) -> LedgerEntry:
+        entry = cls.model_validate(view)
+        entry.allocations = [EntryAllocation.model_validate(a) for a in allocations]
+        return entry
 
 
 class Feature(Response):
@@ -512,6 +680,7 @@ CustomerPage = _page_of("CustomerPage", Customer)
 EventPage = _page_of("EventPage", Event)
 LedgerPage = _page_of("LedgerPage", LedgerEntry)
 FeaturePage = _page_of("FeaturePage", Feature)
+WalletPage = _page_of("WalletPage", WalletGrants)
 
 
 REQUESTS: tuple[type[Request], ...] = tuple(Request.__subclasses__())  # every body, none forgotten
@@ -521,6 +690,9 @@ RESPONSES: tuple[type[Response], ...] = (
     BatchResult,
     EntitlementCheck,
     LedgerResult,
+    Grant,
+    GrantDetail,
+    WalletPage,
     Customer,
     CustomerDetail,
     CustomerPage,

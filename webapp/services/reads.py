@@ -28,7 +28,7 @@ from ..models import (
 from . import validation
 from .actors import VIEW, VIEW_LEDGER, Actor, require
 from .catalog import get_credit_system, get_customer, get_feature
-from .credits.reads import wallet_credits
+from .credits.reads import GrantView, grants_of_wallets, wallet_credits, wanted_statuses
 from .paging import AnySelect, Page, keyset_page
 from .periods import effective_period, next_reset, period_start
 
@@ -155,6 +155,26 @@ def wallets_of(customer_id: int, now: datetime | None = None) -> list[WalletView
     ]
 
 
+@dataclass(frozen=True)
+class WalletGrants:
+    wallet: WalletView
+    grants: list[GrantView]  # in spending order
+
+
+def customer_wallets(
+    actor: Actor, customer_key: object, *, status: object = None, now: datetime | None = None
+) -> list[WalletGrants]:
+    """A customer's wallets with their credits and their grants of some statuses (`status`: one,
+    a comma-separated list or `all`; default scheduled and active); three queries."""
+    require(actor, VIEW)
+    customer = get_customer(customer_key)
+    now = now or utcnow()
+    statuses = wanted_statuses(status)
+    views = wallets_of(customer.id, now)
+    grants = grants_of_wallets([w.wallet_id for w in views], statuses=statuses, now=now)
+    return [WalletGrants(w, grants[w.wallet_id]) for w in views]
+
+
 # ---------------------------------------------------------------- lists
 
 
@@ -244,6 +264,7 @@ class LedgerView:
     actor: str
     created_at: datetime
     customer_key: str = ""
+    grant_id: int | None = None  # topup, positive adjustment, expiry, void: its one grant
 
     @classmethod
     def of(

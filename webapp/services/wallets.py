@@ -33,6 +33,7 @@ from ..models import (
 from . import audit, credits, validation
 from .actors import MANAGE_WALLETS, Actor, require
 from .catalog import get_credit_system, get_customer
+from .credits.reads import grant_id_of
 from .money import MICROS, format_micros, parse_micros
 from .tx import transactional
 
@@ -322,6 +323,7 @@ def adjust_wallet(
             f"The customer has no {system.key} wallet; an adjustment of "
             f"{format_micros(amount_micros)} would take it below zero.",
             field="amount",
+            credits_required=format_micros(-amount_micros),
             eligible_balance="0",
             wallet_balance="0",
         )
@@ -405,7 +407,7 @@ def void_grant(
     or a mistaken topup). What was consumed stays consumed."""
     require(actor, MANAGE_WALLETS)
     now = utcnow()
-    gid = _grant_id(grant_id)
+    gid = grant_id_of(grant_id)  # the same ids as the reads: ASCII digits, else 404
     reason_text = validation.text(reason, field="reason", max_len=2000)
     ref = validation.text(reference, field="reference", max_len=200, required=False)
     key = _idempotency_key(idempotency_key)
@@ -464,18 +466,6 @@ def void_grant(
         },
     )
     return VoidResult(False, entry, grant, customer.key, system.key)
-
-
-def _grant_id(value: object) -> int:
-    if isinstance(value, bool):
-        raise NotFound("No credit grant with that id.", field="grant_id")
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise NotFound("No credit grant with that id.", field="grant_id") from None
-    if not 0 < number < 2**63:
-        raise NotFound("No credit grant with that id.", field="grant_id")
-    return number
 
 
 @transactional

@@ -131,6 +131,26 @@ def _statuses(status: object) -> list[str]:
     return wanted
 
 
+# What a wallet read lists when no `status` is asked for: the grants that can still pay.
+LIVE_STATUSES = ("scheduled", "active")
+
+
+def wanted_statuses(status: object, *, default: Iterable[str] = LIVE_STATUSES) -> list[str]:
+    """A `status` filter as given to a read: one status, a comma-separated list, or `all`;
+    None or "" is ``default``. An empty list means every status."""
+    if status in (None, ""):
+        return list(default)
+    if status == "all":
+        return []
+    wanted = _statuses(status)
+    if not wanted:
+        raise ValidationError(
+            f"`status` must be `all` or one or more of: {', '.join(GRANT_STATUSES)}.",
+            field="status",
+        )
+    return list(dict.fromkeys(wanted))
+
+
 def list_grants(
     actor: Actor,
     customer_key: object,
@@ -300,6 +320,7 @@ def wallet_credits(
 
 
 __all__ = [
+    "LIVE_STATUSES",
     "AllocationView",
     "GrantView",
     "WalletCredits",
@@ -310,5 +331,6 @@ __all__ = [
     "grants_of_wallets",
     "list_grants",
     "wallet_credits",
+    "wanted_statuses",
     "grant_status",
 ]
