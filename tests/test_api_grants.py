@@ -215,7 +215,8 @@ def test_adjustment_without_key_applies_twice(api):
 
 
 def test_insufficient_credits_details_name_eligible_and_wallet_balance(api, clock):
-    # A scheduled grant is in the wallet's (ledger) balance but may not pay yet.
+    # A scheduled grant is in the wallet's ledger balance but may not pay yet, nor count as its
+    # balance (available now), in every 402 alike.
     topup(api, amount="20", effective_at=iso(clock.now + timedelta(days=1)))
     before = row_counts()
     response = adjust(api, amount="-12")
@@ -225,7 +226,7 @@ def test_insufficient_credits_details_name_eligible_and_wallet_balance(api, cloc
         "field": "amount",
         "credits_required": "12",
         "eligible_balance": "10",
-        "wallet_balance": "30",
+        "wallet_balance": "10",
     }
     assert row_counts() == before
 

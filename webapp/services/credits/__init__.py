@@ -175,7 +175,8 @@ def deduct(
             field="amount",
             credits_required=format_micros(amount),
             eligible_balance=format_micros(available),
-            wallet_balance=format_micros(wallet.balance_micros),
+            # what reads call the balance: available now (RecordUsage's 402 says the same)
+            wallet_balance=format_micros(eligible_balance(refs.values(), utcnow())),
         )
     entry = entry_for()
     by_id = {g.id: g for g in grants}
