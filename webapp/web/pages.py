@@ -55,6 +55,7 @@ def overview():
 def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any], list[str]]:
     """The customer list as the URL asks for it: the listing, the arguments to keep in links,
     and the columns shown."""
+    asked = request.args.getlist("col")
     listing = dashboard.list_customers(
         current_actor(),
         search=request.args.get("q", ""),
@@ -64,14 +65,16 @@ def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any
         direction=request.args.get("dir", "asc"),
         page=page,
         per_page=per_page,
+        compare_months=any(c.startswith("change:") for c in asked),
     )
     # The columns shown: chosen in the URL (?col=feature:seats&col=credits:credits), by default
     # the share of the allowance used, the persistent features and the credit systems (a compact
-    # table, whatever the catalog).
+    # table, whatever the catalog). change:<key> is a consumable's month against last month.
     available = [PERCENT_COLUMN, *(f"feature:{c.key}" for c in listing.columns)] + [
         f"credits:{s.key}" for s in listing.credit_systems
     ]
-    chosen = [c for c in request.args.getlist("col") if c in available] or [
+    available += [f"change:{c.key}" for c in listing.columns if c.type == "consumable"]
+    chosen = [c for c in asked if c in available] or [
         PERCENT_COLUMN,
         *(f"feature:{c.key}" for c in listing.columns if c.type == "persistent"),
     ] + [f"credits:{s.key}" for s in listing.credit_systems]
@@ -116,6 +119,14 @@ def export_customers():
             header += [f"{features[col].name} used", f"{features[col].name} allowed"]
         elif col in features:
             header.append(f"{features[col].name} this period")
+        elif col.startswith("change:"):
+            name = features[f"feature:{col.partition(':')[2]}"].name
+            header += [
+                f"{name} this month",
+                f"{name} last month to the same day",
+                f"{name} last month",
+                f"{name} change %",
+            ]
         else:
             header.append(f"{systems[col].name} balance")
 
@@ -131,6 +142,14 @@ def export_customers():
                 out.append("" if used is None else format_micros(used))
                 if features[col].type == "persistent":
                     out.append("" if allowed is None else format_micros(allowed))
+            elif kind == "change":
+                month = row.months.get(key, dashboard.MonthChange())
+                out += [
+                    format_micros(month.this_month_micros),
+                    format_micros(month.last_month_to_date_micros),
+                    format_micros(month.last_month_micros),
+                    "" if month.change_percent is None else month.change_percent,
+                ]
             else:
                 balance = row.balances.get(key)
                 out.append("" if balance is None else format_micros(balance))
