@@ -13,7 +13,7 @@ import pytest
 from tests.factories import add_customer, make_catalog
 from tests.web import count_queries, signed_in
 from webapp.models import utcnow
-from webapp.services import dashboard, usage
+from webapp.services import catalog, dashboard, usage
 from webapp.services.actors import SYSTEM
 from webapp.services.dashboard.customers import MonthChange, month_bounds
 from webapp.services.periods import period_start
@@ -158,3 +158,64 @@ def test_the_customer_list_with_the_month_column_runs_a_constant_number_of_queri
         add_customer(f"cust-more-{i}")
         _record(f"cust-more-{i}", "candidates", 2, utcnow())
     assert queries() == before
+
+
+def test_a_customers_chart_compares_a_monthly_allowance_with_the_month_so_far(app):
+    """Issue 13, defect 9: a monthly allowance is compared with what the month used so far
+    (the period's counter, so also usage before the window), starting again on the 1st."""
+    make_catalog()
+    catalog.set_entitlement(SYSTEM, C, "candidates", allowance=40, reset_period="day")
+    real_month = period_start(utcnow(), "month")
+    now = (real_month - timedelta(days=1)).replace(day=15, hour=12)
+    this = period_start(now, "month")
+    before = period_start(this - timedelta(days=1), "month")
+    _record(C, "api_calls", 3, before + timedelta(days=9))  # before the 30-day window
+    _record(C, "api_calls", 2, before + timedelta(days=19))
+    _record(C, "api_calls", 5, this + timedelta(days=1))
+    _record(C, "api_calls", 1, this + timedelta(days=9))
+    _record(C, "candidates", 4, this + timedelta(days=9))
+    series = {s.feature_key: s for s in dashboard.daily_usage(SYSTEM, customer_key=C, now=now)}
+    api = series["api_calls"]
+    assert (api.allowance_micros, api.reset_period) == (1000 * 10**6, "month")
+    running = dict(zip([d for d, _ in api.days], api.in_period, strict=True))
+    day = before.date()
+    assert running[(before + timedelta(days=18)).date()] == 3_000_000
+    assert running[(before + timedelta(days=19)).date()] == 5_000_000
+    assert running[this.date()] == 0
+    assert running[(this + timedelta(days=1)).date()] == 5_000_000
+    assert running[now.date()] == 6_000_000
+    assert day not in running  # the window starts after it
+    daily = series["candidates"]
+    assert (daily.allowance_micros, daily.reset_period, daily.in_period) == (
+        40 * 10**6,
+        "day",
+        None,
+    )
+    assert dashboard.daily_usage(SYSTEM, now=now)[0].in_period is None  # everyone: no allowance
+
+
+def test_the_chart_draws_the_allowance_and_the_month_so_far(client, this_month):
+    signed_in(client, "account_manager")
+    html = client.get(f"/customers/{C}").get_data(as_text=True)
+    chart = html.split("<strong>API calls</strong>", 1)[1].split("</figure>", 1)[0]
+    assert "allowance 1,000 a month" in chart
+    assert 'class="allowance"' in chart and 'class="in-period"' in chart
+    assert "Used this month so far" in chart  # the table for screen readers
+
+
+def test_an_htmx_form_keeps_the_charts_range(client, this_month):
+    from tests.web import csrf_from
+
+    signed_in(client, "support")
+    page = client.get(f"/customers/{C}?days=7").get_data(as_text=True)
+    response = client.post(
+        f"/customers/{C}/usage",
+        data={"csrf_token": csrf_from(page), "usage-feature_key": "api_calls", "usage-amount": "1"},
+        headers={
+            "HX-Request": "true",
+            "X-CSRFToken": csrf_from(page),
+            "HX-Current-URL": f"http://localhost/customers/{C}?days=7",
+        },
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert "Usage per day, last 7 days" in response.get_data(as_text=True)

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
 
@@ -165,6 +166,16 @@ def export_customers():
     return _csv_response(_csv_stream(header, pages()), "customers.csv")
 
 
+def chart_days() -> int:
+    """The chart window of the customer page: ?days= of the URL, or for an HTMX form sent from
+    the page, of the page's own URL (HX-Current-URL), so that a form keeps the chosen range."""
+    days = request.args.get("days")
+    if days is None and request.headers.get("HX-Current-URL"):
+        page = urlsplit(request.headers["HX-Current-URL"])
+        days = next(iter(parse_qs(page.query).get("days", [])), None)
+    return window(days)
+
+
 def feature_names() -> dict[str, str]:
     """Feature key -> name, for tables of events (one query)."""
     return {f.key: f.name for f, _, _ in catalog.list_features(current_actor())}
@@ -183,12 +194,7 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         if e.feature_type == "persistent"
     ]
     systems = [(s.key, s.name) for s in catalog.list_credit_systems(current_actor())]
-    days = window(request.args.get("days"))
-    daily = {  # a daily allowance compares with daily bars: drawn as a line
-        e.feature_key: e.allowance_micros
-        for e in summary.entitlements
-        if e.reset_period == "day" and e.allowance_micros
-    }
+    days = chart_days()
     usage_form = forms.get("usage_form") or RecordUsageForm(formdata=None)
     reclaim_form = forms.get("reclaim_form") or ReclaimSeatsForm(formdata=None)
     topup_form = forms.get("topup_form") or TopupForm(formdata=None)
@@ -205,7 +211,7 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         "ledger": reads.list_ledger(actor, key, limit=RECENT),
         "days": days,
         "charts": [
-            bar_chart(s, daily.get(s.feature_key))
+            bar_chart(s)
             for s in dashboard.daily_usage(actor, customer_key=key, days=days)
             if s.total_micros
         ],
