@@ -12,7 +12,7 @@ import pytest
 
 from tests import test_browser_dashboard as base
 from tests.factories import add_customer
-from webapp.services import catalog, wallets
+from webapp.services import catalog, usage, wallets
 from webapp.services.actors import SYSTEM
 
 pytestmark = pytest.mark.browser
@@ -21,6 +21,7 @@ browser, page_for = base.browser, base.page_for
 C = base.C
 LONG_KEY = "feature-" + "x" * 92  # 100 characters
 LONG_CUSTOMER = "cust-" + "y" * 95
+NEAR = "cust-near"
 
 
 def _seed_wide() -> None:
@@ -31,6 +32,8 @@ def _seed_wide() -> None:
         catalog.create_feature(SYSTEM, key=key, name=f"Feature {i + 5}", type="consumable")
         catalog.set_entitlement(SYSTEM, C, key, allowance=100, reset_period="month")
     add_customer(LONG_CUSTOMER)
+    add_customer(NEAR)  # 9 of 10 seats: near its limit
+    usage.record_usage(SYSTEM, customer_key=NEAR, feature_key="seats", amount=9)
     wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="999999999999")
     for system in ("tokens", "minutes"):
         wallets.topup_wallet(SYSTEM, customer_key=C, credit_system=system, amount="123456.5")
@@ -119,12 +122,19 @@ def test_the_customer_list_chooses_its_columns(page_for):
     expect(head).to_contain_text("Credits")
     expect(head).not_to_contain_text("Feature 7")
     page.locator("summary", has_text="Columns").click()
-    page.get_by_label("Feature 7").check()
+    page.get_by_label("Feature 7", exact=True).check()
+    page.get_by_label("Feature 5: this month vs last").check()
     page.get_by_role("button", name="Show columns").click()
     expect(head).to_contain_text("Feature 7")
-    assert "col=" in page.url
+    expect(head).to_contain_text("Feature 5, month vs last")
+    assert "col=" in page.url and "change%3Aexports" in page.url
     page.reload()
     expect(head).to_contain_text("Feature 7")
+    expect(head).to_contain_text("Feature 5, month vs last")
+    csv_link = page.get_by_role("link", name="Download CSV").get_attribute("href")
+    assert "col=change:exports" in csv_link
+    assert _overflow(page) == []
+    base._shot(page, "customers-month-vs-last-1440")
 
 
 def test_on_a_phone_the_customer_page_starts_with_its_actions(page_for):
@@ -134,3 +144,25 @@ def test_on_a_phone_the_customer_page_starts_with_its_actions(page_for):
     assert form["y"] < entitlements["y"]
     header = page.locator("header.top").bounding_box()
     assert header["height"] < 110, header
+
+
+def test_on_a_phone_the_customer_list_shows_status_balances_and_the_near_limit_mark(page_for):
+    """Issue 13, defect 14: at 390 px a row showed only the name and the first credit system."""
+    from playwright.sync_api import expect
+
+    page = page_for("account_manager", width=390, height=844)
+    page.goto(f"{_origin(page)}/customers")
+    summary = page.locator("#results tbody tr", has_text=f"Customer {C}").get_by_test_id(
+        "phone-summary"
+    )
+    expect(summary).to_be_visible()
+    expect(summary).to_contain_text("active")
+    for balance in ("Credits 1T", "Minutes 123,456.50", "Tokens 123,456.50"):
+        expect(summary).to_contain_text(balance)
+    near = page.locator("#results tbody tr", has_text=f"Customer {NEAR}")
+    expect(near.get_by_test_id("phone-summary")).to_contain_text("near limit · 90 %")
+    assert _overflow(page) == []
+    base._shot(page, "defect-14-customers-phone")
+    wide = page_for("account_manager", width=1440)
+    wide.goto(f"{_origin(wide)}/customers")
+    expect(wide.get_by_test_id("phone-summary").first).to_be_hidden()
