@@ -102,7 +102,9 @@ PAGES = {
         f"/admin/customers/{C}/edit",
     ],
 }
-PHONE_CHECKED = ("/", "/customers", f"/customers/{C}", "/wallets")  # must fit a phone
+# Every page fits a phone too, but /ledger: its rows (customers/_ledger_rows.html, shared with the
+# customer page's ledger) are being rebuilt in another branch; its last column scrolls by 23 px.
+PHONE_SKIPPED = ("/ledger",)
 
 
 def _name(path: str) -> str:
@@ -126,7 +128,7 @@ def test_every_page_fits_at_1440_and_390(page_for, role):
                     path=str(base.ARTIFACTS / f"part-{role}-{_name(path)}-{name}.png")
                 )
             found = _overflow(page)
-            if width == 1440 or path.split("?")[0] in PHONE_CHECKED:
+            if width == 1440 or path not in PHONE_SKIPPED:
                 if found:
                     problems[f"{path} @ {width}"] = found
     assert not problems, problems
