@@ -12,8 +12,10 @@ import pytest
 
 from tests import test_browser_dashboard as base
 from tests.factories import add_customer
+from webapp.models import utcnow
 from webapp.services import catalog, usage, wallets
 from webapp.services.actors import SYSTEM
+from webapp.services.dashboard.customers import month_bounds
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +34,15 @@ def _seed_wide() -> None:
         catalog.create_feature(SYSTEM, key=key, name=f"Feature {i + 5}", type="consumable")
         catalog.set_entitlement(SYSTEM, C, key, allowance=100, reset_period="month")
     add_customer(LONG_CUSTOMER)
+    last_month = month_bounds(utcnow())[0]  # acme: 4 API calls early last month, 6 now
+    usage.record_usage(
+        SYSTEM,
+        customer_key="cust-acme",
+        feature_key="api_calls",
+        amount=4,
+        timestamp=last_month.isoformat(),
+    )
+    usage.record_usage(SYSTEM, customer_key="cust-acme", feature_key="api_calls", amount=6)
     add_customer(NEAR)  # 9 of 10 seats: near its limit
     usage.record_usage(SYSTEM, customer_key=NEAR, feature_key="seats", amount=9)
     wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="999999999999")
@@ -153,6 +164,7 @@ def test_the_customer_list_chooses_its_columns(page_for):
     page.locator("summary", has_text="Columns").click()
     page.get_by_label("Feature 7", exact=True).check()
     page.get_by_label("Feature 5: this month vs last").check()
+    page.get_by_label("API calls: this month vs last").check()
     page.get_by_role("button", name="Show columns").click()
     expect(head).to_contain_text("Feature 7")
     expect(head).to_contain_text("Feature 5, month vs last")
@@ -160,6 +172,8 @@ def test_the_customer_list_chooses_its_columns(page_for):
     page.reload()
     expect(head).to_contain_text("Feature 7")
     expect(head).to_contain_text("Feature 5, month vs last")
+    acme = page.locator("#results tbody tr", has_text="Customer cust-acme")
+    expect(acme.get_by_test_id("change-api_calls")).to_have_text("6 ▲ +50 %")
     csv_link = page.get_by_role("link", name="Download CSV").get_attribute("href")
     assert "col=change:exports" in csv_link
     assert _overflow(page) == []
