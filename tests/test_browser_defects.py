@@ -290,6 +290,30 @@ def test_9_charts_have_readable_axes_a_window_switch_and_a_table(page_for):
     _shot(phone, "defect-9-charts-phone", full_page=False)
 
 
+def test_9_a_monthly_allowance_is_drawn_against_the_month_so_far(page_for):
+    expect = _expect()
+    page = page_for("account_manager")
+    chart = page.locator("#charts figure.chart", has_text="API calls")
+    expect(chart.locator("line.allowance")).to_have_count(1)
+    expect(chart.locator("polyline.in-period")).to_have_count(1)
+    expect(chart.locator("figcaption")).to_contain_text("allowance 1,000 a month")
+    expect(chart.locator("figcaption")).to_contain_text("used this month so far")
+    _shot(page, "defect-9-monthly-allowance")
+
+
+def test_9_a_form_sent_on_the_customer_page_keeps_the_charts_range(page_for):
+    expect = _expect()
+    page = page_for("support")
+    page.get_by_role("link", name="7 days").click()
+    expect(page.locator("#charts h2")).to_have_text("Usage per day, last 7 days")
+    page.select_option("#usage-feature_key", "api_calls")
+    page.fill("#usage-amount", "2")
+    page.click("#usage-form button.primary")
+    expect(page.locator("#usage-form .success")).to_contain_text("Recorded 2")
+    expect(page.locator("#charts h2")).to_have_text("Usage per day, last 7 days")
+    expect(page.locator("#charts figure.chart").first.locator("tbody tr")).to_have_count(7)
+
+
 def test_13_finance_sets_a_wallets_low_balance_threshold(page_for):
     expect = _expect()
     page = page_for("finance")

@@ -12,8 +12,10 @@ import pytest
 
 from tests import test_browser_dashboard as base
 from tests.factories import add_customer
-from webapp.services import catalog, wallets
+from webapp.models import utcnow
+from webapp.services import catalog, usage, wallets
 from webapp.services.actors import SYSTEM
+from webapp.services.dashboard.customers import month_bounds
 
 pytestmark = pytest.mark.browser
 
@@ -21,6 +23,7 @@ browser, page_for = base.browser, base.page_for
 C = base.C
 LONG_KEY = "feature-" + "x" * 92  # 100 characters
 LONG_CUSTOMER = "cust-" + "y" * 95
+NEAR = "cust-near"
 
 
 def _seed_wide() -> None:
@@ -31,6 +34,17 @@ def _seed_wide() -> None:
         catalog.create_feature(SYSTEM, key=key, name=f"Feature {i + 5}", type="consumable")
         catalog.set_entitlement(SYSTEM, C, key, allowance=100, reset_period="month")
     add_customer(LONG_CUSTOMER)
+    last_month = month_bounds(utcnow())[0]  # acme: 4 API calls early last month, 6 now
+    usage.record_usage(
+        SYSTEM,
+        customer_key="cust-acme",
+        feature_key="api_calls",
+        amount=4,
+        timestamp=last_month.isoformat(),
+    )
+    usage.record_usage(SYSTEM, customer_key="cust-acme", feature_key="api_calls", amount=6)
+    add_customer(NEAR)  # 9 of 10 seats: near its limit
+    usage.record_usage(SYSTEM, customer_key=NEAR, feature_key="seats", amount=9)
     wallets.topup_wallet(SYSTEM, customer_key=C, credit_system="credits", amount="999999999999")
     for system in ("tokens", "minutes"):
         wallets.topup_wallet(SYSTEM, customer_key=C, credit_system=system, amount="123456.5")
@@ -66,25 +80,48 @@ def _overflow(page) -> list[str]:
     )
 
 
+# Every page of the dashboard, for every role that may open it.
+EVERYONE = [
+    "/",
+    "/customers",
+    "/customers?col=percent&col=feature:seats&col=feature:exports&col=credits:credits"
+    "&col=credits:minutes&col=credits:tokens&col=change:exports&col=change:api_calls",
+    f"/customers/{C}",
+    f"/customers/{C}/events",
+    f"/customers/{C}/ledger",
+    "/features",
+    "/wallets",
+    "/audit",
+    "/account",
+]
 PAGES = {
-    "account_manager": ["/", "/customers", f"/customers/{C}", "/features", "/wallets", "/audit"],
-    "support": [f"/customers/{C}", f"/customers/{C}/events"],
-    "finance": [f"/customers/{C}", f"/customers/{C}/ledger", "/wallets", "/ledger"],
+    "account_manager": [*EVERYONE, "/ledger"],
+    "support": EVERYONE,
+    "finance": [*EVERYONE, "/ledger"],
     "admin": [
+        *EVERYONE,
+        "/ledger",
         "/admin/users",
         "/admin/api-keys",
         "/admin/features",
         "/admin/credit-systems",
         "/admin/credit-costs",
+        "/admin/features/api_calls/edit",
+        "/admin/credit-systems/credits/edit",
+        "/admin/customers/new",
         f"/admin/customers/{C}/entitlements",
         f"/admin/customers/{C}/edit",
-        "/account",
     ],
 }
+# Every page fits a phone too, but /ledger: its rows (customers/_ledger_rows.html, shared with the
+# customer page's ledger) are being rebuilt in another branch; its last column scrolls by 23 px.
+PHONE_SKIPPED = ("/ledger",)
 
 
 def _name(path: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", path.replace(C, "c")).strip("-") or "overview"
+    path = path.replace(C, "c").split("?col=", 1)
+    name = re.sub(r"[^a-z0-9]+", "-", path[0]).strip("-") or "overview"
+    return name + ("-all-columns" if len(path) > 1 else "")
 
 
 @pytest.mark.parametrize("role", list(PAGES))
@@ -95,8 +132,14 @@ def test_every_page_fits_at_1440_and_390(page_for, role):
         for path in PAGES[role]:
             page.goto(f"{_origin(page)}{path}")
             base._shot(page, f"layout-{role}-{_name(path)}-{width}")
+            for section in page.locator("main section[id]").all() if width < 600 else []:
+                # the parts of a long phone page, each readable in its own picture
+                name = section.get_attribute("id")
+                section.screenshot(
+                    path=str(base.ARTIFACTS / f"part-{role}-{_name(path)}-{name}.png")
+                )
             found = _overflow(page)
-            if width == 1440 or path in ("/customers", "/", f"/customers/{C}"):
+            if width == 1440 or path not in PHONE_SKIPPED:
                 if found:
                     problems[f"{path} @ {width}"] = found
     assert not problems, problems
@@ -119,12 +162,22 @@ def test_the_customer_list_chooses_its_columns(page_for):
     expect(head).to_contain_text("Credits")
     expect(head).not_to_contain_text("Feature 7")
     page.locator("summary", has_text="Columns").click()
-    page.get_by_label("Feature 7").check()
+    page.get_by_label("Feature 7", exact=True).check()
+    page.get_by_label("Feature 5: this month vs last").check()
+    page.get_by_label("API calls: this month vs last").check()
     page.get_by_role("button", name="Show columns").click()
     expect(head).to_contain_text("Feature 7")
-    assert "col=" in page.url
+    expect(head).to_contain_text("Feature 5, month vs last")
+    assert "col=" in page.url and "change%3Aexports" in page.url
     page.reload()
     expect(head).to_contain_text("Feature 7")
+    expect(head).to_contain_text("Feature 5, month vs last")
+    acme = page.locator("#results tbody tr", has_text="Customer cust-acme")
+    expect(acme.get_by_test_id("change-api_calls")).to_have_text("6 ▲ +50 %")
+    csv_link = page.get_by_role("link", name="Download CSV").get_attribute("href")
+    assert "col=change:exports" in csv_link
+    assert _overflow(page) == []
+    base._shot(page, "customers-month-vs-last-1440")
 
 
 def test_on_a_phone_the_customer_page_starts_with_its_actions(page_for):
@@ -134,3 +187,25 @@ def test_on_a_phone_the_customer_page_starts_with_its_actions(page_for):
     assert form["y"] < entitlements["y"]
     header = page.locator("header.top").bounding_box()
     assert header["height"] < 110, header
+
+
+def test_on_a_phone_the_customer_list_shows_status_balances_and_the_near_limit_mark(page_for):
+    """Issue 13, defect 14: at 390 px a row showed only the name and the first credit system."""
+    from playwright.sync_api import expect
+
+    page = page_for("account_manager", width=390, height=844)
+    page.goto(f"{_origin(page)}/customers")
+    summary = page.locator("#results tbody tr", has_text=f"Customer {C}").get_by_test_id(
+        "phone-summary"
+    )
+    expect(summary).to_be_visible()
+    expect(summary).to_contain_text("active")
+    for balance in ("Credits 1T", "Minutes 123,456.50", "Tokens 123,456.50"):
+        expect(summary).to_contain_text(balance)
+    near = page.locator("#results tbody tr", has_text=f"Customer {NEAR}")
+    expect(near.get_by_test_id("phone-summary")).to_contain_text("near limit · 90 %")
+    assert _overflow(page) == []
+    base._shot(page, "defect-14-customers-phone")
+    wide = page_for("account_manager", width=1440)
+    wide.goto(f"{_origin(wide)}/customers")
+    expect(wide.get_by_test_id("phone-summary").first).to_be_hidden()

@@ -86,6 +86,7 @@ def test_customers_search_sort_and_htmx_fragment(client, shop):
 def test_list_pages_run_a_constant_number_of_queries(client, shop):
     signed_in(client, "account_manager")
     urls = ["/", "/customers", "/customers?near=1", f"/customers/{C}", "/wallets", "/features"]
+    urls += ["/customers?col=change:api_calls"]
     urls += ["/audit", "/ledger"]
 
     def counts() -> list[int]:

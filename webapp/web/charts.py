@@ -34,11 +34,23 @@ class BarChart:
     max_label: str
     first_label: str
     last_label: str
-    rows: list[tuple[str, str]]  # (day, amount) for the table behind the chart
-    allowance_y: float | None = None  # a daily allowance, drawn as a line
-    allowance_label: str = ""
+    rows: list[tuple[str, ...]]  # (day, amount[, used in the period so far]) for the table
+    allowance_y: float | None = None  # the allowance, drawn as a dashed line
+    allowance_label: str = ""  # "1,000 a day", "5,000 a month"
+    in_period_points: str = ""  # SVG polyline points: used in the period so far, each day
+    in_period_label: str = ""  # "used this month so far"
     width: int = WIDTH
     height: int = HEIGHT
+
+
+# How an allowance of each reset period reads, and what its running line is called.
+PERIOD_WORDS = {
+    "day": ("a day", ""),
+    "week": ("a week", "used this week so far"),
+    "month": ("a month", "used this month so far"),
+    "year": ("a year", "used this year so far"),
+    "never": ("in all", "used so far"),
+}
 
 
 def window(value: object) -> int:
@@ -50,10 +62,19 @@ def window(value: object) -> int:
     return days if days in WINDOWS else 30
 
 
-def bar_chart(series: DailySeries, daily_allowance: int | None = None) -> BarChart:
-    top = max([v for _, v in series.days] + [daily_allowance or 0])
+def bar_chart(series: DailySeries) -> BarChart:
+    """Daily bars. With an allowance (one customer's chart): a daily allowance is a line the
+    bars compare with; an allowance of a longer period is compared with what the period used so
+    far, a running line that starts again at each period's start, drawn with the bars."""
+    allowance = series.allowance_micros
+    running = series.in_period or []
+    top = max([v for _, v in series.days] + running + [allowance or 0])
     inner_h = HEIGHT - PAD_TOP
     step = WIDTH / max(1, len(series.days))
+
+    def y(value: int) -> float:
+        return round(HEIGHT - (inner_h * value / top if top else 0), 2)
+
     bars = []
     for i, (day, value) in enumerate(series.days):
         h = 0.0 if not top else inner_h * value / top
@@ -69,9 +90,13 @@ def bar_chart(series: DailySeries, daily_allowance: int | None = None) -> BarCha
             )
         )
     days = series.days
-    allowance_y = None
-    if daily_allowance and top:
-        allowance_y = round(HEIGHT - inner_h * daily_allowance / top, 2)
+    per, running_words = PERIOD_WORDS.get(series.reset_period or "day", ("", ""))
+    points = []
+    for i, value in enumerate(running):  # a step line: flat over each day, a jump between
+        points += [f"{round(i * step, 2)},{y(value)}", f"{round((i + 1) * step, 2)},{y(value)}"]
+    rows: list[tuple[str, ...]] = [(day.strftime("%b %d"), qty(value)) for day, value in days]
+    if running:
+        rows = [(*row, qty(value)) for row, value in zip(rows, running, strict=True)]
     return BarChart(
         key=series.feature_key,
         name=series.feature_name,
@@ -81,7 +106,9 @@ def bar_chart(series: DailySeries, daily_allowance: int | None = None) -> BarCha
         max_label=qty(top),
         first_label=days[0][0].strftime("%b %d") if days else "",
         last_label=days[-1][0].strftime("%b %d") if days else "",
-        rows=[(day.strftime("%b %d"), qty(value)) for day, value in days],
-        allowance_y=allowance_y,
-        allowance_label=qty(daily_allowance) if daily_allowance else "",
+        rows=rows,
+        allowance_y=y(allowance) if allowance and top else None,
+        allowance_label=f"{qty(allowance)} {per}" if allowance else "",
+        in_period_points=" ".join(points),
+        in_period_label=running_words if running else "",
     )

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
 
@@ -55,6 +56,7 @@ def overview():
 def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any], list[str]]:
     """The customer list as the URL asks for it: the listing, the arguments to keep in links,
     and the columns shown."""
+    asked = request.args.getlist("col")
     listing = dashboard.list_customers(
         current_actor(),
         search=request.args.get("q", ""),
@@ -64,14 +66,16 @@ def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any
         direction=request.args.get("dir", "asc"),
         page=page,
         per_page=per_page,
+        compare_months=any(c.startswith("change:") for c in asked),
     )
     # The columns shown: chosen in the URL (?col=feature:seats&col=credits:credits), by default
     # the share of the allowance used, the persistent features and the credit systems (a compact
-    # table, whatever the catalog).
+    # table, whatever the catalog). change:<key> is a consumable's month against last month.
     available = [PERCENT_COLUMN, *(f"feature:{c.key}" for c in listing.columns)] + [
         f"credits:{s.key}" for s in listing.credit_systems
     ]
-    chosen = [c for c in request.args.getlist("col") if c in available] or [
+    available += [f"change:{c.key}" for c in listing.columns if c.type == "consumable"]
+    chosen = [c for c in asked if c in available] or [
         PERCENT_COLUMN,
         *(f"feature:{c.key}" for c in listing.columns if c.type == "persistent"),
     ] + [f"credits:{s.key}" for s in listing.credit_systems]
@@ -116,6 +120,14 @@ def export_customers():
             header += [f"{features[col].name} used", f"{features[col].name} allowed"]
         elif col in features:
             header.append(f"{features[col].name} this period")
+        elif col.startswith("change:"):
+            name = features[f"feature:{col.partition(':')[2]}"].name
+            header += [
+                f"{name} this month",
+                f"{name} last month to the same day",
+                f"{name} last month",
+                f"{name} change %",
+            ]
         else:
             header.append(f"{systems[col].name} balance")
 
@@ -131,6 +143,14 @@ def export_customers():
                 out.append("" if used is None else format_micros(used))
                 if features[col].type == "persistent":
                     out.append("" if allowed is None else format_micros(allowed))
+            elif kind == "change":
+                month = row.months.get(key, dashboard.MonthChange())
+                out += [
+                    format_micros(month.this_month_micros),
+                    format_micros(month.last_month_to_date_micros),
+                    format_micros(month.last_month_micros),
+                    "" if month.change_percent is None else month.change_percent,
+                ]
             else:
                 balance = row.balances.get(key)
                 out.append("" if balance is None else format_micros(balance))
@@ -144,6 +164,16 @@ def export_customers():
             yield [cells(row) for row in listing.rows]
 
     return _csv_response(_csv_stream(header, pages()), "customers.csv")
+
+
+def chart_days() -> int:
+    """The chart window of the customer page: ?days= of the URL, or for an HTMX form sent from
+    the page, of the page's own URL (HX-Current-URL), so that a form keeps the chosen range."""
+    days = request.args.get("days")
+    if days is None and request.headers.get("HX-Current-URL"):
+        page = urlsplit(request.headers["HX-Current-URL"])
+        days = next(iter(parse_qs(page.query).get("days", [])), None)
+    return window(days)
 
 
 def feature_names() -> dict[str, str]:
@@ -164,12 +194,7 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         if e.feature_type == "persistent"
     ]
     systems = [(s.key, s.name) for s in catalog.list_credit_systems(current_actor())]
-    days = window(request.args.get("days"))
-    daily = {  # a daily allowance compares with daily bars: drawn as a line
-        e.feature_key: e.allowance_micros
-        for e in summary.entitlements
-        if e.reset_period == "day" and e.allowance_micros
-    }
+    days = chart_days()
     usage_form = forms.get("usage_form") or RecordUsageForm(formdata=None)
     reclaim_form = forms.get("reclaim_form") or ReclaimSeatsForm(formdata=None)
     topup_form = forms.get("topup_form") or TopupForm(formdata=None)
@@ -186,7 +211,7 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         "ledger": reads.list_ledger(actor, key, limit=RECENT),
         "days": days,
         "charts": [
-            bar_chart(s, daily.get(s.feature_key))
+            bar_chart(s)
             for s in dashboard.daily_usage(actor, customer_key=key, days=days)
             if s.total_micros
         ],

@@ -4,7 +4,14 @@ the page or history size; "usage this period" is defined once (current.current_u
 
 from .audit import AuditPage, audit_log
 from .current import MAX_PER_PAGE
-from .customers import CUSTOMER_SORTS, Column, CustomerList, CustomerRow, list_customers
+from .customers import (
+    CUSTOMER_SORTS,
+    Column,
+    CustomerList,
+    CustomerRow,
+    MonthChange,
+    list_customers,
+)
 from .features import FeatureRow, features
 from .overview import CreditTotal, DailySeries, FeatureTotal, Overview, daily_usage, overview
 from .wallets import WalletList, WalletRow, lowest_wallets
@@ -20,6 +27,7 @@ __all__ = [
     "DailySeries",
     "FeatureRow",
     "FeatureTotal",
+    "MonthChange",
     "Overview",
     "WalletList",
     "WalletRow",

@@ -1,13 +1,14 @@
 """The customers page: customers with search, sort (by a column, a feature's usage this period or
-a wallet balance) and pages, each row with its usage and balances."""
+a wallet balance) and pages, each row with its usage, balances and, when asked, each consumable
+feature's usage this month against last month."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Numeric, and_, case, cast, func, or_, select
+from sqlalchemy import Numeric, and_, case, cast, func, literal, or_, select
 
 from ...errors import ValidationError
 from ...extensions import db
@@ -18,11 +19,14 @@ from ...models import (
     Entitlement,
     Feature,
     UsageCounter,
+    UsageEvent,
     Wallet,
+    exact_sum,
     utcnow,
 )
 from ..actors import VIEW, Actor, require
 from ..credits import available_balance
+from ..periods import next_reset, period_start
 from .current import current_usage, page_bounds, page_count
 
 
@@ -33,11 +37,53 @@ class Column:
     type: str
 
 
+@dataclass(frozen=True)
+class MonthChange:
+    """One consumable feature's usage this UTC month so far against last month, from the usage
+    events by their timestamp. The change compares like with like: this month so far against
+    last month up to the same point (the same day and time, or its end when it is shorter), so
+    that the 1st of a month is not a fall from a whole month; last month's total is kept too."""
+
+    this_month_micros: int = 0  # from the 1st, 00:00 UTC, to now
+    last_month_to_date_micros: int = 0  # last month from its 1st to the same point
+    last_month_micros: int = 0  # all of last month
+
+    @property
+    def change_percent(self) -> int | None:
+        """(this − last to date) × 100 / last to date, rounded half away from zero to a whole
+        percent; None when last month had nothing to this point (no base to compare with)."""
+        base = self.last_month_to_date_micros
+        if not base:
+            return None
+        diff = self.this_month_micros - base
+        whole, rest = divmod(abs(diff) * 100, base)
+        whole += 1 if rest * 2 >= base else 0
+        return whole if diff >= 0 else -whole
+
+    @property
+    def trend(self) -> str:
+        """up, down, flat, new (nothing last month to this point, something now) or none."""
+        if self.change_percent is None:
+            return "new" if self.this_month_micros else "none"
+        return "up" if self.change_percent > 0 else "down" if self.change_percent < 0 else "flat"
+
+
+def month_bounds(now: datetime) -> tuple[datetime, datetime, datetime, datetime]:
+    """(last month's start, last month's "same point" as now, this month's start, next month's
+    start), all UTC."""
+    this_start = period_start(now, "month")
+    last_start = period_start(this_start - timedelta(microseconds=1), "month")
+    next_start = next_reset(now, "month") or this_start  # a month always ends
+    cut = min(last_start + (now - this_start), this_start)
+    return last_start, cut, this_start, next_start
+
+
 @dataclass
 class CustomerRow:
     customer: Customer
     usage: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key -> used, allow
     balances: dict[str, int] = field(default_factory=dict)  # credit system key -> micros
+    months: dict[str, MonthChange] = field(default_factory=dict)  # consumable key -> change
 
     @property
     def percent(self) -> int | None:
@@ -82,12 +128,15 @@ def list_customers(
     direction: str = "asc",
     page: int = 1,
     per_page: int = 25,
+    compare_months: bool = False,
     now: datetime | None = None,
 ) -> CustomerList:
     """Customers with offset pages. ``status`` is active, archived or all. ``sort`` is a column
     name, ``feature:<key>`` (usage this period) or ``credits:<key>`` (wallet balance); unknown
     values fall back to ``key``. ``near_limit`` keeps the customers that used at least
-    NEAR_LIMIT_PERCENT of a finite allowance this period."""
+    NEAR_LIMIT_PERCENT of a finite allowance this period. ``compare_months`` fills each row's
+    ``months`` (MonthChange per consumable feature it used this month or last) with one grouped
+    query for the page."""
     require(actor, VIEW)
     if status not in STATUS_FILTERS:
         raise ValidationError(
@@ -200,6 +249,8 @@ def list_customers(
             .where(Wallet.customer_id.in_(rows))
         ):
             rows[cid].balances[skey] = int(balance)
+        if compare_months:
+            _fill_month_changes(rows, now)
     return CustomerList(
         rows=list(rows.values()),
         columns=columns,
@@ -210,3 +261,39 @@ def list_customers(
         sort=sort,
         direction=direction,
     )
+
+
+def _fill_month_changes(rows: dict[int, CustomerRow], now: datetime) -> None:
+    """One grouped query over the page's customers' consumable events of last month and this
+    one, by the (customer_id, timestamp) index: a sum per customer, feature and part of the
+    two months (0: last month to the same point, 1: the rest of last month, 2: this month)."""
+    last_start, cut, this_start, next_start = month_bounds(now)
+    events = (
+        select(
+            UsageEvent.customer_id.label("customer_id"),
+            Feature.key.label("feature_key"),
+            case(
+                (UsageEvent.timestamp >= this_start, literal(2)),
+                (UsageEvent.timestamp < cut, literal(0)),
+                else_=literal(1),
+            ).label("part"),
+            UsageEvent.amount_micros.label("amount"),
+        )
+        .join(Feature, Feature.id == UsageEvent.feature_id)
+        .where(
+            UsageEvent.customer_id.in_(rows),
+            UsageEvent.timestamp >= last_start,
+            UsageEvent.timestamp < next_start,
+            Feature.type == "consumable",
+        )
+        .subquery()
+    )
+    sums: dict[tuple[int, str], list[int]] = {}
+    for cid, fkey, part, amount in db.session.execute(
+        select(
+            events.c.customer_id, events.c.feature_key, events.c.part, exact_sum(events.c.amount)
+        ).group_by(events.c.customer_id, events.c.feature_key, events.c.part)
+    ):
+        sums.setdefault((cid, fkey), [0, 0, 0])[int(part)] = int(amount or 0)
+    for (cid, fkey), (to_date, rest, this) in sums.items():
+        rows[cid].months[fkey] = MonthChange(this, to_date, to_date + rest)

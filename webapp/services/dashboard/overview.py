@@ -3,8 +3,8 @@ Totals are exact at any size (models.exact_sum; usage_daily's two parts)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, literal, select
@@ -17,6 +17,7 @@ from ...models import (
     Customer,
     Entitlement,
     Feature,
+    UsageCounter,
     UsageDaily,
     UsageEvent,
     Wallet,
@@ -26,6 +27,7 @@ from ...models import (
 from ..actors import VIEW, Actor, require
 from ..catalog import get_customer
 from ..credits import status_filter
+from ..periods import period_start
 from .current import current_usage
 
 
@@ -141,6 +143,12 @@ class DailySeries:
     feature_key: str
     feature_name: str
     days: list[tuple[date, int]]  # every day of the window, oldest first, 0 where nothing
+    # One customer's chart: its entitlement's finite allowance and reset period, and for a period
+    # longer than a day what was used in the period so far at the end of each day of the window
+    # (what the allowance is compared with; it starts again at each period's start).
+    allowance_micros: int | None = None
+    reset_period: str | None = None
+    in_period: list[int] | None = None
 
     @property
     def total_micros(self) -> int:
@@ -159,14 +167,15 @@ def daily_usage(
     now = now or utcnow()
     first = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     stmt: Any
-    if customer_key not in (None, ""):
+    customer_id = None if customer_key in (None, "") else get_customer(customer_key).id
+    if customer_id is not None:
         # One customer's events of the window, by the (customer_id, timestamp) index.
         day = func.date(UsageEvent.timestamp)
         stmt = (
             select(Feature.key, day, exact_sum(UsageEvent.amount_micros), literal(0))
             .join(Feature, Feature.id == UsageEvent.feature_id)
             .where(UsageEvent.timestamp >= first, Feature.type == "consumable")
-            .where(UsageEvent.customer_id == get_customer(customer_key).id)
+            .where(UsageEvent.customer_id == customer_id)
             .group_by(Feature.key, day)
         )
     else:
@@ -188,7 +197,7 @@ def daily_usage(
             when = date.fromisoformat(when)
         sums[(key, when)] = int(high) * DAILY_BASE + int(low)
     window = [(first + timedelta(days=i)).date() for i in range(days)]
-    return [
+    series = [
         DailySeries(key, name, [(d, sums.get((key, d), 0)) for d in window])
         for key, name in db.session.execute(
             select(Feature.key, Feature.name)
@@ -196,3 +205,67 @@ def daily_usage(
             .order_by(Feature.key)
         )
     ]
+    return series if customer_id is None else _with_allowances(customer_id, series)
+
+
+def _with_allowances(customer_id: int, series: list[DailySeries]) -> list[DailySeries]:
+    """Each series of one customer with its finite allowance and, for a reset period longer than
+    a day, the usage of the period so far at the end of each day: the period's counter (what
+    the period holds in all, also before the window) less the window's days of the period
+    after that day. Two queries, whatever the window."""
+    limits = {
+        key: (allowance, period)
+        for key, allowance, period in db.session.execute(
+            select(Feature.key, Entitlement.allowance_micros, Entitlement.reset_period)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(
+                Entitlement.customer_id == customer_id,
+                Feature.type == "consumable",
+                Entitlement.allowance_micros.is_not(None),
+            )
+        )
+    }
+    starts = {
+        (s.feature_key, _day_period_start(day, limits[s.feature_key][1]))
+        for s in series
+        if s.feature_key in limits and limits[s.feature_key][1] != "day"
+        for day, _ in s.days
+    }
+    totals: dict[tuple[str, datetime], int] = {}
+    if starts:
+        for key, start, used in db.session.execute(
+            select(Feature.key, UsageCounter.period_start, UsageCounter.used_micros)
+            .join(Feature, Feature.id == UsageCounter.feature_id)
+            .where(
+                UsageCounter.customer_id == customer_id,
+                Feature.key.in_({k for k, _ in starts}),
+                UsageCounter.period_start.in_({p for _, p in starts}),
+            )
+        ):
+            totals[(key, start)] = used
+    out = []
+    for s in series:
+        if s.feature_key not in limits:
+            out.append(s)
+            continue
+        allowance, period = limits[s.feature_key]
+        in_period = None
+        if period != "day":
+            starts_of = [_day_period_start(day, period) for day, _ in s.days]
+            shown: dict[datetime, int] = {}  # per period: its days in the window, in all
+            for start, (_, value) in zip(starts_of, s.days, strict=True):
+                shown[start] = shown.get(start, 0) + value
+            so_far: dict[datetime, int] = {}  # per period: its days in the window up to this one
+            in_period = []
+            for start, (_, value) in zip(starts_of, s.days, strict=True):
+                so_far[start] = so_far.get(start, 0) + value
+                total = totals.get((s.feature_key, start), 0)
+                # max(): a counter of a period cut by another reset period (changed since)
+                # may hold less than the window shows; never below what the window shows
+                in_period.append(max(total - (shown[start] - so_far[start]), so_far[start]))
+        out.append(replace(s, allowance_micros=allowance, reset_period=period, in_period=in_period))
+    return out
+
+
+def _day_period_start(day: date, reset_period: str) -> datetime:
+    return period_start(datetime(day.year, day.month, day.day, tzinfo=UTC), reset_period)
