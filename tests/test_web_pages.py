@@ -98,7 +98,9 @@ def test_list_pages_run_a_constant_number_of_queries(client, shop):
         return out
 
     before = counts()
-    assert max(before) <= 15, dict(zip(urls, before, strict=True))
+    # The customer page is the heaviest: summary, counters, wallets with their available and
+    # scheduled credits, grants, charts and their period counters, events, ledger.
+    assert max(before) <= 20, dict(zip(urls, before, strict=True))
     for i in range(12):
         add_customer(f"cust-more-{i:02d}")
         usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=1)
