@@ -244,6 +244,7 @@ class LedgerView:
     actor: str
     created_at: datetime
     customer_key: str = ""
+    grant_id: int | None = None  # the grant a topup / adjustment made, or an expiry / void emptied
 
     @classmethod
     def of(

@@ -6,6 +6,15 @@ from .audit import AuditPage, audit_log
 from .current import MAX_PER_PAGE
 from .customers import CUSTOMER_SORTS, Column, CustomerList, CustomerRow, list_customers
 from .features import FeatureRow, features
+from .grants import (
+    PaidBy,
+    VoidPreview,
+    WalletGrants,
+    customer_grant,
+    entry_paid_by,
+    unconfirmed_void,
+    wallet_grants,
+)
 from .overview import CreditTotal, DailySeries, FeatureTotal, Overview, daily_usage, overview
 from .wallets import WalletList, WalletRow, lowest_wallets
 
@@ -21,9 +30,16 @@ __all__ = [
     "FeatureRow",
     "FeatureTotal",
     "Overview",
+    "PaidBy",
+    "VoidPreview",
+    "WalletGrants",
     "WalletList",
     "WalletRow",
     "audit_log",
+    "customer_grant",
+    "entry_paid_by",
+    "unconfirmed_void",
+    "wallet_grants",
     "daily_usage",
     "features",
     "list_customers",
