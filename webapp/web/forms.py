@@ -22,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - WTForms < 3.3 takes (value, label) tuples
     SelectChoice = None
 
-from ..errors import DomainError, ServiceUnavailable
+from ..errors import DomainError, IdempotencyConflict, ServiceUnavailable
 from ..models import FEATURE_TYPES, OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS, utcnow
 
 
@@ -237,12 +237,34 @@ def show_error(form: FlaskForm, exc: DomainError) -> None:
     unavailable is no fault of the form: it goes on to the 503 page (errorhandlers)."""
     if isinstance(exc, ServiceUnavailable):
         raise exc
+    if isinstance(exc, IdempotencyConflict):  # the form's hidden key, sent again with changes
+        form.form_errors.append(
+            "This form was already sent with other values, and that one counted. Reload the "
+            "page to see the result, then start again."
+        )
+        return
     field = getattr(form, exc.field, None) if exc.field else None
     message = humane(exc.message, getattr(getattr(field, "label", None), "text", None))
-    if field is not None and hasattr(field, "errors") and exc.field != "csrf_token":
+    message = _LATER_FIELD.sub(lambda m: _label_of(form, m.group(1)), message)
+    if (
+        field is not None
+        and hasattr(field, "errors")
+        and exc.field != "csrf_token"
+        and not isinstance(field, HiddenField)
+    ):
         field.errors = [*field.errors, message]
     else:
         form.form_errors.append(message)
+
+
+_LATER_FIELD = re.compile(r"(?<=\s)([a-z]+(?:_[a-z]+)+)(?=[\s.,)])")
+
+
+def _label_of(form: FlaskForm, name: str) -> str:
+    """A field's API name left inside a message (`after effective_at`) as the form's label."""
+    field = getattr(form, name, None)
+    label = getattr(getattr(field, "label", None), "text", None)
+    return f"“{label}”" if label else name
 
 
 _BIG_NUMBER = re.compile(r"(?<![\w.,:-])(\d{4,})(\.\d+)?(?![\w-])")
