@@ -91,7 +91,7 @@ def test_the_wallet_panel_lists_grants_with_terms_and_the_available_balance(clie
     # Spending order: the granted 5 (priority 100) first, then purchased (200).
     assert panel.index('id="grant-2"') < panel.index('id="grant-1"') < panel.index('id="grant-3"')
     grant_2 = panel[panel.index('id="grant-2"') : panel.index("</li>", panel.index('id="grant-2"'))]
-    assert "granted" in grant_2 and "priority 100" in grant_2
+    assert "granted</span> · priority 100" in grant_2
     assert "5.00</strong>" in grant_2 and "/ 5.00" in grant_2
     assert "expires in 30 days" in grant_2 and 'grant-status active">active<' in grant_2
     assert 'grant-status scheduled">scheduled<' in panel and "no expiry" in panel

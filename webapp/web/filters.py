@@ -64,12 +64,8 @@ def expires_in(value: datetime | None) -> str:
 
 
 def day(value: datetime | None) -> str:
-    """A date without its time when the time is midnight UTC (the dashboard's date boxes)."""
-    if value is None:
-        return "—"
-    if (value.hour, value.minute, value.second) == (0, 0, 0):
-        return value.strftime("%Y-%m-%d")
-    return when(value)
+    """The date alone, where space is short (the full time goes in a title next to it)."""
+    return "—" if value is None else value.strftime("%Y-%m-%d")
 
 
 def percent(used: int, allowance: int | None) -> int:

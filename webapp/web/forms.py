@@ -112,7 +112,7 @@ class TopupForm(PrefixedForm):
     # Under "more": the grant's terms, each with the service's default when left empty.
     priority = StringField("Priority (lower is spent first)", validators=[Optional()])
     effective_at = StringField("Effective from", validators=[Optional(), DATE])
-    unit_price = StringField("Price of one credit", validators=[Optional(), Length(max=40)])
+    unit_price = StringField("Unit price", validators=[Optional(), Length(max=40)])
     currency = StringField("Currency", validators=[Optional(), Length(max=3)])
     idempotency_key = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
     # The day the form was shown: "in 30 days" counts from it, so that sending the form again
