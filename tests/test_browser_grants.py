@@ -104,7 +104,8 @@ def test_finance_voids_a_grant_after_confirming_the_amount(open_as):
     expect(confirm).to_contain_text("This takes 10.00 credits out of the wallet")
     expect(confirm).to_contain_text("available balance will be 2.50")
     expect(available).to_have_text("12.50")  # nothing yet
-    _shot(page, "finance-void-confirm", full_page=False)
+    folder = _shot(page, "finance-void-confirm", full_page=False).parent
+    page.locator("#grant-1").screenshot(path=str(folder / "void-confirm-grant.png"))
     page.locator("#grant-1 .confirm-large input[type=checkbox]").check()
     page.locator("#grant-1 button.danger").click()
     expect(page.locator("#wallets .success")).to_contain_text("Voided grant #1: 10.00 credits")
