@@ -203,7 +203,7 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
     )
     void_form = forms.get("void_form")
     void_forms = {}
-    if actor.can(MANAGE_WALLETS):
+    if actor.can(MANAGE_WALLETS) and summary.customer.status == "active":
         void_forms = {
             g.id: void_form
             if void_form and void_form.grant_id == g.id
