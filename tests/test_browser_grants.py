@@ -175,3 +175,18 @@ def test_the_customer_page_with_grants_fits_its_width(open_as, width):
     folder = _shot(page, f"customer-grants-{width}").parent
     for part in ("wallets", "topup-form", "ledger"):
         page.locator(f"#{part}").screenshot(path=str(folder / f"{part}-{width}.png"))
+
+
+def test_a_usage_row_expands_in_place_to_the_grants_that_paid(open_as):
+    from playwright.sync_api import expect
+
+    page = open_as("account_manager")
+    _mark_page(page)
+    page.locator("#ledger a.paid-by").first.click()
+    paid = page.locator("#ledger ul.paid-by-list").first
+    expect(paid).to_contain_text("grant #2")
+    expect(paid).to_contain_text("2.50")
+    assert _not_reloaded(page)
+    paid.locator("a").first.click()  # the grant's own page
+    expect(page.locator("h1")).to_contain_text("Grant #2")
+    expect(page.locator("main")).to_contain_text("PROMO-30")

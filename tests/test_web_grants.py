@@ -383,8 +383,10 @@ def test_a_usage_row_expands_to_the_grants_that_paid(client, shop):
     url = f"/customers/{C}/ledger/{entry_id}"
     for page in (f"/customers/{C}", f"/customers/{C}/ledger"):
         assert f'href="{url}" hx-get="{url}"' in client.get(page).get_data(as_text=True)
-    fragment = client.get(url, headers={**HX, "HX-Target": "x"}).get_data(as_text=True)
-    assert fragment.lstrip().startswith('<ul class="paid-by-list')
+    fragment = client.get(url, headers=HX).get_data(as_text=True)  # hx-target="this": no id
+    assert fragment.lstrip().startswith(
+        '<span class="nowrap">usage</span>\n<ul class="paid-by-list'
+    )
     assert re.search(r"grant #2</a> <span class=\"num\">5.00<", fragment)
     assert re.search(r"grant #1</a> <span class=\"num\">1.00<", fragment)
     plain = client.get(url).get_data(as_text=True)
@@ -396,7 +398,7 @@ def test_the_all_customers_ledger_expands_usage_rows_too(client, shop):
     usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=10)
     signed_in(client, "finance")
     html = client.get("/ledger?type=usage").get_data(as_text=True)
-    assert f'hx-get="/customers/{C}/ledger/' in html and "paid by…" in html
+    assert f'hx-get="/customers/{C}/ledger/' in html and 'title="Which grants paid for it"' in html
 
 
 def test_expiry_and_void_entries_read_as_people_say_them(client, shop, clock):
@@ -405,7 +407,10 @@ def test_expiry_and_void_entries_read_as_people_say_them(client, shop, clock):
     credits.expire_due()
     signed_in(client, "finance")
     html = client.get(f"/customers/{C}/ledger").get_data(as_text=True)
-    assert f'Expired:</span> <a href="/customers/{C}/grants/2">grant #2</a>' in html
+    assert (
+        f'Expired:</span> <span class="nowrap"><a href="/customers/{C}/grants/2">grant #2</a>'
+        in html
+    )
     assert 'Voided:</span> <span class="void-reason">refund of unused credits</span>' in html
 
 

@@ -30,7 +30,7 @@ from .forms import (
     VoidForm,
     choices,
 )
-from .htmx import target
+from .htmx import is_htmx, target
 from .session import current_actor, requires
 
 bp = Blueprint("pages", __name__)
@@ -275,7 +275,7 @@ def ledger_entry(key: str, entry_id: str):
     """Which grants paid for one ledger entry: the expanded row for HTMX, a page without JS."""
     actor = current_actor()
     paid = dashboard.entry_paid_by(actor, key, entry_id)
-    if target():
+    if is_htmx():
         return render_template("customers/_paid_by.html", paid=paid)
     summary = reads.customer_summary(actor, key)
     return render_template(
