@@ -34,6 +34,8 @@ EXPECTED: dict[str, str] = {
     "pages.customer": VIEW,
     "pages.customer_events": VIEW,
     "pages.customer_ledger": VIEW,
+    "pages.customer_grant": VIEW,
+    "pages.ledger_entry": VIEW,
     "pages.export_events": VIEW,
     "pages.export_ledger": VIEW,
     "pages.features": VIEW,
@@ -46,6 +48,7 @@ EXPECTED: dict[str, str] = {
     "actions.reclaim_seats": RECORD_USAGE,
     "actions.topup": MANAGE_WALLETS,
     "actions.adjust": MANAGE_WALLETS,
+    "actions.void_grant": MANAGE_WALLETS,
     "actions.wallet_threshold": MANAGE_WALLETS,
     "admin.users": ADMIN,
     "admin.user_role": ADMIN,
@@ -119,6 +122,8 @@ def test_role_route_matrix(app, client, role):
         "user_id": victim.id,
         "key_id": key.id,
         "filename": "css/app.css",
+        "grant_id": 1,  # make_catalog's topup
+        "entry_id": 1,  # its ledger entry
     }
     if role != "anonymous":
         signed_in(client, role)

@@ -8,14 +8,16 @@ comes back next to its field with status 422, nothing written."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date, timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 
-from ..api.schemas import AdjustmentRequest, RecordUsageRequest, TopupRequest
+from ..api.schemas import RecordUsageRequest
 from ..errors import DomainError, ServiceUnavailable, ValidationError
-from ..services import usage, wallets
+from ..models import utcnow
+from ..services import dashboard, usage, wallets
 from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
 from .filters import credits, qty
 from .forms import (
@@ -24,6 +26,7 @@ from .forms import (
     RecordUsageForm,
     ThresholdForm,
     TopupForm,
+    VoidForm,
     blank,
     humane,
     show_error,
@@ -164,6 +167,53 @@ def _confirm_large(key: str, form: TopupForm | AdjustForm, verb: str) -> None:
     )
 
 
+def _date(value: str | None, field: str) -> date | None:
+    """A date box (the form checked its shape) as a date; a day that does not exist is an
+    error next to it."""
+    text = blank(value)
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValidationError("Enter a real date such as 2027-01-31.", field=field) from None
+
+
+def _midnight(day: date) -> str:
+    return f"{day.isoformat()}T00:00:00Z"
+
+
+def _topup_terms(form: TopupForm) -> dict[str, str | None]:
+    """The grant's times as the service takes them: a date starts at midnight UTC; "in N days"
+    counts from the effective date, else from the day the form was shown (so that sending it
+    again later is the same topup)."""
+    effective = _date(form.effective_at.data, "effective_at")
+    on_date = _date(form.expires_at.data, "expires_at")
+    choice = form.expiry.data or ""
+    expires: date | None
+    if choice == "date" or (choice == "" and on_date is not None):
+        if on_date is None:
+            raise ValidationError("Choose the day the credits expire.", field="expires_at")
+        expires = on_date
+    elif choice == "":
+        expires = None
+    elif choice in {"30", "90", "365"}:
+        today = utcnow().date()
+        try:
+            opened = date.fromisoformat(form.opened_on.data or "")
+        except ValueError:
+            opened = today
+        if not today - timedelta(days=2) <= opened <= today:
+            opened = today
+        expires = (effective or opened) + timedelta(days=int(choice))
+    else:
+        raise ValidationError("Choose when the credits expire.", field="expiry")
+    return {
+        "effective_at": None if effective is None else _midnight(effective),
+        "expires_at": None if expires is None else _midnight(expires),
+    }
+
+
 @bp.post("/customers/<key>/topup")
 @requires(MANAGE_WALLETS)
 def topup(key: str):
@@ -171,18 +221,20 @@ def topup(key: str):
 
     def call() -> str:
         _confirm_large(key, form, "top up")
-        command = TopupRequest.parse(
-            {
-                "customer_key": key,
-                "credit_system": form.credit_system.data,
-                "amount": form.amount.data.strip(),
-                "kind": form.kind.data,
-                "reference": blank(form.reference.data),
-                "note": blank(form.note.data),
-                "idempotency_key": blank(form.idempotency_key.data),
-            }
+        result = wallets.topup_wallet(
+            current_actor(),
+            customer_key=key,
+            credit_system=form.credit_system.data,
+            amount=form.amount.data.strip(),
+            kind=form.kind.data or "purchased",
+            reference=blank(form.reference.data),
+            note=blank(form.note.data),
+            idempotency_key=blank(form.idempotency_key.data),
+            priority=blank(form.priority.data),
+            unit_price=blank(form.unit_price.data),
+            currency=blank(form.currency.data),
+            **_topup_terms(form),
         )
-        result = wallets.topup_wallet(current_actor(), **command)
         if result.replayed:
             return "Already topped up: this form was sent before, nothing changed."
         return (
@@ -200,22 +252,76 @@ def adjust(key: str):
 
     def call() -> str:
         _confirm_large(key, form, "adjust by")
-        command = AdjustmentRequest.parse(
-            {
-                "customer_key": key,
-                "credit_system": form.credit_system.data,
-                "amount": form.amount.data.strip(),
-                "reason": form.reason.data,
-                "reference": blank(form.reference.data),
-            }
+        result = wallets.adjust_wallet(
+            current_actor(),
+            customer_key=key,
+            credit_system=form.credit_system.data,
+            amount=form.amount.data.strip(),
+            reason=form.reason.data,
+            reference=blank(form.reference.data),
+            idempotency_key=blank(form.idempotency_key.data),
         )
-        result = wallets.adjust_wallet(current_actor(), **command)
+        if result.replayed:
+            return "Already adjusted: this form was sent before, nothing changed."
         return (
             f"Adjusted {result.credit_system} by {credits(result.entry.amount_micros)}; "
             f"balance {credits(result.balance_micros)}."
         )
 
     return _handle(key, "adjust_form", form, call)
+
+
+@bp.post("/customers/<key>/grants/<grant_id>/void")
+@requires(MANAGE_WALLETS)
+def void_grant(key: str, grant_id: str):
+    """Void what remains of one grant, after a confirmation that names the amount (the rule is
+    dashboard.unconfirmed_void). HTMX gets the wallet panel back (the form lives in it) plus
+    the parts that changed; a plain post a 303, or the page with the error."""
+    actor = current_actor()
+    grant = dashboard.customer_grant(actor, key, grant_id)  # 404 for another customer's grant
+    form = VoidForm(grant.id)
+    message = None
+    if form.validate_on_submit():
+        try:
+            preview = dashboard.unconfirmed_void(
+                actor, key, grant.id, confirmed=blank(form.confirm.data)
+            )
+            if preview is not None:
+                what = f"{credits(preview.amount_micros)} {preview.unit_plural}"
+                form.needs_confirm = what
+                form.confirm_value = preview.amount_text
+                raise ValidationError(
+                    f"This takes {what} out of the wallet: its available balance will be "
+                    f"{credits(preview.available_after_micros)}. Tick the box to void "
+                    f"grant #{grant.id}, then send again.",
+                    field="confirm",
+                )
+            result = wallets.void_grant(
+                actor,
+                grant_id=grant.id,
+                reason=form.reason.data,
+                reference=blank(form.reference.data),
+                idempotency_key=blank(form.idempotency_key.data),
+            )
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            message = (
+                "Already voided: this form was sent before, nothing changed."
+                if result.replayed
+                else f"Voided grant #{grant.id}: {credits(-result.entry.amount_micros)} "
+                f"{result.credit_system} left the wallet."
+            )
+            if not is_htmx():
+                flash(message)
+                return redirect(url_for("pages.customer", key=key), 303)
+            return render_template(
+                "customers/_voided.html", message=message, **customer_context(key)
+            )
+    context = customer_context(key, void_form=form)
+    if is_htmx():
+        return render_template("customers/_wallets.html", **context), 422
+    return render_template("customers/detail.html", **context), 422
 
 
 @bp.post("/wallets/<key>/threshold")

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from flask import Flask
 
+from ..models import utcnow
 from ..services.money import MICROS, format_micros
 
 
@@ -42,6 +43,29 @@ def signed_qty(micros: int) -> str:
 
 def when(value: datetime | None) -> str:
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def expires_in(value: datetime | None) -> str:
+    """A grant's expiry from now, in the largest whole unit rounded up: "expires in 30 days",
+    "expires in 3 hours", "expired 2 days ago"; "no expiry" without one."""
+    if value is None:
+        return "no expiry"
+    seconds = int((value - utcnow()).total_seconds())
+    ahead = seconds > 0
+    seconds = abs(seconds)
+    if seconds >= 86_400:
+        count, unit = -(-seconds // 86_400) if ahead else seconds // 86_400, "day"
+    elif seconds >= 3_600:
+        count, unit = -(-seconds // 3_600) if ahead else seconds // 3_600, "hour"
+    else:
+        count, unit = max(1, -(-seconds // 60) if ahead else seconds // 60), "minute"
+    span = f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"expires in {span}" if ahead else f"expired {span} ago"
+
+
+def day(value: datetime | None) -> str:
+    """The date alone, where space is short (the full time goes in a title next to it)."""
+    return "—" if value is None else value.strftime("%Y-%m-%d")
 
 
 def percent(used: int, allowance: int | None) -> int:
@@ -140,6 +164,8 @@ def register(app: Flask) -> None:
         qty,
         signed_qty,
         when,
+        expires_in,
+        day,
         percent,
         period,
         overage,

@@ -22,8 +22,8 @@ try:
 except ImportError:  # pragma: no cover - WTForms < 3.3 takes (value, label) tuples
     SelectChoice = None
 
-from ..errors import DomainError, ServiceUnavailable
-from ..models import FEATURE_TYPES, OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS
+from ..errors import DomainError, IdempotencyConflict, ServiceUnavailable
+from ..models import FEATURE_TYPES, OVERAGE_POLICIES, RESET_PERIODS, ROLES, TOPUP_KINDS, utcnow
 
 
 def choices(pairs) -> list:
@@ -89,17 +89,45 @@ class ReclaimSeatsForm(PrefixedForm):
     reason = StringField("Reason (optional)")
 
 
+DATE = Regexp(r"^\s*\d{4}-\d{2}-\d{2}\s*$", message="Enter a date such as 2027-01-31.")
+EXPIRY_CHOICES = [
+    ("", "never"),
+    ("30", "in 30 days"),
+    ("90", "in 90 days"),
+    ("365", "in 365 days"),
+    ("date", "on a date"),
+]
+
+
 class TopupForm(PrefixedForm):
     form_prefix = "topup"
     credit_system = _select("Credit system", validators=[DataRequired()])
     amount = StringField("Amount", validators=[DataRequired()])
     kind = _select("Kind", [(k, k) for k in TOPUP_KINDS], default="purchased")
+    expiry = _select("Expires", EXPIRY_CHOICES, default="")
+    # The date of "on a date" (and the start of "in N days" when an effective date is given).
+    expires_at = StringField("Expiry date", validators=[Optional(), DATE])
     reference = StringField("Reference (invoice)", validators=[Optional(), Length(max=200)])
     note = StringField("Note", validators=[Optional(), Length(max=2000)])
+    # Under "more": the grant's terms, each with the service's default when left empty.
+    priority = StringField("Priority (lower is spent first)", validators=[Optional()])
+    effective_at = StringField("Effective from", validators=[Optional(), DATE])
+    unit_price = StringField("Unit price", validators=[Optional(), Length(max=40)])
+    currency = StringField("Currency", validators=[Optional(), Length(max=3)])
     idempotency_key = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+    # The day the form was shown: "in 30 days" counts from it, so that sending the form again
+    # tomorrow is the same topup (a replay), not a second one with another expiry.
+    opened_on = HiddenField(default=lambda: utcnow().date().isoformat())
     # A checkbox whose value is the amount it confirms (templates/customers/_confirm_large.html).
     confirm = StringField(validators=[Optional()])
     needs_confirm = ""  # set to what is to be confirmed: "1,000,000.00 credits"
+
+    MORE = ("priority", "effective_at", "unit_price", "currency")
+
+    @property
+    def more_open(self) -> bool:
+        """The "more" disclosure starts open when one of its fields has a value or an error."""
+        return any(getattr(self, name).data or getattr(self, name).errors for name in self.MORE)
 
 
 class AdjustForm(PrefixedForm):
@@ -108,8 +136,28 @@ class AdjustForm(PrefixedForm):
     amount = StringField("Amount (+ or −)", validators=[DataRequired()])
     reason = StringField("Reason", validators=[DataRequired(), Length(max=2000)])
     reference = StringField("Reference", validators=[Optional(), Length(max=200)])
+    # Made when the form is shown, like the others: a double submit or a reload adjusts once.
+    idempotency_key = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
     confirm = StringField(validators=[Optional()])
     needs_confirm = ""
+
+
+class VoidForm(FlaskForm):
+    """Void one grant: one per grant on the customer page, so the prefix names the grant
+    (``void-12-reason``)."""
+
+    reason = StringField("Reason", validators=[DataRequired(), Length(max=2000)])
+    reference = StringField("Reference", validators=[Optional(), Length(max=200)])
+    idempotency_key = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+    # A checkbox whose value is the amount it confirms, as for large topups.
+    confirm = StringField(validators=[Optional()])
+    needs_confirm = ""  # what the checkbox says: "12.50 credits"
+    confirm_value = ""  # what ticking it confirms: the amount as typed, "12.5"
+
+    def __init__(self, grant_id: int, *args, **kwargs) -> None:
+        kwargs.setdefault("prefix", f"void-{grant_id}")
+        super().__init__(*args, **kwargs)
+        self.grant_id = grant_id
 
 
 class ThresholdForm(FlaskForm):
@@ -189,12 +237,34 @@ def show_error(form: FlaskForm, exc: DomainError) -> None:
     unavailable is no fault of the form: it goes on to the 503 page (errorhandlers)."""
     if isinstance(exc, ServiceUnavailable):
         raise exc
+    if isinstance(exc, IdempotencyConflict):  # the form's hidden key, sent again with changes
+        form.form_errors.append(
+            "This form was already sent with other values, and that one counted. Reload the "
+            "page to see the result, then start again."
+        )
+        return
     field = getattr(form, exc.field, None) if exc.field else None
     message = humane(exc.message, getattr(getattr(field, "label", None), "text", None))
-    if field is not None and hasattr(field, "errors") and exc.field != "csrf_token":
+    message = _LATER_FIELD.sub(lambda m: _label_of(form, m.group(1)), message)
+    if (
+        field is not None
+        and hasattr(field, "errors")
+        and exc.field != "csrf_token"
+        and not isinstance(field, HiddenField)
+    ):
         field.errors = [*field.errors, message]
     else:
         form.form_errors.append(message)
+
+
+_LATER_FIELD = re.compile(r"(?<=\s)([a-z]+(?:_[a-z]+)+)(?=[\s.,)])")
+
+
+def _label_of(form: FlaskForm, name: str) -> str:
+    """A field's API name left inside a message (`after effective_at`) as the form's label."""
+    field = getattr(form, name, None)
+    label = getattr(getattr(field, "label", None), "text", None)
+    return f"“{label}”" if label else name
 
 
 _BIG_NUMBER = re.compile(r"(?<![\w.,:-])(\d{4,})(\.\d+)?(?![\w-])")

@@ -15,14 +15,23 @@ from flask import Blueprint, Response, render_template, request, stream_with_con
 from ..errors import ValidationError
 from ..models import LEDGER_TYPES
 from ..services import catalog, dashboard, reads
-from ..services.actors import VIEW, VIEW_LEDGER
+from ..services.actors import MANAGE_WALLETS, VIEW, VIEW_LEDGER
+from ..services.credits import reads as credit_reads
 from ..services.dashboard.customers import NEAR_LIMIT_PERCENT, STATUS_FILTERS
 from ..services.money import format_micros
 from ..services.paging import MAX_ID, MAX_PAGE, Page, whole_number
 from .charts import bar_chart, window
 from .csv_cells import QUOTING, safe_row
-from .forms import ActionForm, AdjustForm, ReclaimSeatsForm, RecordUsageForm, TopupForm, choices
-from .htmx import target
+from .forms import (
+    ActionForm,
+    AdjustForm,
+    ReclaimSeatsForm,
+    RecordUsageForm,
+    TopupForm,
+    VoidForm,
+    choices,
+)
+from .htmx import is_htmx, target
 from .session import current_actor, requires
 
 bp = Blueprint("pages", __name__)
@@ -193,7 +202,9 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
         for e in summary.entitlements
         if e.feature_type == "persistent"
     ]
-    systems = [(s.key, s.name) for s in catalog.list_credit_systems(current_actor())]
+    wallet_systems = [w.credit_system for w in summary.wallets]
+    systems = catalog.list_credit_systems(actor)
+    open_systems = [(s.key, s.name) for s in systems if s.archived_at is None]
     days = chart_days()
     usage_form = forms.get("usage_form") or RecordUsageForm(formdata=None)
     reclaim_form = forms.get("reclaim_form") or ReclaimSeatsForm(formdata=None)
@@ -201,14 +212,42 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
     adjust_form = forms.get("adjust_form") or AdjustForm(formdata=None)
     usage_form.feature_key.choices = choices(recordable)
     reclaim_form.feature_key.choices = choices(persistent)
-    topup_form.credit_system.choices = choices(systems)
-    adjust_form.credit_system.choices = choices(systems)
+    # Archived credit systems take no topups; an adjustment may still correct their wallets.
+    topup_form.credit_system.choices = choices(open_systems)
+    adjust_form.credit_system.choices = choices(
+        (s.key, s.name) for s in systems if s.archived_at is None or s.key in wallet_systems
+    )
+    for form in (topup_form, adjust_form):
+        if not form.credit_system.data and wallet_systems:
+            form.credit_system.data = wallet_systems[0]  # the customer's wallet, not the first
+    grants = dashboard.wallet_grants(
+        actor,
+        key,
+        [w.wallet_id for w in summary.wallets],
+        with_past=request.args.get("grants") == "all",
+    )
+    void_form = forms.get("void_form")
+    void_forms = {}
+    if actor.can(MANAGE_WALLETS) and summary.customer.status == "active":
+        void_forms = {
+            g.id: void_form
+            if void_form and void_form.grant_id == g.id
+            else VoidForm(g.id, formdata=None)
+            for held in grants.values()
+            for g in held.current
+            if g.remaining_micros > 0
+        }
+    ledger = reads.list_ledger(actor, key, limit=RECENT)
     return {
         "summary": summary,
         "customer": summary.customer,
         "events": reads.list_events(actor, key, limit=RECENT),
         "feature_names": feature_names(),
-        "ledger": reads.list_ledger(actor, key, limit=RECENT),
+        "ledger": ledger,
+        "grants": grants,
+        "show_past": request.args.get("grants") == "all",
+        "void_forms": void_forms,
+        "void_form": void_form,
         "days": days,
         "charts": [
             bar_chart(s)
@@ -226,7 +265,50 @@ def customer_context(key: str, **forms: Any) -> dict[str, Any]:
 @bp.get("/customers/<key>")
 @requires(VIEW)
 def customer(key: str):
-    return render_template("customers/detail.html", **customer_context(key))
+    # The wallet panel's "past grants" toggle asks for the panel alone.
+    template = "customers/_wallets.html" if target() == "wallets" else "customers/detail.html"
+    return render_template(template, **customer_context(key))
+
+
+@bp.get("/customers/<key>/grants/<grant_id>")
+@requires(VIEW)
+def customer_grant(key: str, grant_id: str):
+    """One grant: its terms and what it paid for, newest first (keyset pages)."""
+    actor = current_actor()
+    summary = reads.customer_summary(actor, key)
+    grant = dashboard.customer_grant(actor, key, grant_id)
+    page = credit_reads.grant_allocations(
+        actor, grant.id, cursor=request.args.get("cursor"), limit=50
+    )
+    return render_template(
+        "customers/grant.html",
+        customer=summary.customer,
+        grant=grant,
+        allocations=page,
+        feature_names=feature_names(),
+        next_url=url_for(
+            "pages.customer_grant", key=key, grant_id=grant.id, cursor=page.next_cursor
+        )
+        if page.next_cursor
+        else None,
+    )
+
+
+@bp.get("/customers/<key>/ledger/<entry_id>")
+@requires(VIEW)
+def ledger_entry(key: str, entry_id: str):
+    """Which grants paid for one ledger entry: the expanded row for HTMX, a page without JS."""
+    actor = current_actor()
+    paid = dashboard.entry_paid_by(actor, key, entry_id)
+    if is_htmx():
+        return render_template("customers/_paid_by.html", paid=paid)
+    summary = reads.customer_summary(actor, key)
+    return render_template(
+        "customers/ledger_entry.html",
+        customer=summary.customer,
+        paid=paid,
+        ledger=Page([paid.entry], None),
+    )
 
 
 @bp.get("/customers/<key>/events")
@@ -267,7 +349,11 @@ def customer_ledger(key: str):
     actor = current_actor()
     summary = reads.customer_summary(actor, key)
     page = reads.list_ledger(actor, key, cursor=request.args.get("cursor"), limit=50)
-    return render_template("customers/ledger.html", customer=summary.customer, ledger=page)
+    return render_template(
+        "customers/ledger.html",
+        customer=summary.customer,
+        ledger=page,
+    )
 
 
 def _csv_stream(header: list[str], pages: Iterator[list[list[Any]]]) -> Iterator[str]:

@@ -13,6 +13,15 @@ from .customers import (
     list_customers,
 )
 from .features import FeatureRow, features
+from .grants import (
+    PaidBy,
+    VoidPreview,
+    WalletGrants,
+    customer_grant,
+    entry_paid_by,
+    unconfirmed_void,
+    wallet_grants,
+)
 from .overview import CreditTotal, DailySeries, FeatureTotal, Overview, daily_usage, overview
 from .wallets import WalletList, WalletRow, lowest_wallets
 
@@ -29,9 +38,16 @@ __all__ = [
     "FeatureTotal",
     "MonthChange",
     "Overview",
+    "PaidBy",
+    "VoidPreview",
+    "WalletGrants",
     "WalletList",
     "WalletRow",
     "audit_log",
+    "customer_grant",
+    "entry_paid_by",
+    "unconfirmed_void",
+    "wallet_grants",
     "daily_usage",
     "features",
     "list_customers",
