@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -406,9 +407,30 @@ class Grants(RuleBasedStateMachine):
 
     # ---- the rules
 
+    @initialize(
+        grants=st.lists(
+            st.tuples(
+                st.sampled_from(CUSTOMERS),
+                st.integers(1, 3_000_000),
+                st.sampled_from(["purchased", "granted"]),
+                st.sampled_from([None, 0, 100, 200]),
+                st.one_of(st.none(), st.integers(-48, 0)),
+                st.one_of(st.none(), st.integers(1, 96)),
+            ),
+            min_size=2,
+            max_size=8,
+        )
+    )
+    def some_grants(
+        self, grants: list[tuple[str, int, str, int | None, int | None, int | None]]
+    ) -> None:
+        """Start from wallets of several grants with staggered expiries."""
+        for args in grants:
+            self.topup(*args)
+
     @rule(
         customer=st.sampled_from(CUSTOMERS),
-        amount=st.integers(1, 5_000_000),
+        amount=st.one_of(st.integers(1, 300_000), st.integers(1, 5_000_000)),
         kind=st.sampled_from(["purchased", "granted"]),
         priority=st.sampled_from([None, 0, 100, 200]),
         effective=st.one_of(st.none(), st.integers(-48, 48)),
@@ -439,8 +461,10 @@ class Grants(RuleBasedStateMachine):
             )
         except DomainError as exc:
             assert refused and (exc.code, exc.field) == ("validation_error", "expires_at"), exc
+            event("topup refused")
             return
         assert not refused
+        event(f"topup: {'scheduled' if effective_at > self.now else 'effective'}")
         self._book(customer)
         assert result.entry.grant_id is not None
         self._add(result.entry.grant_id, customer, kind, amount, priority, effective_at, expires_at)
@@ -448,7 +472,7 @@ class Grants(RuleBasedStateMachine):
 
     @rule(
         customer=st.sampled_from(CUSTOMERS),
-        units=st.one_of(st.integers(1, 60), st.integers(1, 150_000_000)),
+        units=st.one_of(st.integers(1, 60), st.integers(1, 50_000_000)),
         backdate=st.one_of(st.none(), hours, seconds),
     )
     def record(self, customer: str, units: int, backdate: timedelta | None) -> None:
@@ -471,10 +495,12 @@ class Grants(RuleBasedStateMachine):
         except DomainError as exc:
             assert exc.code == expected, (exc.code, expected)
             assert Decimal(exc.details["eligible_balance"]) == Decimal(spendable).scaleb(-6)
+            event("usage refused")
             return
         assert expected is None, (expected, cost, spendable)
         # An accepted event books its wallet's due expiries, whether or not it costs credits.
         parts = self._deduct(customer, cost, at) if cost else []
+        event(f"usage paid by {min(len(parts), 3)} grants" + (", backdated" if backdate else ""))
         self._book(customer)
         assert result.credits_micros == cost
         assert result.balance_micros == (
@@ -522,6 +548,7 @@ class Grants(RuleBasedStateMachine):
         if outcome == "new" and amount < 0:
             if sum(g.remaining for g in self._spendable(customer, self.now)) < -amount:
                 expected = "insufficient_credits"
+        event(f"adjustment: {'credit' if amount > 0 else 'debit'}, {expected or outcome}")
         try:
             result = wallets.adjust_wallet(
                 SYSTEM,
@@ -549,6 +576,26 @@ class Grants(RuleBasedStateMachine):
             assert self._allocations(result.entry.id) == sorted(parts)
         assert result.balance_micros == self._balance(customer)
 
+    @precondition(lambda self: any(c[0] == "adjustment" for c in self.keys.values()))
+    @rule(data=st.data())
+    def replay_adjustment(self, data: st.DataObject) -> None:
+        """The same adjustment posted again under its key (a retry, a double click) is applied
+        once, whatever happened in between."""
+        used = sorted(k for k, c in self.keys.items() if c[0] == "adjustment")
+        customer, key = data.draw(st.sampled_from(used))
+        _, amount, reason = self.keys[(customer, key)]
+        assert isinstance(amount, int)
+        result = wallets.adjust_wallet(
+            SYSTEM,
+            customer_key=customer,
+            credit_system="credits",
+            amount=micros(amount),
+            reason=reason,
+            idempotency_key=key,
+        )
+        assert result.replayed
+        assert result.entry.amount_micros == amount
+
     @rule(data=st.data(), reason=st.sampled_from(["refund", "mistake"]), key=keys)
     def void(self, data: st.DataObject, reason: str, key: str | None) -> None:
         gid = data.draw(st.sampled_from([*sorted(self.grants), UNKNOWN_GRANT]))
@@ -562,6 +609,7 @@ class Grants(RuleBasedStateMachine):
             booked_now = grant.expires is not None and grant.expires <= self.now
             if outcome == "new" and (grant.remaining == 0 or booked_now):
                 expected = "nothing_to_void"
+        event(f"void: {expected or outcome}")
         try:
             result = wallets.void_grant(SYSTEM, grant_id=gid, reason=reason, idempotency_key=key)
         except DomainError as exc:
@@ -593,6 +641,12 @@ class Grants(RuleBasedStateMachine):
         if times:
             self.clock.now = data.draw(st.sampled_from(sorted(times)))
 
+    @precondition(
+        lambda self: any(
+            g.remaining > 0 and g.expires is not None and g.expires <= self.now
+            for g in self.grants.values()
+        )
+    )
     @rule()
     def sweep(self) -> None:
         due = [
@@ -601,6 +655,7 @@ class Grants(RuleBasedStateMachine):
             if g.remaining > 0 and g.expires is not None and g.expires <= self.now
         ]
         progress = credits.expire_due(batch=1)
+        event(f"sweep booked {min(progress.grants, 2)}")
         assert progress.grants == len(due)
         for customer in CUSTOMERS:
             self._book(customer)
