@@ -28,3 +28,30 @@ def hammer(database_url: str, customer: str, attempts: int, worker: int) -> dict
         db.session.remove()
         db.engine.dispose()
     return dict(outcomes)
+
+
+def expire_loop(database_url: str, stop_file: str) -> None:
+    """`flask credits expire`, run again and again until ``stop_file`` exists (at least twice):
+    prints "ready" once the app is up, waits for a line on stdin ("go"), then prints one line
+    per run, its exit code and output."""
+    import os
+    import sys
+
+    from tests.conftest import TEST_CONFIG
+    from webapp import create_app
+
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url})
+    runner = app.test_cli_runner()
+    print("ready", flush=True)
+    sys.stdin.readline()  # "go": started together with the test's threads
+    runs = 0
+    while runs < 2 or not os.path.exists(stop_file):
+        with app.app_context():  # as `flask` does: a fresh context (and session) per run
+            result = runner.invoke(args=["credits", "expire", "--batch", "1"])
+        runs += 1
+        print(result.exit_code, " ".join(result.output.split()), flush=True)
+        if result.exit_code != 0:
+            import traceback
+
+            traceback.print_exception(result.exception, file=sys.stderr)
+            break

@@ -4,25 +4,30 @@ domain.md after every step, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from tests.factories import add_customer
 from webapp.errors import DomainError
 from webapp.extensions import db
 from webapp.models import (
     AuditLog,
+    CreditAllocation,
     CreditCost,
+    CreditGrant,
     CreditSystem,
     Customer,
     Entitlement,
@@ -32,8 +37,9 @@ from webapp.models import (
     UsageDaily,
     UsageEvent,
     Wallet,
+    set_clock,
 )
-from webapp.services import catalog, reads, usage, wallets
+from webapp.services import catalog, credits, reads, usage, wallets
 from webapp.services.actors import SYSTEM
 from webapp.services.verify import verify_ledger
 
@@ -49,7 +55,9 @@ topups = st.integers(1, 30_000_000).map(lambda micros: Decimal(micros).scaleb(-6
 def wipe() -> None:
     for model in (
         AuditLog,
+        CreditAllocation,
         LedgerEntry,
+        CreditGrant,
         UsageEvent,
         UsageCounter,
         UsageDaily,
@@ -221,3 +229,525 @@ def test_services_match_a_plain_model(app):
             suppress_health_check=list(HealthCheck),
         ),
     )
+
+
+# ---------------------------------------------------------------- credit grants
+#
+# A second machine for issue 12: topups that make grants (kind, priority, scheduled, expiring),
+# usage (backdated too), adjustments with idempotency keys, voids, the expiry sweep, and a clock
+# that moves. Its model of every grant is written from the issue's text, not from
+# services/credits/rules.py, and is compared with the database's grants after every step.
+
+DEFAULT_PRIORITY = {"granted": 100, "purchased": 200}  # lower is spent first
+CREDIT_MICROS_PER_UNIT = 20_000  # 0.02 credits per API call
+UNKNOWN_GRANT = 10**12
+NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass
+class ModelGrant:
+    id: int
+    customer: str
+    kind: str
+    amount: int
+    priority: int
+    effective: datetime
+    expires: datetime | None
+    remaining: int
+    expired: int = 0
+    voided: int = 0
+
+    def eligible(self, at: datetime) -> bool:
+        """May pay for a deduction at ``at``: effective_at <= at < expires_at, credits left."""
+        return (
+            self.remaining > 0
+            and self.effective <= at
+            and (self.expires is None or at < self.expires)
+        )
+
+
+def spending_order(grant: ModelGrant) -> tuple[int, datetime, bool, datetime, int]:
+    """Issue 12: by priority, then soonest expiry (none last), then granted before purchased,
+    then earliest effective_at, then id."""
+    return (
+        grant.priority,
+        grant.expires or NO_EXPIRY,
+        grant.kind != "granted",
+        grant.effective,
+        grant.id,
+    )
+
+
+def micros(value: int) -> str:
+    return str(Decimal(value).scaleb(-6))
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_grants_catalog() -> None:
+    catalog.create_credit_system(SYSTEM, key="credits", name="Credits")
+    catalog.create_feature(SYSTEM, key="api_calls", name="API", type="consumable")
+    catalog.create_feature(SYSTEM, key="candidates", name="Cand", type="consumable")
+    catalog.create_feature(SYSTEM, key="seats", name="Seats", type="persistent")
+    catalog.create_feature(SYSTEM, key="sso", name="SSO", type="boolean")
+    catalog.set_credit_cost(SYSTEM, "api_calls", credit_system="credits", cost="0.02")
+    for key in CUSTOMERS:
+        add_customer(key, api_allowance=None, candidates_allowance=None, topup=None)
+
+
+hours = st.integers(0, 120).map(lambda h: timedelta(hours=h))
+seconds = st.integers(0, 5 * 86_400).map(lambda s: timedelta(seconds=s))
+keys = st.one_of(st.none(), st.sampled_from(["k1", "k2", "k3"]))
+
+
+class Grants(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        wipe()
+        # Whole seconds on an hour grid, so that steps often land exactly on an expiry.
+        self.clock = FakeClock(datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+        set_clock(self.clock)
+        make_grants_catalog()
+        self.grants: dict[int, ModelGrant] = {}
+        self.has_wallet = dict.fromkeys(CUSTOMERS, False)
+        # (customer, idempotency key) -> what it was used for, as compared on a replay
+        self.keys: dict[tuple[str, str], tuple[object, ...]] = {}
+        self.events: dict[str, tuple[str, int, str | None, usage.UsageResult]] = {}
+        self.counter = 0
+
+    def teardown(self) -> None:
+        set_clock(None)
+
+    # ---- the model
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now
+
+    def _of(self, customer: str) -> list[ModelGrant]:
+        return [g for g in self.grants.values() if g.customer == customer]
+
+    def _book(self, customer: str) -> None:
+        """Every write that touches the wallet books its due expiries first."""
+        for g in self._of(customer):
+            if g.remaining > 0 and g.expires is not None and g.expires <= self.now:
+                g.expired, g.remaining = g.remaining, 0
+
+    def _spendable(self, customer: str, at: datetime) -> list[ModelGrant]:
+        """Grants a deduction at ``at`` may use once the due expiries are booked."""
+        return [
+            g
+            for g in self._of(customer)
+            if g.eligible(at) and (g.expires is None or self.now < g.expires)
+        ]
+
+    def _deduct(self, customer: str, amount: int, at: datetime) -> list[tuple[int, int]]:
+        grants = sorted(self._spendable(customer, at), key=spending_order)
+        self._book(customer)
+        parts = []
+        left = amount
+        for g in grants:
+            if left == 0:
+                break
+            take = min(left, g.remaining)
+            g.remaining -= take
+            left -= take
+            parts.append((g.id, take))
+        assert left == 0
+        return parts
+
+    def _balance(self, customer: str) -> int:
+        return sum(g.remaining for g in self._of(customer))
+
+    def _available(self, customer: str) -> int:
+        return sum(g.remaining for g in self._of(customer) if g.eligible(self.now))
+
+    def _add(
+        self,
+        gid: int,
+        customer: str,
+        kind: str,
+        amount: int,
+        priority: int | None,
+        effective: datetime,
+        expires: datetime | None,
+    ) -> None:
+        self.grants[gid] = ModelGrant(
+            gid,
+            customer,
+            kind,
+            amount,
+            DEFAULT_PRIORITY[kind] if priority is None else priority,
+            effective,
+            expires,
+            amount,
+        )
+        self.has_wallet[customer] = True
+
+    def _key_outcome(self, customer: str, key: str | None, content: tuple[object, ...]) -> str:
+        if key is None or (customer, key) not in self.keys:
+            return "new"
+        return "replay" if self.keys[(customer, key)] == content else "idempotency_conflict"
+
+    @staticmethod
+    def _allocations(entry_id: int) -> list[tuple[int, int]]:
+        return sorted(
+            db.session.execute(
+                select(CreditAllocation.grant_id, CreditAllocation.amount_micros).where(
+                    CreditAllocation.ledger_entry_id == entry_id
+                )
+            )
+        )
+
+    # ---- the rules
+
+    @initialize(
+        grants=st.lists(
+            st.tuples(
+                st.sampled_from(CUSTOMERS),
+                st.integers(1, 3_000_000),
+                st.sampled_from(["purchased", "granted"]),
+                st.sampled_from([None, 0, 100, 200]),
+                st.one_of(st.none(), st.integers(-48, 0)),
+                st.one_of(st.none(), st.integers(1, 96)),
+            ),
+            min_size=2,
+            max_size=8,
+        )
+    )
+    def some_grants(
+        self, grants: list[tuple[str, int, str, int | None, int | None, int | None]]
+    ) -> None:
+        """Start from wallets of several grants with staggered expiries."""
+        for args in grants:
+            self.topup(*args)
+
+    @rule(
+        customer=st.sampled_from(CUSTOMERS),
+        amount=st.one_of(st.integers(1, 300_000), st.integers(1, 5_000_000)),
+        kind=st.sampled_from(["purchased", "granted"]),
+        priority=st.sampled_from([None, 0, 100, 200]),
+        effective=st.one_of(st.none(), st.integers(-48, 48)),
+        expires=st.one_of(st.none(), st.integers(-6, 96)),
+    )
+    def topup(
+        self,
+        customer: str,
+        amount: int,
+        kind: str,
+        priority: int | None,
+        effective: int | None,
+        expires: int | None,
+    ) -> None:
+        effective_at = self.now + timedelta(hours=effective or 0)
+        expires_at = None if expires is None else self.now + timedelta(hours=expires)
+        refused = expires_at is not None and (expires_at <= effective_at or expires_at <= self.now)
+        try:
+            result = wallets.topup_wallet(
+                SYSTEM,
+                customer_key=customer,
+                credit_system="credits",
+                amount=micros(amount),
+                kind=kind,
+                priority=priority,
+                effective_at=None if effective is None else effective_at.isoformat(),
+                expires_at=None if expires_at is None else expires_at.isoformat(),
+            )
+        except DomainError as exc:
+            assert refused and (exc.code, exc.field) == ("validation_error", "expires_at"), exc
+            event("topup refused")
+            return
+        assert not refused
+        event(f"topup: {'scheduled' if effective_at > self.now else 'effective'}")
+        self._book(customer)
+        assert result.entry.grant_id is not None
+        self._add(result.entry.grant_id, customer, kind, amount, priority, effective_at, expires_at)
+        assert result.balance_micros == self._balance(customer)
+
+    @rule(
+        customer=st.sampled_from(CUSTOMERS),
+        units=st.one_of(st.integers(1, 60), st.integers(1, 50_000_000)),
+        backdate=st.one_of(st.none(), hours, seconds),
+    )
+    def record(self, customer: str, units: int, backdate: timedelta | None) -> None:
+        self.counter += 1
+        event_id = f"g{self.counter}"
+        at = self.now if backdate is None else self.now - backdate
+        timestamp = None if backdate is None else at.isoformat()
+        cost = (units * CREDIT_MICROS_PER_UNIT + 500_000) // 1_000_000  # half up
+        spendable = sum(g.remaining for g in self._spendable(customer, at))
+        expected = "insufficient_credits" if cost > spendable else None
+        try:
+            result = usage.record_usage(
+                SYSTEM,
+                customer_key=customer,
+                feature_key="api_calls",
+                amount=micros(units),
+                event_id=event_id,
+                timestamp=timestamp,
+            )
+        except DomainError as exc:
+            assert exc.code == expected, (exc.code, expected)
+            assert Decimal(exc.details["eligible_balance"]) == Decimal(spendable).scaleb(-6)
+            event("usage refused")
+            return
+        assert expected is None, (expected, cost, spendable)
+        # An accepted event books its wallet's due expiries, whether or not it costs credits.
+        parts = self._deduct(customer, cost, at) if cost else []
+        event(f"usage paid by {min(len(parts), 3)} grants" + (", backdated" if backdate else ""))
+        self._book(customer)
+        assert result.credits_micros == cost
+        assert result.balance_micros == (
+            self._available(customer) if self.has_wallet[customer] else None
+        )
+        entry = db.session.scalar(
+            select(LedgerEntry.id)
+            .join(UsageEvent, UsageEvent.id == LedgerEntry.usage_event_id)
+            .where(UsageEvent.event_id == event_id)
+        )
+        assert (entry is None) == (cost == 0)
+        if entry is not None:
+            assert self._allocations(entry) == sorted(parts)
+        self.events[event_id] = (customer, units, timestamp, result)
+
+    @precondition(lambda self: self.events)
+    @rule(data=st.data())
+    def replay_usage(self, data: st.DataObject) -> None:
+        event_id = data.draw(st.sampled_from(sorted(self.events)))
+        customer, units, timestamp, first = self.events[event_id]
+        result = usage.record_usage(
+            SYSTEM,
+            customer_key=customer,
+            feature_key="api_calls",
+            amount=micros(units),
+            event_id=event_id,
+            timestamp=timestamp,
+        )
+        assert result.replayed
+        assert (result.credits_micros, result.balance_micros) == (
+            first.credits_micros,
+            first.balance_micros,
+        )
+
+    @rule(
+        customer=st.sampled_from(CUSTOMERS),
+        amount=st.integers(-3_000_000, 3_000_000).filter(bool),
+        reason=st.sampled_from(["fix", "goodwill"]),
+        key=keys,
+    )
+    def adjust(self, customer: str, amount: int, reason: str, key: str | None) -> None:
+        content = ("adjustment", amount, reason)
+        outcome = self._key_outcome(customer, key, content)
+        expected = outcome if outcome == "idempotency_conflict" else None
+        if outcome == "new" and amount < 0:
+            if sum(g.remaining for g in self._spendable(customer, self.now)) < -amount:
+                expected = "insufficient_credits"
+        event(f"adjustment: {'credit' if amount > 0 else 'debit'}, {expected or outcome}")
+        try:
+            result = wallets.adjust_wallet(
+                SYSTEM,
+                customer_key=customer,
+                credit_system="credits",
+                amount=micros(amount),
+                reason=reason,
+                idempotency_key=key,
+            )
+        except DomainError as exc:
+            assert exc.code == expected, (exc.code, expected)
+            return
+        assert expected is None, expected
+        assert result.replayed == (outcome == "replay")
+        if result.replayed:
+            return
+        if key is not None:
+            self.keys[(customer, key)] = content
+        if amount > 0:
+            self._book(customer)
+            assert result.entry.grant_id is not None
+            self._add(result.entry.grant_id, customer, "granted", amount, None, self.now, None)
+        else:
+            parts = self._deduct(customer, -amount, self.now)
+            assert self._allocations(result.entry.id) == sorted(parts)
+        assert result.balance_micros == self._balance(customer)
+
+    @precondition(lambda self: any(c[0] == "adjustment" for c in self.keys.values()))
+    @rule(data=st.data())
+    def replay_adjustment(self, data: st.DataObject) -> None:
+        """The same adjustment posted again under its key (a retry, a double click) is applied
+        once, whatever happened in between."""
+        used = sorted(k for k, c in self.keys.items() if c[0] == "adjustment")
+        customer, key = data.draw(st.sampled_from(used))
+        _, amount, reason = self.keys[(customer, key)]
+        assert isinstance(amount, int)
+        result = wallets.adjust_wallet(
+            SYSTEM,
+            customer_key=customer,
+            credit_system="credits",
+            amount=micros(amount),
+            reason=reason,
+            idempotency_key=key,
+        )
+        assert result.replayed
+        assert result.entry.amount_micros == amount
+
+    @rule(data=st.data(), reason=st.sampled_from(["refund", "mistake"]), key=keys)
+    def void(self, data: st.DataObject, reason: str, key: str | None) -> None:
+        gid = data.draw(st.sampled_from([*sorted(self.grants), UNKNOWN_GRANT]))
+        grant = self.grants.get(gid)
+        outcome = "new"
+        if grant is None:
+            expected: str | None = "not_found"
+        else:
+            outcome = self._key_outcome(grant.customer, key, ("void", gid, reason))
+            expected = outcome if outcome == "idempotency_conflict" else None
+            booked_now = grant.expires is not None and grant.expires <= self.now
+            if outcome == "new" and (grant.remaining == 0 or booked_now):
+                expected = "nothing_to_void"
+        event(f"void: {expected or outcome}")
+        try:
+            result = wallets.void_grant(SYSTEM, grant_id=gid, reason=reason, idempotency_key=key)
+        except DomainError as exc:
+            assert exc.code == expected, (exc.code, expected)
+            return
+        assert expected is None and grant is not None, expected
+        assert result.replayed == (outcome == "replay")
+        if result.replayed:
+            return
+        if key is not None:
+            self.keys[(grant.customer, key)] = ("void", gid, reason)
+        self._book(grant.customer)
+        left, grant.remaining = grant.remaining, 0
+        grant.voided = left
+        assert result.entry.amount_micros == -left
+        assert result.entry.balance_after_micros == self._balance(grant.customer)
+
+    @rule(delta=hours)
+    def time_passes(self, delta: timedelta) -> None:
+        self.clock.now += delta
+
+    @precondition(lambda self: any(g.expires for g in self.grants.values()))
+    @rule(data=st.data())
+    def time_reaches_a_grants_boundary(self, data: st.DataObject) -> None:
+        """Exactly an expiry or an effective time: at expires_at a grant is no longer spendable;
+        at effective_at it is."""
+        times = {g.expires for g in self.grants.values() if g.expires and g.expires > self.now}
+        times |= {g.effective for g in self.grants.values() if g.effective > self.now}
+        if times:
+            self.clock.now = data.draw(st.sampled_from(sorted(times)))
+
+    @precondition(
+        lambda self: any(
+            g.remaining > 0 and g.expires is not None and g.expires <= self.now
+            for g in self.grants.values()
+        )
+    )
+    @rule()
+    def sweep(self) -> None:
+        due = [
+            g
+            for g in self.grants.values()
+            if g.remaining > 0 and g.expires is not None and g.expires <= self.now
+        ]
+        progress = credits.expire_due(batch=1)
+        event(f"sweep booked {min(progress.grants, 2)}")
+        assert progress.grants == len(due)
+        for customer in CUSTOMERS:
+            self._book(customer)
+        assert credits.expire_due().grants == 0  # idempotent
+
+    @invariant()
+    def grants_and_wallets_match_the_model(self) -> None:
+        keys = dict(db.session.execute(select(Customer.id, Customer.key)).all())
+        got = {
+            g.id: (
+                keys[g.customer_id],
+                g.kind,
+                g.amount_micros,
+                g.priority,
+                g.effective_at,
+                g.expires_at,
+                g.remaining_micros,
+                g.expired_micros,
+                g.voided_micros,
+                g.expired_at is not None,
+                g.voided_at is not None,
+            )
+            for g in db.session.scalars(
+                select(CreditGrant).execution_options(populate_existing=True)
+            )
+        }
+        want = {
+            g.id: (
+                g.customer,
+                g.kind,
+                g.amount,
+                g.priority,
+                g.effective,
+                g.expires,
+                g.remaining,
+                g.expired,
+                g.voided,
+                g.expired > 0,
+                g.voided > 0,
+            )
+            for g in self.grants.values()
+        }
+        assert got == want
+        wallet_rows = db.session.execute(
+            select(Wallet.customer_id, Wallet.balance_micros, credits.available_balance(self.now))
+        ).all()
+        with_wallet = [c for c in CUSTOMERS if self.has_wallet[c]]
+        assert {keys[cid]: balance for cid, balance, _ in wallet_rows} == {
+            c: self._balance(c) for c in with_wallet
+        }
+        assert {keys[cid]: available for cid, _, available in wallet_rows} == {
+            c: self._available(c) for c in with_wallet
+        }
+        report = verify_ledger()
+        assert report.ok, report.violations
+
+
+def test_grants_match_a_plain_model(app):
+    try:
+        run_state_machine_as_test(
+            Grants,
+            settings=settings(
+                max_examples=15,
+                stateful_step_count=30,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
+    finally:
+        set_clock(None)
+
+
+def test_granted_is_spent_before_an_older_purchased_grant_when_neither_expires(app):
+    """Found by the machine above: with equal priority and no expiry on either grant, the kind
+    decides before the effective time (issue 12's spending order)."""
+    make_grants_catalog()
+    start = datetime.now(UTC)
+    purchased = wallets.topup_wallet(
+        SYSTEM,
+        customer_key="cust-a",
+        credit_system="credits",
+        amount="1",
+        kind="purchased",
+        priority=100,
+        effective_at=(start - timedelta(hours=17)).isoformat(),
+    )
+    granted = wallets.topup_wallet(
+        SYSTEM, customer_key="cust-a", credit_system="credits", amount="1", kind="granted"
+    )
+    usage.record_usage(SYSTEM, customer_key="cust-a", feature_key="api_calls", amount=10)
+    wallets.adjust_wallet(
+        SYSTEM, customer_key="cust-a", credit_system="credits", amount="-0.1", reason="fix"
+    )
+    left = dict(db.session.execute(select(CreditGrant.id, CreditGrant.remaining_micros)).all())
+    assert left == {purchased.entry.grant_id: 1_000_000, granted.entry.grant_id: 700_000}

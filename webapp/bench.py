@@ -1,11 +1,12 @@
 """Benchmark floors, registered only when BENCH_MODE is on (``WEBAPP_BENCH_MODE=true``).
 
 - ``GET /bench/noop``: API-key auth and a small JSON answer, nothing else (the HTTP floor).
-- ``POST /bench/raw``: the writes of one RecordUsage (insert event, move counter, deduct wallet,
-  insert ledger entry, add to the daily rollup) in one transaction straight through the DB
-  driver: no ORM, no parsing, no rules, no idempotency. The writes stay consistent with each
-  other (balance_after and used_after are the values just written), so ``flask ledger verify``
-  still holds afterwards.
+- ``POST /bench/raw``: the writes of one RecordUsage covered by one grant (insert event, move
+  counter, deduct wallet, insert ledger entry, deduct the grant, insert its allocation, add to
+  the daily rollup) in one transaction straight through the DB driver: no ORM, no parsing, no
+  rules, no idempotency, no audit row. The writes stay consistent with each other
+  (balance_after and used_after are the values just written; the grant loses what the wallet
+  loses and the allocation says so), so ``flask ledger verify`` still holds afterwards.
 
 Both authenticate with an API key exactly like /api/v1, so that the floors pay what the API pays.
 """
@@ -71,7 +72,8 @@ def _db_time(value: datetime) -> Any:
 
 
 def _load_targets(cur: Any) -> dict[str, Any]:
-    """The bench customer's ids, looked up once per process (not part of the measured work)."""
+    """The bench customer's ids, looked up once per process (not part of the measured work):
+    the grant is the wallet's first with credits left (the seed's one large topup, no expiry)."""
     if not _targets:
         cur.execute(
             _sql(
@@ -87,7 +89,19 @@ def _load_targets(cur: Any) -> dict[str, Any]:
         row = cur.fetchone()
         if row is None:
             raise RuntimeError("bench data missing: run bench/run.py's setup first")
-        _targets.update(customer=row[0], feature=row[1], wallet=row[2], period=row[3])
+        cur.execute(
+            _sql(
+                "SELECT id FROM credit_grants WHERE wallet_id = %s AND remaining_micros > 0 "
+                "AND expires_at IS NULL ORDER BY id LIMIT 1"
+            ),
+            (row[2],),
+        )
+        grant = cur.fetchone()
+        if grant is None:
+            raise RuntimeError("bench data missing: the bench wallet has no grant to spend")
+        _targets.update(
+            customer=row[0], feature=row[1], wallet=row[2], period=row[3], grant=grant[0]
+        )
     return _targets
 
 
@@ -151,7 +165,7 @@ def raw() -> Response:
             _sql(
                 "INSERT INTO ledger_entries (wallet_id, customer_id, type, amount_micros, "
                 "balance_after_micros, usage_event_id, reference, actor, created_at) "
-                "VALUES (%s, %s, 'usage', %s, %s, %s, %s, %s, %s)"
+                "VALUES (%s, %s, 'usage', %s, %s, %s, %s, %s, %s) RETURNING id"
             ),
             (
                 t["wallet"],
@@ -163,6 +177,20 @@ def raw() -> Response:
                 actor,
                 stamp,
             ),
+        )
+        (entry_pk,) = cur.fetchone()
+        # As RecordUsage when one grant covers the event: one UPDATE of the grant, one INSERT
+        # of the allocation.
+        cur.execute(
+            _sql("UPDATE credit_grants SET remaining_micros = remaining_micros - %s WHERE id = %s"),
+            (RAW_COST_MICROS, t["grant"]),
+        )
+        cur.execute(
+            _sql(
+                "INSERT INTO credit_allocations (ledger_entry_id, grant_id, amount_micros) "
+                "VALUES (%s, %s, %s)"
+            ),
+            (entry_pk, t["grant"], RAW_COST_MICROS),
         )
         cur.execute(
             _sql(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -33,11 +35,12 @@ def eligible(grant: GrantRef, at: datetime) -> bool:
 def spending_key(grant: GrantRef) -> tuple[int, bool, datetime, int, datetime, int]:
     """Priority, then soonest expiry (none last), then granted before purchased, then earliest
     effective, then id."""
-    expiry = grant.expires_at or grant.effective_at  # ignored when there is no expiry
     return (
         grant.priority,
         grant.expires_at is None,
-        expiry,
+        # A constant when there is no expiry: two such grants go on to the kind, never to their
+        # effective times (which would put an older purchased grant before a granted one).
+        grant.expires_at or NEVER,
         0 if grant.kind == "granted" else 1,
         grant.effective_at,
         grant.id,

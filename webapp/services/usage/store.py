@@ -532,8 +532,9 @@ def write(state: State, pending: list[Pending], actor: Actor) -> None:
                 for gid, amount in p.allocations
             )
     # The writes below return nothing: on PostgreSQL without COPY (which pipeline mode cannot
-    # carry) they go out in one round trip instead of one each.
-    with pipelined(conn, enabled=not copy):
+    # carry) they go out in one round trip instead of one each. The ledger rows may reach COPY's
+    # size with fewer events: the expiries booked before the decisions come with them.
+    with pipelined(conn, enabled=not copy and not use_copy(conn, len(ledger_rows))):
         bulk_insert(conn, _ledger_table, ledger_rows)
         if allocations:
             conn.execute(_INSERT_ALLOCATIONS, allocations)

@@ -1,0 +1,69 @@
+"""What one RecordUsage costs in SQL statements, counted where the driver sees them (SQLite's
+trace callback: every statement, whichever path sent it). The bench's raw floor (webapp/bench.py)
+does the same writes; keep the two in step (bench/README.md)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+from sqlalchemy import event
+
+from webapp.extensions import db
+from webapp.services import usage
+from webapp.services.actors import SYSTEM
+
+C = "cust-6d11ca90"
+WRITE = re.compile(r"^\s*(INSERT INTO|UPDATE)\s+\"?(\w+)", re.IGNORECASE)
+
+
+def traced_statements(record) -> list[str]:
+    statements: list[str] = []
+
+    def trace(dbapi_connection, _record) -> None:
+        dbapi_connection.set_trace_callback(statements.append)
+
+    db.session.remove()
+    db.engine.dispose()
+    event.listen(db.engine, "connect", trace)
+    try:
+        record()
+    finally:
+        event.remove(db.engine, "connect", trace)
+        db.session.remove()
+        db.engine.dispose()
+    skip = ("PRAGMA", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+    return [s for s in statements if not s.lstrip().upper().startswith(skip)]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_single_event_covered_by_one_grant_writes_eight_statements(catalog, app):
+    """Six writes before credit grants (event, ledger entry, counter, wallet, daily rollup,
+    audit), and exactly two more with them: the grant's remaining and the allocation."""
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")  # the counter exists
+
+    statements = traced_statements(
+        lambda: usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")
+    )
+
+    writes = Counter()
+    for statement in statements:
+        match = WRITE.match(statement)
+        if match:
+            writes[(match[1].upper(), match[2])] += 1
+    assert writes == {
+        ("INSERT INTO", "usage_events"): 1,
+        ("INSERT INTO", "ledger_entries"): 1,
+        ("INSERT INTO", "credit_allocations"): 1,
+        ("UPDATE", "credit_grants"): 1,
+        ("UPDATE", "usage_counters"): 1,
+        ("UPDATE", "wallets"): 1,
+        ("INSERT INTO", "usage_daily"): 1,
+        ("INSERT INTO", "audit_log"): 1,
+    }
+    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(reads) + sum(writes.values()) == len(statements), statements
+    # customer + entitlements, feature + cost, counter, wallet joined with its live grants
+    # (no idempotency read: no event_id)
+    assert len(reads) == 4, reads
