@@ -128,8 +128,8 @@ def raw() -> Response:
         (used,) = cur.fetchone()
         cur.execute(
             _sql(
-                "UPDATE wallets SET balance_micros = balance_micros - %s, updated_at = %s "
-                "WHERE id = %s RETURNING balance_micros"
+                "UPDATE wallets SET balance_micros = balance_micros - %s, updated_at = %s, "
+                "version = version + 1 WHERE id = %s RETURNING balance_micros"
             ),
             (RAW_COST_MICROS, _db_time(now), t["wallet"]),
         )
