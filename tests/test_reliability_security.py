@@ -89,6 +89,7 @@ IDS = {
     "wallet_id": "1",
     "allocation_id": "1",
     "grant_id": "1",  # make_catalog's topup
+    "entry_id": "1",  # its ledger entry
 }
 
 
@@ -256,6 +257,8 @@ def test_security_headers_on_every_route_and_every_error(app, client, catalog):
         "user_id": victim.id,
         "key_id": key_id,
         "filename": "css/app.css",
+        "grant_id": IDS["grant_id"],
+        "entry_id": IDS["entry_id"],
     }
     for signed_in in (False, True):
         if signed_in:
