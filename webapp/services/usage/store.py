@@ -276,6 +276,15 @@ _COUNTERS = (
 # wallet's version from its snapshot: when it differs from the locked row's, the wallet changed
 # while we waited and its grants are read again (one more query, only then).
 _wallet_then = aliased(Wallet)
+# A grant as RecordUsage judges it: GrantRef's fields, in order.
+_GRANT_FIELDS = (
+    CreditGrant.id,
+    CreditGrant.kind,
+    CreditGrant.priority,
+    CreditGrant.effective_at,
+    CreditGrant.expires_at,
+    CreditGrant.remaining_micros,
+)
 _SNAPSHOT_VERSION = (
     select(_wallet_then.version).where(_wallet_then.id == Wallet.id).scalar_subquery()
 )
@@ -287,12 +296,7 @@ _WALLETS = (
         Wallet.balance_micros,
         Wallet.version,
         _SNAPSHOT_VERSION,
-        CreditGrant.id,
-        CreditGrant.kind,
-        CreditGrant.priority,
-        CreditGrant.effective_at,
-        CreditGrant.expires_at,
-        CreditGrant.remaining_micros,
+        *_GRANT_FIELDS,
     )
     .outerjoin(
         CreditGrant,
@@ -306,12 +310,7 @@ _WALLETS = (
 _LIVE_GRANTS = (
     select(
         CreditGrant.wallet_id,
-        CreditGrant.id,
-        CreditGrant.kind,
-        CreditGrant.priority,
-        CreditGrant.effective_at,
-        CreditGrant.expires_at,
-        CreditGrant.remaining_micros,
+        *_GRANT_FIELDS,
     )
     .where(
         CreditGrant.wallet_id.in_(bindparam("wids", expanding=True)),
