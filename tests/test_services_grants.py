@@ -294,3 +294,14 @@ def test_dashboard_reads_show_available_credits_not_expired_ones(customer, clock
         7 * M,
         14 * M,
     )
+
+
+def test_reads_list_grants_in_the_spending_order_itself(customer, clock):
+    # Same priority, no expiry: granted before purchased, whatever their effective times.
+    older = top_up("1", kind="purchased", effective_at=(clock.now - timedelta(days=2)).isoformat())
+    newer = top_up("1", kind="granted", priority=200)
+    wallet_id = grant_of(older).wallet_id
+    listed = grant_reads.grants_of_wallets([wallet_id])[wallet_id]
+    assert [g.id for g in listed] == [newer.entry.grant_id, older.entry.grant_id]
+    spend(50)  # and the spending agrees with the listing
+    assert remaining()[newer.entry.grant_id] == 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import func, or_, select
 
 from ..errors import NotFound, ValidationError
 from ..extensions import db
@@ -29,7 +29,7 @@ from ..models import (
 from .actors import VIEW, Actor, require
 from .catalog import get_customer, get_feature
 from .credits import reads as credit_reads
-from .credits import status_filter
+from .credits import spending_order, status_filter
 from .credits.reads import GrantView
 from .paging import AnySelect, NumberedPage, numbered_page
 from .reads import EventView, customers_matching
@@ -209,15 +209,7 @@ def live_allocations(
     if not ids:
         return {}
     g = CreditGrant
-    order = (
-        case((g.effective_at <= now, 0), else_=1),
-        g.priority,
-        case((g.expires_at.is_(None), 1), else_=0),
-        g.expires_at,
-        case((g.kind == "granted", 0), else_=1),
-        g.effective_at,
-        g.id,
-    )
+    order = spending_order(now)
     ranked = (
         select(g.id, func.row_number().over(partition_by=g.wallet_id, order_by=order).label("rank"))
         .where(

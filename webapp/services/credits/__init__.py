@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, and_, func, or_, select
+from sqlalchemy import ColumnElement, ScalarSelect, and_, case, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute
 
 from ...errors import InsufficientCredits, ValidationError
 from ...extensions import db
@@ -279,6 +281,21 @@ def available_balance(now: datetime) -> ScalarSelect[int]:
         )
         .correlate(Wallet)
         .scalar_subquery()
+    )
+
+
+def spending_order(now: datetime) -> tuple[ColumnElement[Any] | InstrumentedAttribute[Any], ...]:
+    """ORDER BY for grants: the ones effective at ``now`` first, then rules.spending_key in SQL
+    (priority, soonest expiry with none last, granted first, earliest effective, id)."""
+    g = CreditGrant
+    return (
+        case((g.effective_at <= now, 0), else_=1),
+        g.priority,
+        case((g.expires_at.is_(None), 1), else_=0),
+        g.expires_at,
+        case((g.kind == "granted", 0), else_=1),
+        g.effective_at,
+        g.id,
     )
 
 

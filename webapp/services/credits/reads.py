@@ -29,6 +29,7 @@ from ..actors import VIEW, Actor, require
 from ..catalog import get_credit_system, get_customer
 from ..paging import AnySelect, Page, keyset_page
 from . import status_filter
+from .rules import spending_key
 
 
 @dataclass(frozen=True)
@@ -192,16 +193,7 @@ def grants_of_wallets(
     for g, ck, cs in db.session.execute(stmt.order_by(CreditGrant.id)):
         found[g.wallet_id].append(GrantView.of(g, ck, cs, now))
     for views in found.values():
-        views.sort(
-            key=lambda v: (
-                v.priority,
-                v.expires_at is None,
-                v.expires_at or v.effective_at,
-                v.kind != "granted",
-                v.effective_at,
-                v.id,
-            )
-        )
+        views.sort(key=spending_key)
     return found
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 NEVER = datetime.max.replace(tzinfo=UTC)
 
@@ -32,7 +33,22 @@ def eligible(grant: GrantRef, at: datetime) -> bool:
     )
 
 
-def spending_key(grant: GrantRef) -> tuple[int, bool, datetime, int, datetime, int]:
+class Spendable(Protocol):
+    """What the spending order looks at: a GrantRef, or a grant as read (GrantView)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def effective_at(self) -> datetime: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+
+def spending_key(grant: Spendable) -> tuple[int, bool, datetime, int, datetime, int]:
     """Priority, then soonest expiry (none last), then granted before purchased, then earliest
     effective, then id."""
     return (
