@@ -284,7 +284,9 @@ def _ledger_page(stmt: AnySelect, cursor: str | None, limit: object) -> Page[Led
     return Page([LedgerView.of(*row) for row in page.items], page.next_cursor)
 
 
-def _ledger_rows(credit_system: object) -> AnySelect:
+def ledger_rows(credit_system: object) -> AnySelect:
+    """Ledger rows as the reads show them: entry, credit system key, event id, customer key
+    (optionally of one credit system)."""
     stmt = (
         select(LedgerEntry, CreditSystem.key, UsageEvent.event_id, Customer.key)
         .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
@@ -307,7 +309,7 @@ def list_ledger(
 ) -> Page[LedgerView]:
     require(actor, VIEW)
     customer = get_customer(customer_key)
-    stmt = _ledger_rows(credit_system).where(LedgerEntry.customer_id == customer.id)
+    stmt = ledger_rows(credit_system).where(LedgerEntry.customer_id == customer.id)
     return _ledger_page(stmt, cursor, limit)
 
 
@@ -325,7 +327,7 @@ def list_all_ledger(
     """Every customer's ledger entries, newest first: finance's view across customers. Filters:
     entry type, credit system, a time range [since, until) and the exact actor label."""
     require(actor, VIEW_LEDGER)
-    stmt = _ledger_rows(credit_system)
+    stmt = ledger_rows(credit_system)
     if entry_type not in (None, ""):
         if entry_type not in LEDGER_TYPES:
             raise ValidationError(f"`type` must be one of {', '.join(LEDGER_TYPES)}.", field="type")

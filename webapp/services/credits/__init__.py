@@ -140,21 +140,20 @@ def book_expiries(wallet: Wallet, grants: Sequence[CreditGrant], now: datetime) 
     """Book the expiry of every grant whose time has come with credits left: one `expiry` entry
     each, taking its remaining out of the wallet. Done under the wallet's lock, before the
     write's own decision; a grant is emptied by it, so it is never booked twice."""
-    for grant in grants:
-        if grant.remaining_micros > 0 and grant.expires_at is not None and grant.expires_at <= now:
-            left = grant.remaining_micros
-            grant.remaining_micros = 0
-            grant.expired_micros = left
-            grant.expired_at = now
-            post(
-                EXPIRY_ACTOR,
-                wallet,
-                type="expiry",
-                amount_micros=-left,
-                now=now,
-                grant_id=grant.id,
-                reference=f"grant:{grant.id}",
-            )
+    for grant in due(grants, now):
+        left = grant.remaining_micros
+        grant.remaining_micros = 0
+        grant.expired_micros = left
+        grant.expired_at = now
+        post(
+            EXPIRY_ACTOR,
+            wallet,
+            type="expiry",
+            amount_micros=-left,
+            now=now,
+            grant_id=grant.id,
+            reference=f"grant:{grant.id}",
+        )
 
 
 def deduct(

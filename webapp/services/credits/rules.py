@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 NEVER = datetime.max.replace(tzinfo=UTC)
 
@@ -67,7 +67,17 @@ def eligible_balance(grants: Iterable[GrantRef], at: datetime) -> int:
     return sum(g.remaining_micros for g in grants if eligible(g, at))
 
 
-def due(grants: Iterable[GrantRef], now: datetime) -> list[GrantRef]:
+class Expiring(Protocol):
+    @property
+    def remaining_micros(self) -> int: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+
+E = TypeVar("E", bound=Expiring)
+
+
+def due(grants: Iterable[E], now: datetime) -> list[E]:
     """Grants whose expiry has come with credits left: to book before any other decision."""
     return [
         g

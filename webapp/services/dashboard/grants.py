@@ -12,7 +12,7 @@ from sqlalchemy import func, or_, select
 
 from ...errors import NotFound
 from ...extensions import db
-from ...models import CreditGrant, CreditSystem, Customer, LedgerEntry, UsageEvent, Wallet, utcnow
+from ...models import CreditGrant, LedgerEntry, utcnow
 from ..actors import VIEW, Actor, require
 from ..catalog import get_customer
 from ..credits import status_filter
@@ -26,7 +26,7 @@ from ..credits.reads import (
     list_grants,
 )
 from ..money import format_micros
-from ..reads import LedgerView, wallets_of
+from ..reads import LedgerView, ledger_rows, wallets_of
 
 CURRENT = ("scheduled", "active")  # shown by default
 PAST = ("depleted", "expired", "voided")  # behind the toggle
@@ -97,12 +97,7 @@ def entry_paid_by(actor: Actor, customer_key: object, entry_id: object) -> PaidB
     customer = get_customer(customer_key)
     eid = grant_id_of(entry_id)  # the same shape: a positive id, else 404
     row = db.session.execute(
-        select(LedgerEntry, CreditSystem.key, UsageEvent.event_id, Customer.key)
-        .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
-        .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
-        .join(Customer, Customer.id == LedgerEntry.customer_id)
-        .outerjoin(UsageEvent, UsageEvent.id == LedgerEntry.usage_event_id)
-        .where(LedgerEntry.id == eid, LedgerEntry.customer_id == customer.id)
+        ledger_rows(None).where(LedgerEntry.id == eid, LedgerEntry.customer_id == customer.id)
     ).first()
     if row is None:
         raise NotFound(f"No ledger entry with id {eid} for this customer.", field="entry_id")
