@@ -474,3 +474,27 @@ class AuditLog(Model):
     customer_key: Mapped[str | None] = mapped_column(String(200))
     target: Mapped[str | None] = mapped_column(String(300))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+
+
+class OutboxEvent(Model):
+    """An event (an alert, a change) written in the same transaction as the write that caused it:
+    a rollback leaves none. The worker fans each one out to the webhook endpoints that want it;
+    `GET /api/v1/events` lists them as a log. `dedupe_key`, when set, is unique: the second
+    writer of the same crossing (or of the same hourly `usage.blocked`) writes nothing."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (
+        UniqueConstraint("dedupe_key", name="uq_outbox_events_dedupe_key"),
+        Index("ix_outbox_events_type", "type", "id"),
+        Index("ix_outbox_events_customer", "customer_key", "id"),
+        Index("ix_outbox_events_dispatched", "dispatched_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    customer_key: Mapped[str | None] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dedupe_key: Mapped[str | None] = mapped_column(String(300))
+    # Set by the worker once deliveries for every endpoint that wants the event exist.
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
