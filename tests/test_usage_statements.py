@@ -38,9 +38,10 @@ def traced_statements(record) -> list[str]:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_single_event_covered_by_one_grant_writes_eight_statements(catalog, app):
+def test_a_single_event_covered_by_one_grant_writes_nine_statements(catalog, app):
     """Six writes before credit grants (event, ledger entry, counter, wallet, daily rollup,
-    audit), and exactly two more with them: the grant's remaining and the allocation."""
+    audit), exactly two more with them (the grant's remaining and the allocation) and one with
+    runway (the wallet's daily burn upsert)."""
     usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")  # the counter exists
 
     statements = traced_statements(
@@ -60,6 +61,7 @@ def test_a_single_event_covered_by_one_grant_writes_eight_statements(catalog, ap
         ("UPDATE", "usage_counters"): 1,
         ("UPDATE", "wallets"): 1,
         ("INSERT INTO", "usage_daily"): 1,
+        ("INSERT INTO", "wallet_burn_daily"): 1,
         ("INSERT INTO", "audit_log"): 1,
     }
     reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]

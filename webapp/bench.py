@@ -203,6 +203,15 @@ def raw() -> Response:
             ),
             (t["feature"], now.date().isoformat(), t["customer"] % DAILY_SHARDS, amount),
         )
+        cur.execute(
+            _sql(
+                # As RecordUsage: the wallet's daily burn (credits.burn.add), one upsert.
+                "INSERT INTO wallet_burn_daily (wallet_id, day, consumed_micros) "
+                "VALUES (%s, %s, %s) ON CONFLICT (wallet_id, day) DO UPDATE SET "
+                "consumed_micros = wallet_burn_daily.consumed_micros + excluded.consumed_micros"
+            ),
+            (t["wallet"], now.astimezone(UTC).date().isoformat(), RAW_COST_MICROS),
+        )
         cur.close()
         conn.commit()
     except BaseException:

@@ -498,3 +498,16 @@ class OutboxEvent(Model):
     dedupe_key: Mapped[str | None] = mapped_column(String(300))
     # Set by the worker once deliveries for every endpoint that wants the event exist.
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WalletBurnDaily(Model):
+    """Credits a wallet consumed per UTC day (the day of the deduction's ledger entry): usage
+    charges and negative adjustments add, a `correction` entry subtracts its amount (a refund
+    gives back, an extra charge adds). Written in the same transaction as the ledger entries
+    (``credits.burn.add``), so that a wallet's burn rate reads at most 30 rows, never events."""
+
+    __tablename__ = "wallet_burn_daily"
+
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    consumed_micros: Mapped[int] = mapped_column(BigInteger, default=0)

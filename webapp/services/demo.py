@@ -31,7 +31,7 @@ from ..models import (
 )
 from . import catalog
 from .actors import SYSTEM, Actor
-from .credits import EXPIRY_ACTOR
+from .credits import EXPIRY_ACTOR, burn
 from .credits.rules import GrantRef, allocate, due, eligible_balance
 from .money import MICROS, credit_cost_micros, parse_micros
 from .periods import effective_period, period_start
@@ -215,6 +215,16 @@ class _Buffers:
                 session.execute(insert(cast(Table, model.__table__)), rows)
                 if model is UsageEvent:
                     add_to_daily(session.connection(), rows)
+                if model is LedgerEntry:
+                    burn.add(
+                        session.connection(),
+                        (
+                            (r["wallet_id"], burn.day_of(r["created_at"]), -r["amount_micros"])
+                            for r in rows
+                            if r["type"] == "usage"
+                            or (r["type"] == "adjustment" and r["amount_micros"] < 0)
+                        ),
+                    )
                 rows.clear()
         session.commit()
 

@@ -24,9 +24,11 @@ from ..models import (
     UsageDaily,
     UsageEvent,
     Wallet,
+    WalletBurnDaily,
     exact_sum,
     utcnow,
 )
+from .credits import burn
 from .money import format_micros
 from .periods import effective_period, period_start
 
@@ -71,6 +73,7 @@ def verify_ledger() -> Report:
         _deductions_allocated(),
         _allocations_eligible(),
         _credits_come_from_grants(),
+        _burn_matches_ledger(),
     ]
     return Report(checks)
 
@@ -482,3 +485,36 @@ def _credits_come_from_grants() -> Check:
         select(e.id).where(e.amount_micros > 0, e.grant_id.is_(None)),
         lambda eid: f"ledger entry {eid} adds credits without a grant",
     )
+
+
+def _burn_matches_ledger() -> Check:
+    """wallet_burn_daily (runway's burn) holds, per wallet and UTC day of the entry, the credits
+    its ledger entries consumed (credits.burn: usage, negative adjustments, corrections)."""
+    e = LedgerEntry
+    day = func.date(e.created_at)
+    consumed = burn.consumed_by_entry()
+    sums: dict[tuple[int, str], int] = {
+        (wid, str(d)): int(total)
+        for wid, d, total in db.session.execute(
+            select(e.wallet_id, day, exact_sum(consumed))
+            .where(consumed != 0)
+            .group_by(e.wallet_id, day)
+        )
+    }
+    b = WalletBurnDaily
+    check = Check("wallet burn rollup = credits its ledger entries consumed per wallet and day")
+    for wid, when, stored in db.session.execute(select(b.wallet_id, b.day, b.consumed_micros)):
+        check.checked += 1
+        total = sums.pop((wid, str(when)), 0)
+        if stored != total:
+            check.violations.append(
+                f"wallet_burn_daily wallet {wid} day {when}: {format_micros(stored)} but its "
+                f"ledger entries consumed {format_micros(total)}"
+            )
+    for (wid, day_text), total in sorted(sums.items()):
+        check.violations.append(
+            f"ledger entries of wallet {wid} on {day_text} consumed {format_micros(total)} but "
+            "wallet_burn_daily has no row"
+        )
+    del check.violations[MAX_REPORTED:]
+    return check

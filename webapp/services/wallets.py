@@ -371,6 +371,10 @@ def adjust_wallet(
             refusal="The wallet has {available} credits available; an adjustment of -{amount} "
             "would take it below zero.",
         )
+        # Spent like usage: it counts toward the wallet's burn (runway).
+        credits.burn.add(
+            db.session.connection(), [(wallet.id, credits.burn.day_of(now), -amount_micros)]
+        )
     audit.record(
         actor,
         "wallet.adjustment",

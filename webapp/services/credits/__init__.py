@@ -28,6 +28,7 @@ from ...models import (
 )
 from ..money import check_total, format_micros
 from ..tx import transactional
+from . import burn
 from .rules import GrantRef, allocate, due, eligible, eligible_balance, spending_key
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "allocate",
     "available_balance",
     "book_expiries",
+    "burn",
     "deduct",
     "due",
     "eligible",

@@ -49,7 +49,7 @@ from ...models import (
 from ..actors import Actor
 from ..audit import audit_row
 from ..bulk import bulk_insert, pipelined, use_copy
-from ..credits import EXPIRY_ACTOR
+from ..credits import EXPIRY_ACTOR, burn
 from ..credits.rules import GrantRef, allocate, due
 from ..periods import period_start
 from .rules import (
@@ -504,7 +504,8 @@ def add_to_daily(conn: Connection, events: Iterable[Mapping[str, Any]]) -> None:
 
 def write(state: State, pending: list[Pending], actor: Actor) -> None:
     """Insert the accepted events, then (in one round trip where the driver allows) their
-    ledger entries, the counters and wallets they moved, the daily rollup and the audit rows."""
+    ledger entries, the counters and wallets they moved, the daily rollups (usage, wallet burn)
+    and the audit rows."""
     if not pending:
         return
     conn = db.session.connection()
@@ -541,6 +542,19 @@ def write(state: State, pending: list[Pending], actor: Actor) -> None:
         _write_counters(conn, state)
         _write_wallets(conn, state)
         add_to_daily(conn, rows)
+        # The wallets' daily burn (runway), summed per (wallet, day): one statement per call.
+        burn.add(
+            conn,
+            (
+                (
+                    p.ledger["wallet_id"],
+                    burn.day_of(p.ledger["created_at"]),
+                    -p.ledger["amount_micros"],
+                )
+                for p in pending
+                if p.ledger is not None
+            ),
+        )
         bulk_insert(conn, _audit_table, _audit_rows(actor, pending))
 
 
