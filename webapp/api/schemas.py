@@ -549,6 +549,25 @@ class Wallet(Response):
     low_balance_threshold: OptCredits = Field(
         description="The wallet counts as low at or under this; null: never."
     )
+    burn_rate_per_day: Credits = Field(
+        description="Credits a day: what the wallet consumed over the last 30 UTC days (today "
+        "included) ÷ 30, to 6 places (half up); `0` when it consumed nothing (docs/domain.md, "
+        '"Runway").'
+    )
+    runway_days: OptDecimal = Field(
+        description="`balance` ÷ `burn_rate_per_day`, in days to 2 places (rounded down); "
+        "null when nothing burns. Counts credits that will expire before they are spent: "
+        "`runs_out_at` does not."
+    )
+    runs_out_at: OptTime = Field(
+        description="When spending at the burn rate from now first finds no eligible credit, "
+        "its grants simulated in spending order (scheduled grants join at their effective "
+        "time, expiring ones leave at their expiry); null when nothing burns."
+    )
+    expiring_unused: Credits = Field(
+        description="Credits that will reach their expiry before they are spent at the burn "
+        "rate (with no burn: every live credit that has an expiry), to 6 places (half up)."
+    )
 
 
 class WalletGrants(Wallet):

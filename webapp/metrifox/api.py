@@ -21,7 +21,7 @@ from ..services import metrifox as paged
 from ..services.actors import ADMIN, require
 from ..services.credits.reads import GrantView
 from ..services.reads import EntitlementView, WalletView
-from .common import actor, in_sdk_terms, install, millis, not_supported, num, respond
+from .common import Number, actor, in_sdk_terms, install, millis, not_supported, num, respond
 
 bp = Blueprint("metrifox_api", __name__)
 install(bp)
@@ -169,7 +169,16 @@ def wallet_json(
         "allocations": [allocation_json(g) for g in allocations],
         # Ours, beyond Metrifox's shape.
         "scheduled": num(wallet.scheduled_micros),
+        # Runway (docs/domain.md, "Runway"): exact JSON numbers; null when nothing burns.
+        "burn_rate_per_day": _number(wallet.burn_rate_per_day),
+        "runway_days": _number(wallet.runway_days),
+        "runs_out_at": wallet.runs_out_at,
+        "expiring_unused": _number(wallet.expiring_unused),
     }
+
+
+def _number(text: str | None) -> Number | None:
+    return None if text is None else Number(text)
 
 
 def wallets_json(wallets: list[WalletView], customer_key: str) -> list[dict[str, Any]]:

@@ -28,7 +28,14 @@ from ..models import (
 from . import validation
 from .actors import VIEW, VIEW_LEDGER, Actor, require
 from .catalog import get_credit_system, get_customer, get_feature
-from .credits.reads import GrantView, grants_of_wallets, wallet_credits, wanted_statuses
+from .credits.reads import (
+    GrantView,
+    grants_of_wallets,
+    wallet_credits,
+    wallet_runways,
+    wanted_statuses,
+)
+from .credits.runway import Runway
 from .paging import AnySelect, Page, keyset_page
 from .periods import effective_period, next_reset, period_start
 
@@ -66,6 +73,23 @@ class WalletView:
     low_balance_threshold_micros: int | None
     scheduled_micros: int = 0  # grants effective later
     ledger_balance_micros: int = 0  # Σ ledger entries (expiries not yet booked included)
+    runway: Runway | None = None  # burn, runway, run-out, expiring unused (domain.md, "Runway")
+
+    @property
+    def burn_rate_per_day(self) -> str | None:
+        return None if self.runway is None else self.runway.burn_text
+
+    @property
+    def runway_days(self) -> str | None:
+        return None if self.runway is None else self.runway.runway_text
+
+    @property
+    def runs_out_at(self) -> datetime | None:
+        return None if self.runway is None else self.runway.runs_out_at
+
+    @property
+    def expiring_unused(self) -> str | None:
+        return None if self.runway is None else self.runway.expiring_unused_text
 
 
 @dataclass(frozen=True)
@@ -137,7 +161,9 @@ def wallets_of(customer_id: int, now: datetime | None = None) -> list[WalletView
         .where(Wallet.customer_id == customer_id)
         .order_by(CreditSystem.key)
     ).all()
+    now = now or utcnow()
     standing = wallet_credits([wallet.id for wallet, _ in rows], now)
+    runways = wallet_runways({wid: c.available_micros for wid, c in standing.items()}, now)
     return [
         WalletView(
             credit_system=system.key,
@@ -150,6 +176,7 @@ def wallets_of(customer_id: int, now: datetime | None = None) -> list[WalletView
             low_balance_threshold_micros=wallet.low_balance_threshold_micros,
             scheduled_micros=standing[wallet.id].scheduled_micros,
             ledger_balance_micros=wallet.balance_micros,
+            runway=runways[wallet.id],
         )
         for wallet, system in rows
     ]

@@ -558,8 +558,13 @@ def wallets():
         search=request.args.get("q", ""),
         credit_system=request.args.get("system") or None,
         page=_int_arg("page", 1),
+        sort=request.args.get("sort") or "runway",
     )
-    args = {"q": request.args.get("q", ""), "system": request.args.get("system", "")}
+    args = {
+        "q": request.args.get("q", ""),
+        "system": request.args.get("system", ""),
+        "sort": listing.sort,
+    }
     systems = catalog.list_credit_systems(current_actor())
     template = "wallets/_results.html" if target() == "results" else "wallets/index.html"
     return render_template(template, listing=listing, args=args, systems=systems)

@@ -22,14 +22,16 @@ from ...models import (
     LedgerEntry,
     UsageEvent,
     Wallet,
+    WalletBurnDaily,
     grant_status,
     utcnow,
 )
 from ..actors import VIEW, Actor, require
 from ..catalog import get_credit_system, get_customer
 from ..paging import AnySelect, Page, keyset_page
-from . import status_filter
-from .rules import spending_key
+from . import burn, runway, status_filter
+from .rules import GrantRef, spending_key
+from .runway import Runway
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,64 @@ def wallet_credits(
     }
 
 
+# ---------------------------------------------------------------- runway
+
+
+def consumed_in_window(wallet_ids: Iterable[int], now: datetime) -> dict[int, int]:
+    """What each wallet consumed over the burn window (runway), from the daily rollup: one
+    grouped query, at most 30 rows a wallet, never the ledger or the events."""
+    ids = sorted(set(wallet_ids))
+    if not ids:
+        return {}
+    b = WalletBurnDaily
+    rows = db.session.execute(
+        select(b.wallet_id, func.sum(b.consumed_micros))
+        .where(b.wallet_id.in_(ids), b.day >= burn.window_start(now))
+        .group_by(b.wallet_id)
+    )
+    return {wid: int(total) for wid, total in rows}
+
+
+def live_grant_refs(wallet_ids: Iterable[int], now: datetime) -> dict[int, list[GrantRef]]:
+    """The grants that can still pay (credits left, expiry ahead; effective now or later) of some
+    wallets, in one query: what the runway simulation spends."""
+    ids = sorted(set(wallet_ids))
+    found: dict[int, list[GrantRef]] = {wid: [] for wid in ids}
+    if not ids:
+        return found
+    g = CreditGrant
+    rows = db.session.execute(
+        select(
+            g.wallet_id, g.id, g.kind, g.priority, g.effective_at, g.expires_at, g.remaining_micros
+        )
+        .where(
+            g.wallet_id.in_(ids),
+            g.remaining_micros > 0,
+            or_(g.expires_at.is_(None), g.expires_at > now),
+        )
+        .order_by(g.wallet_id, g.id)
+    )
+    for wid, gid, kind, priority, effective_at, expires_at, remaining in rows:
+        found[wid].append(GrantRef(gid, kind, priority, effective_at, expires_at, remaining))
+    return found
+
+
+def wallet_runways(available: dict[int, int], now: datetime) -> dict[int, Runway]:
+    """The runway of some wallets (``available``: wallet id -> balance available now): two
+    queries whatever their number (the window's consumption, the live grants)."""
+    consumed = consumed_in_window(available, now)
+    grants = live_grant_refs(available, now)
+    return {
+        wid: runway.runway(
+            available_micros=micros,
+            consumed_micros=consumed.get(wid, 0),
+            grants=grants.get(wid, []),
+            now=now,
+        )
+        for wid, micros in available.items()
+    }
+
+
 __all__ = [
     "LIVE_STATUSES",
     "AllocationView",
@@ -323,6 +383,7 @@ __all__ = [
     "grants_of_wallets",
     "list_grants",
     "wallet_credits",
+    "wallet_runways",
     "wanted_statuses",
     "grant_status",
 ]

@@ -1,16 +1,20 @@
-"""The wallets page: every wallet, lowest balance first, with search and pages."""
+"""The wallets page: every wallet, the one that runs out first first (or lowest balance first),
+with search and pages; each row with its runway (domain.md, "Runway")."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, case, func, or_, select
 
 from ...extensions import db
 from ...models import CreditSystem, Customer, Wallet, utcnow
 from ..actors import VIEW, Actor, require
-from ..credits import available_balance
+from ..credits import available_balance, burn
+from ..credits.reads import live_grant_refs
+from ..credits.runway import WINDOW_DAYS, Runway, runway
 from .current import page_bounds, page_count
 
 
@@ -24,6 +28,12 @@ class WalletRow:
     balance_micros: int
     low_balance_threshold_micros: int | None
     updated_at: datetime
+    runway: Runway | None = None
+
+
+# "runway": who runs out first (balance ÷ burn ascending; wallets that burn nothing last, lowest
+# balance first among them); "balance": lowest balance available now first.
+WALLET_SORTS = ("runway", "balance")
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,7 @@ class WalletList:
     total: int
     page: int
     per_page: int
+    sort: str = "balance"
 
     @property
     def pages(self) -> int:
@@ -45,14 +56,29 @@ def lowest_wallets(
     credit_system: str | None = None,
     page: int = 1,
     per_page: int = 25,
+    sort: str = "balance",
 ) -> WalletList:
+    """A page of wallets in ``sort`` order (WALLET_SORTS; another value is "runway"), ties by
+    wallet id so that pages never repeat or skip a row: a count, the page (its burn from one
+    grouped subquery over the rollup) and the page's live grants; three queries."""
     require(actor, VIEW)
     page, per_page = page_bounds(page, per_page)
-    available = available_balance(utcnow())
+    sort = sort if sort in WALLET_SORTS else "runway"
+    now = utcnow()
+    available = available_balance(now)
+    window = burn.consumed_in_window(now)
+    consumed = func.coalesce(window.c.consumed, 0)
     stmt = (
-        select(Wallet, Customer, CreditSystem, available.label("available"))
+        select(
+            Wallet,
+            Customer,
+            CreditSystem,
+            available.label("available"),
+            consumed.label("consumed"),
+        )
         .join(Customer, Customer.id == Wallet.customer_id)
         .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
+        .outerjoin(window, window.c.wallet_id == Wallet.id)
     )
     if search:
         term = search.strip()[:100].lower()  # `%` and `_` are letters here (autoescape)
@@ -65,6 +91,18 @@ def lowest_wallets(
     if credit_system:
         stmt = stmt.where(CreditSystem.key == credit_system)
     total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    order: tuple[Any, ...] = (available, Wallet.id)
+    if sort == "runway":
+        order = (
+            case((consumed > 0, 0), else_=1),  # nothing burned: last
+            _runway_key(available, consumed),  # balance ÷ burn, as runway_days says
+            available,
+            Wallet.id,
+        )
+    found = db.session.execute(
+        stmt.order_by(*order).offset((page - 1) * per_page).limit(per_page)
+    ).all()
+    grants = live_grant_refs([wallet.id for wallet, *_ in found], now)
     rows = [
         WalletRow(
             customer.key,
@@ -75,9 +113,24 @@ def lowest_wallets(
             int(balance),
             wallet.low_balance_threshold_micros,
             wallet.updated_at,
+            runway(
+                available_micros=int(balance),
+                consumed_micros=int(spent),
+                grants=grants[wallet.id],
+                now=now,
+            ),
         )
-        for wallet, customer, system, balance in db.session.execute(
-            stmt.order_by(available, Wallet.id).offset((page - 1) * per_page).limit(per_page)
-        )
+        for wallet, customer, system, balance, spent in found
     ]
-    return WalletList(rows, total, page, per_page)
+    return WalletList(rows, total, page, per_page, sort)
+
+
+def _runway_key(available: Any, consumed: ColumnElement[int]) -> ColumnElement[int]:
+    """SQL: runway in hundredths of a day (available × 3000 ÷ consumed) for a wallet that burns;
+    NULL otherwise. Never a float: on SQLite an integer division (whole hundredths, rounded down
+    as runway_days shows them); on PostgreSQL the sums are NUMERIC and so is the quotient. Either
+    way it orders as runway_days does."""
+    hundredths: ColumnElement[int] = (
+        available * (WINDOW_DAYS * 100) // case((consumed > 0, consumed), else_=None)
+    )
+    return hundredths
