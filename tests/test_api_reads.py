@@ -36,6 +36,11 @@ def test_customer_detail_has_every_entitlement_and_wallet(client, catalog):
             "scheduled": "0",
             "ledger_balance": "9.92",
             "low_balance_threshold": None,
+            # runway: 0.08 consumed today, ÷ 30 a day; 9.92 ÷ that = 3720 days
+            "burn_rate_per_day": "0.002667",
+            "runway_days": "3720",
+            "runs_out_at": body["wallets"][0]["runs_out_at"],
+            "expiring_unused": "0",
         }
     ]
 
