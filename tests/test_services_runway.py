@@ -245,4 +245,4 @@ def test_the_customer_page_shows_the_wallets_runway(client, catalog, clock):
     html = client.get(f"/customers/{C}").get_data(as_text=True)
     assert 'data-testid="runway-credits"' in html
     assert "0.1 / day" in html and "70 days" in html
-    assert (clock.now + timedelta(days=70)).strftime("%Y-%m-%d %H:%M UTC") in html
+    assert (clock.now + timedelta(days=70)).strftime("%Y-%m-%d %H:%M UTC") in html  # its title
