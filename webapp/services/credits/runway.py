@@ -166,8 +166,14 @@ class Runway:
         """Days, to 2 places, rounded down (the balance lasts at least that long)."""
         if self.runway_days is None:
             return None
-        hundredths = self.runway_days.numerator * 100 // self.runway_days.denominator
-        return format_micros(hundredths * 10_000)
+        return format_micros(self.runway_micros or 0)
+
+    @property
+    def runway_micros(self) -> int | None:
+        """runway_text as millionths of a day (for the compact form of a very long runway)."""
+        if self.runway_days is None:
+            return None
+        return self.runway_days.numerator * 100 // self.runway_days.denominator * 10_000
 
     @property
     def expiring_unused_text(self) -> str:
