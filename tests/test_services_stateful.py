@@ -37,6 +37,7 @@ from webapp.models import (
     UsageDaily,
     UsageEvent,
     Wallet,
+    WalletBurnDaily,
     set_clock,
 )
 from webapp.services import catalog, credits, reads, usage, wallets
@@ -61,6 +62,7 @@ def wipe() -> None:
         UsageEvent,
         UsageCounter,
         UsageDaily,
+        WalletBurnDaily,
         Wallet,
         Entitlement,
         CreditCost,
