@@ -246,3 +246,25 @@ def test_the_customer_page_shows_the_wallets_runway(client, catalog, clock):
     assert 'data-testid="runway-credits"' in html
     assert "0.1 / day" in html and ">70</span> days" in html
     assert (clock.now + timedelta(days=70)).strftime("%Y-%m-%d %H:%M UTC") in html  # its title
+
+
+def test_a_days_consumption_past_64_bits_stays_exact_and_a_refund_may_go_below_zero(catalog, clock):
+    """The rollup's row keeps high · 2^40 + low like usage_daily: 1.2·10^19 micros in one day
+    (more than a BIGINT holds) adds up exactly, and a refund larger than the day's consumption
+    leaves it negative (the high part below zero, the low part in [0, 2^40))."""
+    from webapp.services.credits.reads import consumed_in_window
+
+    wallet_id = db.session.scalar(select(Wallet.id))
+    day = clock.now.date()
+    conn = db.session.connection()
+    burn.add(conn, [(wallet_id, day, 6 * 10**18), (wallet_id, day, 6 * 10**18)])
+    burn.add(conn, [(wallet_id, day, 6 * 10**18)])
+    assert consumed_in_window([wallet_id], clock.now) == {wallet_id: 18 * 10**18}
+    burn.add(conn, [(wallet_id, day, -18 * 10**18 - 7)])
+    assert consumed_in_window([wallet_id], clock.now) == {wallet_id: -7}
+    row = db.session.scalar(select(WalletBurnDaily))
+    assert (row.consumed_high, row.consumed_micros) == (-1, 2**40 - 7)
+    assert wallet_of(C).burn_rate_per_day == "0"  # a net refund burns nothing
+    burn.add(conn, [(wallet_id, day, 7)])
+    db.session.commit()
+    assert consumed_in_window([wallet_id], clock.now) == {wallet_id: 0}

@@ -206,9 +206,11 @@ def raw() -> Response:
         cur.execute(
             _sql(
                 # As RecordUsage: the wallet's daily burn (credits.burn.add), one upsert.
-                "INSERT INTO wallet_burn_daily (wallet_id, day, consumed_micros) "
-                "VALUES (%s, %s, %s) ON CONFLICT (wallet_id, day) DO UPDATE SET "
-                "consumed_micros = wallet_burn_daily.consumed_micros + excluded.consumed_micros"
+                "INSERT INTO wallet_burn_daily (wallet_id, day, consumed_micros, consumed_high) "
+                "VALUES (%s, %s, %s, 0) ON CONFLICT (wallet_id, day) DO UPDATE SET "
+                "consumed_micros = (wallet_burn_daily.consumed_micros + excluded.consumed_micros) "
+                "%% 1099511627776, consumed_high = wallet_burn_daily.consumed_high + "
+                "(wallet_burn_daily.consumed_micros + excluded.consumed_micros) / 1099511627776"
             ),
             (t["wallet"], now.astimezone(UTC).date().isoformat(), RAW_COST_MICROS),
         )

@@ -510,4 +510,11 @@ class WalletBurnDaily(Model):
 
     wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
-    consumed_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # consumed_high · DAILY_BASE + consumed_micros, the low part in [0, DAILY_BASE), as in
+    # usage_daily: no day's consumption overflows 64 bits (a refund makes the high part negative).
+    consumed_micros: Mapped[int] = mapped_column(BigInteger, default=0)  # the low part
+    consumed_high: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+    @property
+    def total_micros(self) -> int:
+        return self.consumed_high * DAILY_BASE + self.consumed_micros

@@ -503,10 +503,12 @@ def _burn_matches_ledger() -> Check:
     }
     b = WalletBurnDaily
     check = Check("wallet burn rollup = credits its ledger entries consumed per wallet and day")
-    for wid, when, stored in db.session.execute(select(b.wallet_id, b.day, b.consumed_micros)):
+    rows = db.session.execute(select(b.wallet_id, b.day, b.consumed_high, b.consumed_micros))
+    for wid, when, high, low in rows:
         check.checked += 1
+        stored = high * DAILY_BASE + low
         total = sums.pop((wid, str(when)), 0)
-        if stored != total:
+        if stored != total or not 0 <= low < DAILY_BASE:
             check.violations.append(
                 f"wallet_burn_daily wallet {wid} day {when}: {format_micros(stored)} but its "
                 f"ledger entries consumed {format_micros(total)}"

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from ...models import LedgerEntry, WalletBurnDaily
+from ...models import DAILY_BASE, LedgerEntry, WalletBurnDaily
 
 WINDOW_DAYS = 30  # the burn rate is what the last 30 UTC days (today included) consumed, ÷ 30
 
@@ -40,10 +40,15 @@ _table = cast(Table, WalletBurnDaily.__table__)
 
 
 def _upsert(dialect: Any) -> Insert:
+    # As usage_daily: both parts move in one statement; the two low parts are in [0, BASE), so
+    # their sum is too small to overflow and carries into the high part (floor division of a
+    # non-negative number, the same in SQL and in Python).
     stmt = dialect.insert(_table)
+    low = _table.c.consumed_micros + stmt.excluded.consumed_micros
+    high = _table.c.consumed_high + stmt.excluded.consumed_high + low // DAILY_BASE
     upsert: Insert = stmt.on_conflict_do_update(
         index_elements=["wallet_id", "day"],
-        set_={"consumed_micros": _table.c.consumed_micros + stmt.excluded.consumed_micros},
+        set_={"consumed_micros": low % DAILY_BASE, "consumed_high": high},
     )
     return upsert
 
@@ -69,8 +74,9 @@ def add(conn: Connection, parts: Iterable[tuple[int, date, int]]) -> None:
         conn.execute(
             _UPSERT[conn.dialect.name],
             [
-                {"wallet_id": w, "day": d, "consumed_micros": micros}
+                {"wallet_id": w, "day": d, "consumed_high": high, "consumed_micros": low}
                 for (w, d), micros in sorted(sums.items())
+                for high, low in (divmod(micros, DAILY_BASE),)  # low in [0, BASE), always
             ],
         )
 
@@ -82,10 +88,16 @@ def window_start(now: datetime) -> date:
 
 def consumed_in_window(now: datetime) -> Subquery:
     """SQL: (wallet_id, consumed) = Σ consumption of each wallet over the burn window, one grouped
-    subquery over the rollup (wallets that consumed nothing have no row)."""
+    subquery over the rollup (wallets that consumed nothing have no row). Exact on PostgreSQL
+    (NUMERIC sums); on SQLite past 2^63 micros in 30 days the product leaves the integers."""
     b = WalletBurnDaily
     return (
-        select(b.wallet_id, func.sum(b.consumed_micros).label("consumed"))
+        select(
+            b.wallet_id,
+            (func.sum(b.consumed_high) * DAILY_BASE + func.sum(b.consumed_micros)).label(
+                "consumed"
+            ),
+        )
         .where(b.day >= window_start(now))
         .group_by(b.wallet_id)
         .subquery("burn")

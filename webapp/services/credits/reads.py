@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from ...errors import NotFound, ValidationError
 from ...extensions import db
 from ...models import (
+    DAILY_BASE,
     GRANT_STATUSES,
     CreditAllocation,
     CreditGrant,
@@ -324,11 +325,12 @@ def consumed_in_window(wallet_ids: Iterable[int], now: datetime) -> dict[int, in
         return {}
     b = WalletBurnDaily
     rows = db.session.execute(
-        select(b.wallet_id, func.sum(b.consumed_micros))
+        select(b.wallet_id, func.sum(b.consumed_high), func.sum(b.consumed_micros))
         .where(b.wallet_id.in_(ids), b.day >= burn.window_start(now))
         .group_by(b.wallet_id)
     )
-    return {wid: int(total) for wid, total in rows}
+    # at most 30 rows a wallet: the parts' sums stay small; the total is a Python integer
+    return {wid: int(high) * DAILY_BASE + int(low) for wid, high, low in rows}
 
 
 def live_grant_refs(wallet_ids: Iterable[int], now: datetime) -> dict[int, list[GrantRef]]:
