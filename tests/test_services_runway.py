@@ -150,6 +150,15 @@ def test_the_api_and_the_metrifox_door_read_the_runway(client, catalog, clock):
     assert body["expiring_unused"] == "0"
     detail = api.get(f"/api/v1/customers/{C}").get_json()
     assert detail["wallets"][0]["runway_days"] == "70"
+    door = client.get(
+        f"/metrifox/api/v1/credit_systems/v2/wallets?customer_key={C}",
+        headers={"x-api-key": api.secret},
+    )
+    assert door.status_code == 200
+    text = door.get_data(as_text=True)  # exact JSON numbers, as the door writes every amount
+    assert '"burn_rate_per_day": 0.1' in text or '"burn_rate_per_day":0.1' in text
+    (wallet,) = door.get_json()["data"]
+    assert (wallet["runway_days"], wallet["expiring_unused"]) == (70, 0)
 
 
 def test_ledger_verify_names_a_rollup_that_disagrees_with_the_ledger(catalog, clock):
