@@ -13,7 +13,7 @@ from ...extensions import db
 from ...models import CreditSystem, Customer, Wallet, utcnow
 from ..actors import VIEW, Actor, require
 from ..credits import available_balance, burn
-from ..credits.reads import live_grant_refs
+from ..credits.reads import consumed_in_window, live_grant_refs
 from ..credits.runway import WINDOW_DAYS, Runway, runway
 from .current import page_bounds, page_count
 
@@ -60,7 +60,7 @@ def lowest_wallets(
 ) -> WalletList:
     """A page of wallets in ``sort`` order (WALLET_SORTS; another value is "runway"), ties by
     wallet id so that pages never repeat or skip a row: a count, the page (its burn from one
-    grouped subquery over the rollup) and the page's live grants; three queries."""
+    grouped subquery over the rollup), the page's burn and its live grants; four queries."""
     require(actor, VIEW)
     page, per_page = page_bounds(page, per_page)
     sort = sort if sort in WALLET_SORTS else "runway"
@@ -102,7 +102,11 @@ def lowest_wallets(
     found = db.session.execute(
         stmt.order_by(*order).offset((page - 1) * per_page).limit(per_page)
     ).all()
-    grants = live_grant_refs([wallet.id for wallet, *_ in found], now)
+    ids = [wallet.id for wallet, *_ in found]
+    grants = live_grant_refs(ids, now)
+    # The SQL sum orders; the page's own burn is read again exactly (a Python integer of any
+    # size, where SQLite's arithmetic may have left the integers).
+    spent = consumed_in_window(ids, now)
     rows = [
         WalletRow(
             customer.key,
@@ -115,12 +119,12 @@ def lowest_wallets(
             wallet.updated_at,
             runway(
                 available_micros=int(balance),
-                consumed_micros=int(spent),
+                consumed_micros=spent.get(wallet.id, 0),
                 grants=grants[wallet.id],
                 now=now,
             ),
         )
-        for wallet, customer, system, balance, spent in found
+        for wallet, customer, system, balance, _ in found
     ]
     return WalletList(rows, total, page, per_page, sort)
 
