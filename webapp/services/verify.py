@@ -24,6 +24,8 @@ from ..models import (
     UsageDaily,
     UsageEvent,
     Wallet,
+    WebhookAttempt,
+    WebhookDelivery,
     exact_sum,
     utcnow,
 )
@@ -71,6 +73,8 @@ def verify_ledger() -> Report:
         _deductions_allocated(),
         _allocations_eligible(),
         _credits_come_from_grants(),
+        _webhook_attempts_counted(),
+        _webhook_delivered_by_an_attempt(),
     ]
     return Report(checks)
 
@@ -481,4 +485,38 @@ def _credits_come_from_grants() -> Check:
         select(func.count()).select_from(e).where(e.amount_micros > 0),
         select(e.id).where(e.amount_micros > 0, e.grant_id.is_(None)),
         lambda eid: f"ledger entry {eid} adds credits without a grant",
+    )
+
+
+def _webhook_attempts_counted() -> Check:
+    """Each delivery has one attempt row per attempt it counts (numbers unique by constraint):
+    none lost by a killed worker, none written twice."""
+    rows = (
+        select(WebhookAttempt.delivery_id, func.count().label("n"))
+        .group_by(WebhookAttempt.delivery_id)
+        .subquery()
+    )
+    d = WebhookDelivery
+    return _run(
+        "webhook delivery attempts = its attempt rows",
+        select(func.count()).select_from(d),
+        select(d.id, d.attempts, func.coalesce(rows.c.n, 0))
+        .outerjoin(rows, rows.c.delivery_id == d.id)
+        .where(d.attempts != func.coalesce(rows.c.n, 0)),
+        lambda did, n, rows_n: f"webhook delivery {did} counts {n} attempts but has {rows_n} rows",
+    )
+
+
+def _webhook_delivered_by_an_attempt() -> Check:
+    d, a = WebhookDelivery, WebhookAttempt
+    ok = (
+        select(a.id)
+        .where(a.delivery_id == d.id, a.outcome == "delivered", a.status_code.between(200, 299))
+        .exists()
+    )
+    return _run(
+        "a delivered webhook delivery has a 2xx attempt",
+        select(func.count()).select_from(d).where(d.status == "delivered"),
+        select(d.id).where(d.status == "delivered", ~ok),
+        lambda did: f"webhook delivery {did} is delivered without a 2xx attempt",
     )
