@@ -254,6 +254,23 @@ def resend(actor: Actor, delivery_id: int) -> WebhookDelivery:
 # ---------------------------------------------------------------- reads
 
 
+def _whole(value: object, field: str, low: int, high: int) -> int:
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(
+            f"`{field}` must be a whole number from {low} to {high}.", field=field
+        )
+    return value
+
+
+def get_delivery(actor: Actor, delivery_id: int) -> DeliveryRow:
+    rows = list_deliveries(actor, delivery_id=delivery_id, limit=1)
+    if not rows:
+        raise NotFound("No such delivery.", field="delivery")
+    return rows[0]
+
+
 @dataclass(frozen=True)
 class DeliveryRow:
     id: int
@@ -275,22 +292,26 @@ def list_deliveries(
     actor: Actor,
     *,
     endpoint_id: int | None = None,
+    delivery_id: int | None = None,
     status: str | None = None,
-    limit: int = 50,
+    limit: object = 50,
 ) -> list[DeliveryRow]:
     """The newest deliveries, with the last attempt's response (first KiB); two queries."""
     require(actor, ADMIN)
     if status is not None:
         validation.choice(status, ("pending", "delivered", "failed"), field="status")
+    limit = _whole(limit, "limit", 1, 200)
     stmt = (
         select(WebhookDelivery, WebhookEndpoint.url, OutboxEvent.type)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
         .join(OutboxEvent, OutboxEvent.id == WebhookDelivery.event_id)
         .order_by(WebhookDelivery.id.desc())
-        .limit(max(1, min(limit, 200)))
+        .limit(limit)
     )
     if endpoint_id is not None:
         stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
+    if delivery_id is not None:
+        stmt = stmt.where(WebhookDelivery.id == delivery_id)
     if status is not None:
         stmt = stmt.where(WebhookDelivery.status == status)
     rows = db.session.execute(stmt).all()
