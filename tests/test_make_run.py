@@ -73,8 +73,10 @@ def test_make_run_starts_app_and_worker_and_one_ctrl_c_stops_both(tmp_path: Path
 
         wait_until(up, "the app", timeout=180, interval=0.2)
         wait_until(
-            lambda: "worker" in (tmp_path / "make.log").read_text()
-            and "started" in (tmp_path / "make.log").read_text(),
+            lambda: (
+                "worker" in (tmp_path / "make.log").read_text()
+                and "started" in (tmp_path / "make.log").read_text()
+            ),
             "the worker",
         )
         group = _children(proc.pid)

@@ -376,3 +376,14 @@ def test_worker_status_command(hooks_app, runner, receiver):
     assert result.exit_code == 0, result.output
     assert "queue depth: 1" in result.output
     assert "oldest undelivered event:" in result.output
+
+
+def test_a_claim_fits_in_its_lease_even_if_every_call_takes_10_s(app):
+    app.config.update(WORKER_BATCH=50, WORKER_CONCURRENCY=8, WEBHOOK_LEASE_SECONDS=60)
+    worker = Worker(app.config)
+    assert worker.claim_size == 40  # 5 rounds of 8 calls of at most 10 s < 60 s
+    app.config.update(WEBHOOK_LEASE_SECONDS=2, WORKER_CONCURRENCY=2)
+    small = Worker(app.config)
+    assert small.claim_size == 2
+    worker.close()
+    small.close()

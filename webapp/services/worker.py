@@ -167,8 +167,16 @@ class Worker:
 
         return list(zip(claimed, self._pool.map(one, claimed), strict=True))
 
+    @property
+    def claim_size(self) -> int:
+        """At most as many deliveries as can all be sent well within their lease, even if
+        every call takes its full 10 s: otherwise a slow endpoint's batch could outlive the
+        lease and be claimed (and sent) again by another worker."""
+        rounds = max(1, int((self.delivery.lease_s - sender.TIMEOUT_S) // sender.TIMEOUT_S))
+        return max(1, min(self.settings.batch, self.settings.concurrency * rounds))
+
     def deliver_due(self) -> int:
-        claimed = delivery.claim(self.name, self.delivery, limit=self.settings.batch)
+        claimed = delivery.claim(self.name, self.delivery, limit=self.claim_size)
         if not claimed:
             return 0
         results = self.send(claimed)
