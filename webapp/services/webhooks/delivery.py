@@ -278,7 +278,7 @@ def record(
             if not ours:
                 continue  # a later claim owns the delivery now
             d.last_status_code = result.status_code
-            d.last_error = (result.error or f"HTTP {result.status_code}")[:500]
+            d.last_error = result.error[:500] if result.error else None
             after = now + retry_delay(claimed.number, settings, rng.random())
             if after > d.give_up_at:
                 d.status = "failed"
