@@ -68,6 +68,8 @@ def test_only_admins(client):
 
 def test_unknown_ids_are_404(api):
     assert api.get(f"{BASE}/99").status_code == 404
+    assert api.get(f"{BASE}/{2**63}").status_code == 404  # more than the database holds
+    assert api.get(f"/api/v1/webhooks/deliveries?endpoint_id={2**64}").get_json()["data"] == []
     assert api.post(f"{BASE}/99/test").status_code == 404
     assert api.post("/api/v1/webhooks/deliveries/99/resend").status_code == 404
 

@@ -106,8 +106,16 @@ def _description(value: object) -> str:
     return validation.text(value, field="description", max_len=500, required=False) or ""
 
 
+MAX_ID = 2**63 - 1
+
+
+def _fits(row_id: int) -> bool:
+    """An id the database can hold (a URL may carry any whole number)."""
+    return 0 < row_id <= MAX_ID
+
+
 def _get(endpoint_id: int) -> WebhookEndpoint:
-    endpoint = db.session.get(WebhookEndpoint, endpoint_id)
+    endpoint = db.session.get(WebhookEndpoint, endpoint_id) if _fits(endpoint_id) else None
     if endpoint is None:
         raise NotFound("No such webhook endpoint.", field="endpoint")
     return endpoint
@@ -239,7 +247,7 @@ def send_test_event(actor: Actor, endpoint_id: int) -> WebhookDelivery:
 def resend(actor: Actor, delivery_id: int) -> WebhookDelivery:
     """Send again now, whatever its status, with a new 3-day window; attempts keep counting."""
     require(actor, ADMIN)
-    delivery = db.session.get(WebhookDelivery, delivery_id)
+    delivery = db.session.get(WebhookDelivery, delivery_id) if _fits(delivery_id) else None
     if delivery is None:
         raise NotFound("No such delivery.", field="delivery")
     now = utcnow()
@@ -301,6 +309,8 @@ def list_deliveries(
     if status is not None:
         validation.choice(status, ("pending", "delivered", "failed"), field="status")
     limit = _whole(limit, "limit", 1, 200)
+    if any(i is not None and not _fits(i) for i in (endpoint_id, delivery_id)):
+        return []
     stmt = (
         select(WebhookDelivery, WebhookEndpoint.url, OutboxEvent.type)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
@@ -353,6 +363,8 @@ def list_deliveries(
 
 def delivery_attempts(actor: Actor, delivery_id: int) -> list[WebhookAttempt]:
     require(actor, ADMIN)
+    if not _fits(delivery_id):
+        return []
     return list(
         db.session.scalars(
             select(WebhookAttempt)
