@@ -279,15 +279,21 @@ def test_a_claim_whose_worker_died_is_retried_after_the_lease(hooks_app, receive
     clock.advance(seconds=61)
     second = delivery.claim("w2", settings)
     assert [c.number for c in second] == [2]
-    results = Worker(hooks_app.config).send(second)
-    assert delivery.record("w2", results, settings).delivered == 1
-    # the dead worker's late answer changes nothing and is recorded on its own attempt only
-    late = delivery.record("dead-worker", [(first[0], results[0][1])], settings)
-    assert late.delivered == 0
+    # the dead worker's late failure is recorded on its own attempt and moves nothing
+    delivery.record("dead-worker", [(first[0], sender.Result(500, "", None, 5))], settings)
+    d = db.session.scalars(select(WebhookDelivery)).one()
+    assert (d.status, d.attempts, d.leased_by, d.last_status_code) == ("pending", 2, "w2", None)
+    worker = Worker(hooks_app.config)
+    assert delivery.record("w2", worker.send(second), settings).delivered == 1
+    worker.close()
     rows = db.session.execute(
-        select(WebhookAttempt.number, WebhookAttempt.worker).order_by("number")
+        select(WebhookAttempt.number, WebhookAttempt.worker, WebhookAttempt.outcome).order_by(
+            "number"
+        )
     ).all()
-    assert rows == [(1, "dead-worker"), (2, "w2")]
+    assert rows == [(1, "dead-worker", "failed"), (2, "w2", "delivered")]
+    d = db.session.scalars(select(WebhookDelivery)).one()
+    assert (d.status, d.leased_by, d.lease_until) == ("delivered", None, None)
 
 
 def test_rotation_signs_with_both_secrets_for_24_hours(hooks_app, receiver, clock):

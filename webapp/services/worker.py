@@ -66,7 +66,8 @@ def jobs(config: Any) -> list[PeriodicJob]:
     ]
 
 
-def _claim_job(job: PeriodicJob, now: datetime) -> bool:
+def _claim_job(job: PeriodicJob, now: datetime) -> tuple[bool, datetime]:
+    """Whether this worker runs the job now, and when to ask again."""
     with write_transaction():
         dialect = db.session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -78,11 +79,13 @@ def _claim_job(job: PeriodicJob, now: datetime) -> bool:
         row = db.session.scalars(
             select(WorkerJob).where(WorkerJob.name == job.name).with_for_update(skip_locked=True)
         ).first()
-        if row is None or row.next_run_at > now:
-            return False
+        if row is None:  # another worker is claiming it right now
+            return False, now + timedelta(seconds=1)
+        if row.next_run_at > now:
+            return False, row.next_run_at
         row.next_run_at = now + job.every
         row.last_started_at = now
-        return True
+        return True, row.next_run_at
 
 
 def _finish_job(name: str, error: str | None) -> None:
@@ -93,11 +96,22 @@ def _finish_job(name: str, error: str | None) -> None:
             row.last_error = error[:500] if error else None
 
 
-def run_due_jobs(job_list: list[PeriodicJob], now: datetime | None = None) -> int:
+def run_due_jobs(
+    job_list: list[PeriodicJob],
+    now: datetime | None = None,
+    not_before: dict[str, datetime] | None = None,
+) -> int:
+    """Run the jobs that are due. ``not_before`` (a worker's memory of each job's next run)
+    spares a transaction per job and round until then."""
     ran = 0
     for job in job_list:
         at = now or utcnow()
-        if not _claim_job(job, at):
+        if not_before is not None and at < not_before.get(job.name, at):
+            continue
+        claimed, again = _claim_job(job, at)
+        if not_before is not None:
+            not_before[job.name] = again
+        if not claimed:
             continue
         ran += 1
         try:
@@ -153,6 +167,7 @@ class Worker:
             allow_private=bool(config.get("WEBHOOK_ALLOW_PRIVATE_TARGETS")), resolver=resolver
         )
         self.rng = rng or random.Random()
+        self.not_before: dict[str, datetime] = {}
         self._pool = ThreadPoolExecutor(max(1, self.settings.concurrency), "webhook-send")
 
     def close(self) -> None:
@@ -201,7 +216,7 @@ class Worker:
 
     def run_once(self) -> int:
         """One round; the amount of work done (0: nothing was due)."""
-        work = run_due_jobs(self.jobs)
+        work = run_due_jobs(self.jobs, not_before=self.not_before)
         dispatched = delivery.fan_out(self.delivery)
         if dispatched:
             log.info("dispatched %d outbox events", dispatched)

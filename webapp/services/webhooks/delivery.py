@@ -15,9 +15,21 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, exists, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from ...extensions import db
 from ...models import OutboxEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
@@ -25,6 +37,9 @@ from ..outbox import envelope
 from ..tx import write_transaction
 from . import signing_secrets
 from .sender import Result
+
+_D = cast(Table, WebhookDelivery.__table__)
+_A = cast(Table, WebhookAttempt.__table__)
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,7 @@ def fan_out(settings: Settings, *, limit: int = 500, now: datetime | None = None
             if _wants(types, event_type)
         ]
         if rows:
-            db.session.execute(WebhookDelivery.__table__.insert(), rows)  # type: ignore[attr-defined]
+            db.session.execute(_D.insert(), rows)
         db.session.execute(
             update(OutboxEvent)
             .where(OutboxEvent.id.in_([e.id for e in events]))
@@ -115,30 +130,37 @@ class Claimed:
     msg_id: str
     body: str
     secrets: list[str]
+    give_up_at: datetime
 
 
 def claim(
     worker: str, settings: Settings, *, limit: int = 50, now: datetime | None = None
 ) -> list[Claimed]:
     """Take up to ``limit`` due deliveries of enabled endpoints: each gets a lease and a new
-    attempt row. A delivery past its 3 days is marked failed instead."""
+    attempt row. A delivery past its 3 days is marked failed instead. A constant number of
+    statements, whatever ``limit``."""
     with write_transaction():
         now = now or utcnow()
-        due = list(
-            db.session.scalars(
-                select(WebhookDelivery)
-                .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-                .where(
-                    WebhookDelivery.status == "pending",
-                    WebhookDelivery.next_attempt_at <= now,
-                    or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now),
-                    WebhookEndpoint.enabled.is_(True),
-                )
-                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True, of=WebhookDelivery)
+        due = db.session.execute(
+            select(
+                WebhookDelivery.id,
+                WebhookDelivery.attempts,
+                WebhookDelivery.lease_until,
+                WebhookDelivery.give_up_at,
+                WebhookDelivery.event_id,
+                WebhookDelivery.endpoint_id,
             )
-        )
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now,
+                or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now),
+                WebhookEndpoint.enabled.is_(True),
+            )
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
+        ).all()
         if not due:
             return []
         abandoned = [(d.id, d.attempts) for d in due if d.lease_until is not None]
@@ -152,25 +174,33 @@ def claim(
                 .values(outcome="lease_expired", finished_at=now, error="the worker stopped")
                 .execution_options(synchronize_session=False)
             )
-        live: list[WebhookDelivery] = []
-        for d in due:
-            d.lease_until = None
-            d.leased_by = None
-            if now >= d.give_up_at:
-                d.status = "failed"
-                continue
-            d.attempts += 1
-            d.lease_until = now + timedelta(seconds=settings.lease_s)
-            d.leased_by = worker
-            live.append(d)
+        expired = [d.id for d in due if now >= d.give_up_at]
+        if expired:
+            db.session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(expired))
+                .values(status="failed", lease_until=None, leased_by=None)
+                .execution_options(synchronize_session=False)
+            )
+        live = [d for d in due if now < d.give_up_at]
         if not live:
             return []
         db.session.execute(
-            WebhookAttempt.__table__.insert(),  # type: ignore[attr-defined]
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_([d.id for d in live]))
+            .values(
+                attempts=WebhookDelivery.attempts + 1,
+                lease_until=now + timedelta(seconds=settings.lease_s),
+                leased_by=worker,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        db.session.execute(
+            _A.insert(),
             [
                 {
                     "delivery_id": d.id,
-                    "number": d.attempts,
+                    "number": d.attempts + 1,
                     "worker": worker,
                     "started_at": now,
                     "outcome": "in_flight",
@@ -193,17 +223,17 @@ def claim(
         out = []
         for d in live:
             event = events[d.event_id]
-            body = json.dumps(envelope(event), separators=(",", ":"), ensure_ascii=False)
             endpoint = endpoints[d.endpoint_id]
             out.append(
                 Claimed(
                     delivery_id=d.id,
-                    number=d.attempts,
+                    number=d.attempts + 1,
                     endpoint_id=endpoint.id,
                     url=endpoint.url,
                     msg_id=f"evt_{event.id}",
-                    body=body,
+                    body=json.dumps(envelope(event), separators=(",", ":"), ensure_ascii=False),
                     secrets=signing_secrets(endpoint, now),
+                    give_up_at=d.give_up_at,
                 )
             )
         return out
@@ -211,6 +241,8 @@ def claim(
 
 @dataclass
 class Recorded:
+    """What the answers were (for the log): 2xx, to retry, past their 3 days."""
+
     delivered: int = 0
     retrying: int = 0
     failed: int = 0
@@ -224,68 +256,97 @@ def record(
     rng: random.Random | None = None,
     now: datetime | None = None,
 ) -> Recorded:
-    """Write each attempt's outcome and move its delivery on: delivered on a 2xx; otherwise,
-    if this worker still holds the claim, the next try after the backoff, or failed when that
-    would fall after `give_up_at`."""
+    """Write each attempt's outcome and move its delivery on: delivered on a 2xx (whoever
+    holds it now); otherwise, only if this worker still holds the claim (same worker, same
+    attempt number), the next try after the backoff, or failed when that would fall after
+    `give_up_at`. Three statements (executemany), whatever the batch."""
     rng = rng or random.Random()
     counts = Recorded()
     if not results:
         return counts
     with write_transaction():
         now = now or utcnow()
-        keys = [(c.delivery_id, c.number) for c, _ in results]
-        attempts = {
-            (a.delivery_id, a.number): a
-            for a in db.session.scalars(
-                select(WebhookAttempt).where(
-                    tuple_(WebhookAttempt.delivery_id, WebhookAttempt.number).in_(keys)
-                )
+        db.session.execute(
+            _A.update()
+            .where(
+                _A.c.delivery_id == bindparam("d_id"),
+                _A.c.number == bindparam("d_number"),
             )
-        }
-        deliveries = {
-            d.id: d
-            for d in db.session.scalars(
-                select(WebhookDelivery)
-                .where(WebhookDelivery.id.in_([k[0] for k in keys]))
-                .with_for_update()
+            .values(
+                finished_at=now,
+                outcome=bindparam("outcome"),
+                status_code=bindparam("code"),
+                error=bindparam("error"),
+                response_body=bindparam("body"),
+                duration_ms=bindparam("ms"),
+            ),
+            [
+                {
+                    "d_id": c.delivery_id,
+                    "d_number": c.number,
+                    "outcome": "delivered" if r.delivered else "failed",
+                    "code": r.status_code,
+                    "error": r.error[:500] if r.error else None,
+                    "body": r.body,
+                    "ms": r.duration_ms,
+                }
+                for c, r in results
+            ],
+        )
+        delivered = [(c, r) for c, r in results if r.delivered]
+        if delivered:
+            db.session.execute(
+                _D.update()
+                .where(_D.c.id == bindparam("d_id"), _D.c.status == "pending")
+                .values(
+                    status="delivered",
+                    delivered_at=now,
+                    last_status_code=bindparam("code"),
+                    last_error=None,
+                    lease_until=None,
+                    leased_by=None,
+                ),
+                [{"d_id": c.delivery_id, "code": r.status_code} for c, r in delivered],
             )
-        }
-        for claimed, result in results:
-            attempt = attempts.get((claimed.delivery_id, claimed.number))
-            if attempt is not None:
-                attempt.finished_at = now
-                attempt.outcome = "delivered" if result.delivered else "failed"
-                attempt.status_code = result.status_code
-                attempt.error = result.error[:500] if result.error else None
-                attempt.response_body = result.body
-                attempt.duration_ms = result.duration_ms
-            d = deliveries.get(claimed.delivery_id)
-            if d is None:
+            counts.delivered = len(delivered)
+        retry = []
+        for c, r in results:
+            if r.delivered:
                 continue
-            ours = d.leased_by == worker and d.attempts == claimed.number
-            if ours:
-                d.lease_until = None
-                d.leased_by = None
-            if d.status != "pending":
-                continue
-            if result.delivered:
-                d.status = "delivered"
-                d.delivered_at = now
-                d.last_status_code = result.status_code
-                d.last_error = None
-                counts.delivered += 1
-                continue
-            if not ours:
-                continue  # a later claim owns the delivery now
-            d.last_status_code = result.status_code
-            d.last_error = result.error[:500] if result.error else None
-            after = now + retry_delay(claimed.number, settings, rng.random())
-            if after > d.give_up_at:
-                d.status = "failed"
+            after = now + retry_delay(c.number, settings, rng.random())
+            retry.append(
+                {
+                    "d_id": c.delivery_id,
+                    "d_number": c.number,
+                    "after": after,
+                    "code": r.status_code,
+                    "error": r.error[:500] if r.error else None,
+                }
+            )
+            if after > c.give_up_at:
                 counts.failed += 1
             else:
-                d.next_attempt_at = after
                 counts.retrying += 1
+        if retry:
+            next_at = bindparam("after", type_=_D.c.next_attempt_at.type)
+            db.session.execute(
+                _D.update()
+                .where(
+                    _D.c.id == bindparam("d_id"),
+                    _D.c.status == "pending",
+                    _D.c.leased_by == worker,
+                    _D.c.attempts == bindparam("d_number"),
+                )
+                .values(
+                    next_attempt_at=next_at,
+                    status=case((_D.c.give_up_at < next_at, "failed"), else_="pending"),
+                    last_status_code=bindparam("code"),
+                    last_error=bindparam("error"),
+                    lease_until=None,
+                    leased_by=None,
+                ),
+                retry,
+            )
     return counts
 
 
