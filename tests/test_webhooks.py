@@ -393,3 +393,25 @@ def test_a_claim_fits_in_its_lease_even_if_every_call_takes_10_s(app):
     assert small.claim_size == 2
     worker.close()
     small.close()
+
+
+def test_a_failing_round_is_logged_and_the_worker_goes_on(hooks_app, receiver, monkeypatch, caplog):
+    """E.g. the database away for a moment: the round is logged, the worker pauses and goes on."""
+    endpoint(receiver)
+    emit(("wallet.depleted", {"customer": "c1"}))
+    hooks_app.config["WORKER_POLL_SECONDS"] = 0.001
+    worker = Worker(hooks_app.config)
+    real, calls = delivery.fan_out, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        if len(calls) == 3:
+            worker.stop.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(delivery, "fan_out", flaky)
+    worker.run()
+    assert [r.verified for r in receiver.received] == [True]
+    assert "round failed" in caplog.text and "the database went away" in caplog.text

@@ -228,9 +228,24 @@ class Worker:
 
     def run(self, *, until_idle: bool = False) -> None:
         log.info("worker %s started", self.name)
+        failures = 0
         try:
             while not self.stop.is_set():
-                if self.run_once() == 0:
+                try:
+                    work = self.run_once()
+                    failures = 0
+                except Exception:
+                    # The database down or busy, or a bug: log it and try again after a pause
+                    # (doubling up to a minute); claims left behind are retried after their lease.
+                    db.session.remove()
+                    failures += 1
+                    pause = min(60.0, self.settings.poll_s * 2**failures)
+                    log.exception("round failed; trying again in %.1f s", pause)
+                    if until_idle:
+                        raise
+                    self.stop.wait(pause)
+                    continue
+                if work == 0:
                     if until_idle:
                         break
                     self.stop.wait(self.settings.poll_s)
