@@ -415,3 +415,59 @@ def test_a_failing_round_is_logged_and_the_worker_goes_on(hooks_app, receiver, m
     worker.run()
     assert [r.verified for r in receiver.received] == [True]
     assert "round failed" in caplog.text and "the database went away" in caplog.text
+
+
+def test_https_connects_to_the_checked_address_with_the_name_for_sni_and_certificate(tmp_path):
+    """A real TLS receiver whose certificate names hooks.test only: the sender connects to the
+    resolved 127.0.0.1 yet presents and verifies the name (SNI, certificate); a name the
+    certificate does not carry fails."""
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=hooks.test"]
+        + ["-addext", "subjectAltName=DNS:hooks.test"],
+        check=True,
+        capture_output=True,
+    )
+    seen = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen["host"] = self.headers["host"]
+            seen["sni"] = getattr(self.connection, "sni", None)
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    def remember_sni(sock, name, ctx):
+        sock.sni = name
+
+    context.sni_callback = remember_sni
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        names = {"hooks.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}
+        s = sender.Sender(allow_private=True, resolver=lambda h, p: names[h], ca_certs=str(cert))
+        result = s.post(f"https://hooks.test:{port}/in", "{}", {})
+        assert result.status_code == 204 and result.delivered, result
+        assert seen == {"host": f"hooks.test:{port}", "sni": "hooks.test"}
+        wrong = s.post(f"https://other.test:{port}/in", "{}", {})
+        assert not wrong.delivered and "other.test" in (wrong.error or ""), wrong
+        s.close()
+    finally:
+        server.shutdown()
+        server.server_close()

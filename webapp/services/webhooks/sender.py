@@ -191,9 +191,16 @@ class Sender:
     """Sends with a pool per pinned (scheme, address, port, host), so that a busy endpoint's
     connections are kept alive; the address was checked when resolved for this very send."""
 
-    def __init__(self, *, allow_private: bool, resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        resolver: Resolver = system_resolver,
+        ca_certs: str | None = None,  # tests: a private CA; None: the system's
+    ) -> None:
         self.allow_private = allow_private
         self.resolver = resolver
+        self.ca_certs = ca_certs
         self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
 
@@ -217,6 +224,7 @@ class Sender:
                         server_hostname=target.host,
                         assert_hostname=target.host,
                         cert_reqs="CERT_REQUIRED",
+                        ca_certs=self.ca_certs,
                     )
                 else:
                     pool = urllib3.HTTPConnectionPool(
