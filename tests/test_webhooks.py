@@ -382,6 +382,10 @@ def test_worker_status_command(hooks_app, runner, receiver):
     assert result.exit_code == 0, result.output
     assert "queue depth: 1" in result.output
     assert "oldest undelivered event:" in result.output
+    Worker(hooks_app.config).run(until_idle=True)
+    result = runner.invoke(args=["worker", "status"])
+    assert "queue depth: 0" in result.output and "oldest undelivered event: none" in result.output
+    assert "job credits.expire: last finished" in result.output
 
 
 def test_a_claim_fits_in_its_lease_even_if_every_call_takes_10_s(app):

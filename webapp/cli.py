@@ -307,3 +307,12 @@ def worker_status() -> None:
     click.echo(f"  deliveries pending: {s.pending_deliveries} ({s.in_flight} in flight)")
     click.echo(f"  deliveries failed: {s.failed_deliveries}")
     click.echo(f"oldest undelivered event: {age}")
+    from sqlalchemy import select
+
+    from .extensions import db
+    from .models import WorkerJob
+
+    for job in db.session.scalars(select(WorkerJob).order_by(WorkerJob.name)):
+        last = f"{job.last_finished_at:%Y-%m-%d %H:%M:%S}" if job.last_finished_at else "never"
+        error = f", last error: {job.last_error}" if job.last_error else ""
+        click.echo(f"job {job.name}: last finished {last}, next {job.next_run_at:%H:%M:%S}{error}")

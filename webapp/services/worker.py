@@ -56,6 +56,9 @@ def jobs(config: Any) -> list[PeriodicJob]:
     """The periodic jobs. One line each; the function takes ``now`` and may return a summary
     for the log."""
     retention = float(config.get("OUTBOX_RETENTION_DAYS", 30))
+    # Another job is one more line, e.g.
+    #   PeriodicJob("alerts.scan_expiring", timedelta(hours=1), alerts.scan_expiring),
+    # with its module imported here (inside the function: no import cycle).
     return [
         PeriodicJob("credits.expire", timedelta(minutes=1), _expire_credits),
         PeriodicJob(
