@@ -165,6 +165,8 @@ def test_sigterm_finishes_the_attempt_in_hand_and_exits_0(db_url, tmp_path):
         setup(db_url, receiver, 1)
         proc = worker(db_url, tmp_path / "worker.log")
         wait_until(lambda: len(receiver.received) == 0 and _in_flight(db_url), "a claim")
+        if db_url.startswith("postgresql"):  # during the HTTP call no transaction is open
+            assert _open_transactions(db_url) == [], _open_transactions(db_url)
         proc.terminate()
         assert proc.wait(timeout=30) == 0
         statuses, attempts = stored(db_url)
@@ -172,6 +174,19 @@ def test_sigterm_finishes_the_attempt_in_hand_and_exits_0(db_url, tmp_path):
         assert "stopping after the attempts in hand" in (tmp_path / "worker.log").read_text()
     finally:
         receiver.close()
+
+
+def _open_transactions(url: str) -> list[tuple[str, str]]:
+    import psycopg
+    from sqlalchemy import make_url
+
+    from tests.reliability import _conninfo
+
+    with psycopg.connect(**_conninfo(make_url(url))) as conn:
+        return conn.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+        ).fetchall()
 
 
 def _in_flight(url: str) -> bool:
