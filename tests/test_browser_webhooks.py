@@ -1,6 +1,6 @@
 """The webhook pages in Chromium: they fit a desktop and a phone (screenshots in
-tests/artifacts/; with UPDATE_SCREENSHOTS=1 also in docs/screenshots/), and rotating a secret asks first, then shows the new
-secret once."""
+tests/artifacts/; with UPDATE_SCREENSHOTS=1 also in docs/screenshots/), and rotating a secret
+asks first, then shows the new secret once."""
 
 from __future__ import annotations
 
