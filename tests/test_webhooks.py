@@ -475,3 +475,34 @@ def test_https_connects_to_the_checked_address_with_the_name_for_sni_and_certifi
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_receiver_failing_for_30_seconds_then_answering_gets_everything(
+    hooks_app, receiver, clock
+):
+    """500 until 30 s (on the injected clock) after the events, then 200: every event is
+    delivered, on the first try after the outage, with the backoff's own schedule."""
+    start = clock.now
+    receiver.answer = lambda n, r: 500 if clock.now < start + timedelta(seconds=30) else 200
+    endpoint(receiver)
+    emit(*[("wallet.depleted", {"customer": f"c{i}"}) for i in range(5)])
+    worker = Worker(hooks_app.config, rng=random.Random(11))
+    for _ in range(50):
+        worker.run_once()
+        due = db.session.scalar(
+            select(func.min(WebhookDelivery.next_attempt_at)).where(
+                WebhookDelivery.status == "pending"
+            )
+        )
+        if due is None:
+            break
+        clock.now = max(clock.now, due)
+    worker.close()
+    assert db.session.scalars(select(WebhookDelivery.status)).all() == ["delivered"] * 5
+    ok = [r for r in receiver.received if r.verified]
+    assert len({r.msg_id for r in ok}) == 5
+    assert clock.now - start < timedelta(seconds=30 + 40)  # the next try after 30 s came soon
+    failed = db.session.scalar(
+        select(func.count()).select_from(WebhookAttempt).where(WebhookAttempt.outcome == "failed")
+    )
+    assert failed == len(receiver.received) - 5 >= 5 * 3  # 2.5-5, 5-10, 10-20 s: 3+ tries each
