@@ -1,4 +1,5 @@
-# Two commands: `make run` (app with demo data on SQLite, on PORT, default 5000) and `make test`
+# Two commands: `make run` (app with demo data on SQLite, on PORT, default 5000, and one
+# `flask worker`) and `make test`
 # (lint, then the whole suite on SQLite and PostgreSQL, browser tests included). Both set
 # everything up from a machine with only Python 3.11+. `make test-fast` is the quick tier.
 PYTHON ?= python3
@@ -31,6 +32,11 @@ run: $(VENV)/.runtime instance/config.py
 	$(FLASK) db upgrade
 	$(FLASK) demo seed --if-empty
 	$(FLASK) demo users
+	@# The app and one `flask worker` (webhooks, credit expiry) together: one Ctrl-C stops both
+	@# (the worker finishes the delivery in hand, then exits).
+	@$(FLASK) worker & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
+	trap 'exit 130' INT TERM; \
 	$(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers 2 --access-logfile - 'webapp:create_app()'
 
 test: lint

@@ -116,6 +116,11 @@ def pg_worker_url(pg_unavailable: str | None) -> Iterator[str]:
 
 
 TABLES = [
+    "worker_jobs",
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "outbox_events",
     "audit_log",
     "ledger_entries",
     "usage_counters",

@@ -55,6 +55,15 @@ EXPECTED: dict[str, str] = {
     "api.create_feature": ADMIN,
     "api.set_credit_cost": ADMIN,
     "api.create_credit_system": ADMIN,
+    "api.create_webhook_endpoint": ADMIN,
+    "api.list_webhook_endpoints": ADMIN,
+    "api.get_webhook_endpoint": ADMIN,
+    "api.update_webhook_endpoint": ADMIN,
+    "api.disable_webhook_endpoint": ADMIN,
+    "api.rotate_webhook_secret": ADMIN,
+    "api.send_webhook_test_event": ADMIN,
+    "api.list_webhook_deliveries": ADMIN,
+    "api.resend_webhook_delivery": ADMIN,
     "metrifox_meter.record_usage": RECORD_USAGE,
     "metrifox_meter.check_access": VIEW,
     "metrifox_meter.list_events": VIEW,
@@ -90,6 +99,8 @@ IDS = {
     "allocation_id": "1",
     "grant_id": "1",  # make_catalog's topup
     "entry_id": "1",  # its ledger entry
+    "endpoint_id": "1",
+    "delivery_id": "1",
 }
 
 
@@ -119,6 +130,8 @@ def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
         },
         "api.set_credit_cost": {"credit_system": "credits", "cost": "0.02"},
         "api.create_credit_system": {"key": f"cs-{tag}", "name": "Tokens"},
+        "api.create_webhook_endpoint": {"url": f"https://hooks.example.com/{tag}"},
+        "api.update_webhook_endpoint": {"description": "matrix"},
         "metrifox_meter.record_usage": {
             "customer_key": C,
             "feature_key": "api_calls",
@@ -259,6 +272,8 @@ def test_security_headers_on_every_route_and_every_error(app, client, catalog):
         "filename": "css/app.css",
         "grant_id": IDS["grant_id"],
         "entry_id": IDS["entry_id"],
+        "endpoint_id": IDS["endpoint_id"],
+        "delivery_id": IDS["delivery_id"],
     }
     for signed_in in (False, True):
         if signed_in:

@@ -70,6 +70,12 @@ EXPECTED: dict[str, str] = {
     "admin.feature_archived": ADMIN,
     "admin.edit_credit_system": ADMIN,
     "admin.credit_system_archived": ADMIN,
+    "admin.webhooks_page": ADMIN,
+    "admin.webhook_test": ADMIN,
+    "admin.webhook_enabled": ADMIN,
+    "admin.webhook_rotate": ADMIN,
+    "admin.webhook_deliveries": ADMIN,
+    "admin.webhook_resend": ADMIN,
 }
 # Routes that end the session they are called with: called last.
 ENDS_SESSION = ("auth.logout_everywhere", "auth.logout")
@@ -124,6 +130,8 @@ def test_role_route_matrix(app, client, role):
         "filename": "css/app.css",
         "grant_id": 1,  # make_catalog's topup
         "entry_id": 1,  # its ledger entry
+        "endpoint_id": 1,
+        "delivery_id": 1,
     }
     if role != "anonymous":
         signed_in(client, role)

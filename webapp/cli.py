@@ -26,6 +26,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(api_key)
     app.cli.add_command(ledger)
     app.cli.add_command(credits_group)
+    app.cli.add_command(worker_group)
 
 
 def _fail(exc: DomainError) -> NoReturn:
@@ -250,3 +251,68 @@ def credits_expire(batch: int) -> None:
 
     done = credits.expire_due(batch=max(1, batch), progress=progress)
     click.echo(f"Expired {done.grants} grants in {done.wallets} wallets.")
+
+
+@click.group(
+    "worker",
+    invoke_without_command=True,
+    help="Deliver webhooks and run the periodic jobs (credit expiry every minute, outbox "
+    "pruning) until SIGTERM or Ctrl-C; `flask worker status` shows the queue.",
+)
+@click.option("--until-idle", is_flag=True, help="Stop when nothing is left to do (scripts).")
+@click.pass_context
+def worker_group(ctx: click.Context, until_idle: bool) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+    import signal
+    import threading
+
+    from flask import current_app
+    from sqlalchemy import make_url
+
+    from .extensions import db
+    from .services import worker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s worker[%(process)d] %(message)s"
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("webapp.worker").info(
+            "%s: stopping after the attempts in hand", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    url = make_url(db.engine.url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        with worker.single_sqlite_worker(url.database, stop) as holding:
+            if holding:
+                worker.Worker(current_app.config, stop=stop).run(until_idle=until_idle)
+    else:
+        worker.Worker(current_app.config, stop=stop).run(until_idle=until_idle)
+
+
+@worker_group.command("status", help="Queue depth and the age of the oldest undelivered event.")
+def worker_status() -> None:
+    from .services.webhooks.delivery import queue_status
+
+    s = queue_status()
+    age = "none" if s.oldest_age_s is None else f"{s.oldest_age_s:.0f} s"
+    click.echo(f"queue depth: {s.depth}")
+    click.echo(f"  outbox events not yet dispatched: {s.undispatched_events}")
+    click.echo(f"  deliveries pending: {s.pending_deliveries} ({s.in_flight} in flight)")
+    click.echo(f"  deliveries failed: {s.failed_deliveries}")
+    click.echo(f"oldest undelivered event: {age}")
+    from sqlalchemy import select
+
+    from .extensions import db
+    from .models import WorkerJob
+
+    for job in db.session.scalars(select(WorkerJob).order_by(WorkerJob.name)):
+        last = f"{job.last_finished_at:%Y-%m-%d %H:%M:%S}" if job.last_finished_at else "never"
+        error = f", last error: {job.last_error}" if job.last_error else ""
+        click.echo(f"job {job.name}: last finished {last}, next {job.next_run_at:%H:%M:%S}{error}")

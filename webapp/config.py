@@ -43,6 +43,16 @@ class Defaults:
     BENCH_MODE = False
     PASSWORD_HASH_PROFILE = "RFC_9106_LOW_MEMORY"  # a name in argon2.profiles; tests: CHEAPEST
     PAGE_SIZE = 50
+    # Webhooks and `flask worker` (docs/domain.md, "Webhooks").
+    WEBHOOK_ALLOW_PRIVATE_TARGETS = False  # True: http and internal addresses (tests, local use)
+    WEBHOOK_RETRY_BASE_SECONDS = 5  # first retry after 2.5-5 s, doubling, with jitter
+    WEBHOOK_RETRY_MAX_SECONDS = 6 * 3600  # the longest wait between two attempts
+    WEBHOOK_GIVE_UP_SECONDS = 3 * 86400  # then the delivery is failed
+    WEBHOOK_LEASE_SECONDS = 60  # a claimed delivery is retried this long after its worker died
+    WORKER_POLL_SECONDS = 1.0  # the worker's nap when nothing is due
+    WORKER_BATCH = 50  # deliveries claimed per transaction
+    WORKER_CONCURRENCY = 8  # HTTP calls in flight per worker
+    OUTBOX_RETENTION_DAYS = 30  # delivered outbox events (and their deliveries) kept this long
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:

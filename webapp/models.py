@@ -518,3 +518,89 @@ class WalletBurnDaily(Model):
     @property
     def total_micros(self) -> int:
         return self.consumed_high * DAILY_BASE + self.consumed_micros
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+class WebhookEndpoint(Model):
+    """Where the worker sends events. `secret` (``whsec_...``) is stored as is: signing needs
+    it (a hash could only verify). During a rotation the old one stays in `previous_secret`
+    and signs too until `previous_secret_until` (24 h), so receivers can switch without a gap.
+    `event_types` null: every type."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(Model):
+    """One event owed to one endpoint. `pending` until a 2xx (`delivered`) or until
+    `give_up_at` passes (`failed`). A worker claims it by setting `lease_until` (and taking
+    attempt number `attempts`); a worker killed mid-delivery leaves the lease to expire and the
+    delivery to be claimed again."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+        UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_id"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_event", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("outbox_events.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    give_up_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    leased_by: Mapped[str | None] = mapped_column(String(100))
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+
+
+class WebhookAttempt(Model):
+    """One try of a delivery, written when the worker claims it (outcome `in_flight`) and
+    completed after the HTTP call; `lease_expired` when its worker died before finishing.
+    Unique per (delivery, number): no attempt is recorded twice."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (
+        UniqueConstraint("delivery_id", "number", name="uq_webhook_attempts_delivery_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16), default="in_flight")
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(500))
+    response_body: Mapped[str | None] = mapped_column(Text)  # the first KiB
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+
+class WorkerJob(Model):
+    """A periodic job of `flask worker` (webapp/services/worker.py JOBS): whichever worker
+    claims the row when it is due runs it, so it runs once per interval however many workers."""
+
+    __tablename__ = "worker_jobs"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    next_run_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(500))

@@ -88,6 +88,12 @@ FEATURE_KEY_PATH = param("feature_key", "path", "The feature's key.")
 GRANT_ID_PATH = param(
     "grant_id", "path", "The grant's id.", schema={"type": "integer", "minimum": 1}
 )
+ENDPOINT_ID_PATH = param(
+    "endpoint_id", "path", "The webhook endpoint's id.", schema={"type": "integer", "minimum": 1}
+)
+DELIVERY_ID_PATH = param(
+    "delivery_id", "path", "The delivery's id.", schema={"type": "integer", "minimum": 1}
+)
 
 REPLAYED = {
     "Idempotent-Replayed": {
@@ -199,6 +205,7 @@ def _document() -> dict[str, Any]:
             {"name": "Customers", "description": "Customers, their usage and their ledger."},
             {"name": "Configuration", "description": "Features, credit systems, entitlements."},
             {"name": "Meta", "description": "This document."},
+            {"name": "Webhooks", "description": "Webhook endpoints and their deliveries."},
         ],
         "paths": api.paths,
         "components": {

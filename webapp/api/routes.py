@@ -15,7 +15,7 @@ from .. import jsondoor
 from ..errors import DomainError, PayloadTooLarge
 from ..jsondoor import json_body, query
 from ..models import utcnow
-from ..services import catalog, reads, usage, wallets
+from ..services import catalog, reads, usage, wallets, webhooks
 from ..services.actors import Actor
 from ..services.credits import reads as grants
 from ..services.usage import MAX_BATCH
@@ -23,6 +23,8 @@ from . import schemas
 from .openapi import (
     CURSOR,
     CUSTOMER_KEY_PATH,
+    DELIVERY_ID_PATH,
+    ENDPOINT_ID_PATH,
     FEATURE_KEY_PATH,
     GRANT_ID_PATH,
     LIMIT,
@@ -524,6 +526,176 @@ def set_credit_cost(feature_key: str):
 def create_credit_system():
     system = catalog.create_credit_system(actor(), **schemas.CreditSystemCreate.parse(json_body()))
     return respond(schemas.CreditSystem.model_validate(system), 201)
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+@api.post(
+    "/webhooks/endpoints",
+    "createWebhookEndpoint",
+    "Register a webhook endpoint (admin); its secret is in this answer only",
+    tag="Webhooks",
+    body="WebhookEndpointCreate",
+    ok={201: ("WebhookEndpointCreated", "The endpoint, with its signing secret (shown once).")},
+    errors=(e.Forbidden,),
+    description="Deliveries are signed per Standard Webhooks (`webhook-id` is the event id, "
+    "`webhook-timestamp`, `webhook-signature`) and sent at least once, in no guaranteed order. "
+    "A URL that is not https, or names an internal address, is a `validation_error` on `url`.",
+)
+def create_webhook_endpoint():
+    new = webhooks.create_endpoint(actor(), **schemas.WebhookEndpointCreate.parse(json_body()))
+    payload = schemas.WebhookEndpoint.model_validate(new.endpoint).model_dump()
+    return respond(
+        schemas.WebhookEndpointCreated.model_validate(payload | {"secret": new.secret}), 201
+    )
+
+
+@api.get(
+    "/webhooks/endpoints",
+    "listWebhookEndpoints",
+    "Every webhook endpoint (admin)",
+    tag="Webhooks",
+    ok={200: ("WebhookEndpointPage", "All endpoints in one page (`next_cursor` is null).")},
+    errors=(e.Forbidden,),
+)
+def list_webhook_endpoints():
+    query(())
+    rows = webhooks.list_endpoints(actor())
+    return respond(
+        schemas.WebhookEndpointPage(
+            data=[schemas.WebhookEndpoint.model_validate(r) for r in rows], next_cursor=None
+        )
+    )
+
+
+@api.get(
+    "/webhooks/endpoints/<int:endpoint_id>",
+    "getWebhookEndpoint",
+    "One webhook endpoint (admin)",
+    tag="Webhooks",
+    params=[ENDPOINT_ID_PATH],
+    ok={200: ("WebhookEndpoint", "The endpoint (without its secret).")},
+    errors=(e.Forbidden, e.NotFound),
+)
+def get_webhook_endpoint(endpoint_id: int):
+    query(())
+    endpoint = webhooks.get_endpoint(actor(), endpoint_id)
+    return respond(schemas.WebhookEndpoint.model_validate(endpoint))
+
+
+@api.patch(
+    "/webhooks/endpoints/<int:endpoint_id>",
+    "updateWebhookEndpoint",
+    "Change a webhook endpoint's URL, event types, description or enabled (admin)",
+    tag="Webhooks",
+    params=[ENDPOINT_ID_PATH],
+    body="WebhookEndpointPatch",
+    ok={200: ("WebhookEndpoint", "The endpoint as it now is.")},
+    errors=(e.Forbidden, e.NotFound),
+)
+def update_webhook_endpoint(endpoint_id: int):
+    fields = schemas.WebhookEndpointPatch.parse(json_body())
+    endpoint = webhooks.update_endpoint(actor(), endpoint_id, **fields)
+    return respond(schemas.WebhookEndpoint.model_validate(endpoint))
+
+
+@api.post(
+    "/webhooks/endpoints/<int:endpoint_id>/disable",
+    "disableWebhookEndpoint",
+    "Disable a webhook endpoint (admin)",
+    tag="Webhooks",
+    params=[ENDPOINT_ID_PATH],
+    ok={200: ("WebhookEndpoint", "The endpoint, disabled.")},
+    errors=(e.Forbidden, e.NotFound),
+    description="Nothing more is sent to it; its pending deliveries wait (within their 3 days) "
+    'until it is enabled again with PATCH `{"enabled": true}`.',
+)
+def disable_webhook_endpoint(endpoint_id: int):
+    query(())
+    endpoint = webhooks.disable_endpoint(actor(), endpoint_id)
+    return respond(schemas.WebhookEndpoint.model_validate(endpoint))
+
+
+@api.post(
+    "/webhooks/endpoints/<int:endpoint_id>/rotate",
+    "rotateWebhookSecret",
+    "A new signing secret (admin); the old one keeps signing for 24 h",
+    tag="Webhooks",
+    params=[ENDPOINT_ID_PATH],
+    ok={200: ("WebhookEndpointCreated", "The endpoint with its new secret (shown once).")},
+    errors=(e.Forbidden, e.NotFound),
+    description="For 24 h every delivery carries two signatures, one per secret, so the "
+    "receiver can switch secrets without missing a delivery.",
+)
+def rotate_webhook_secret(endpoint_id: int):
+    query(())
+    new = webhooks.rotate_secret(actor(), endpoint_id)
+    payload = schemas.WebhookEndpoint.model_validate(new.endpoint).model_dump()
+    return respond(schemas.WebhookEndpointCreated.model_validate(payload | {"secret": new.secret}))
+
+
+@api.post(
+    "/webhooks/endpoints/<int:endpoint_id>/test",
+    "sendWebhookTestEvent",
+    "Send a `webhook.test` event to this endpoint (admin)",
+    tag="Webhooks",
+    params=[ENDPOINT_ID_PATH],
+    ok={202: ("WebhookDelivery", "The delivery, queued for the worker.")},
+    errors=(e.Forbidden, e.NotFound),
+)
+def send_webhook_test_event(endpoint_id: int):
+    query(())
+    delivery = webhooks.send_test_event(actor(), endpoint_id)
+    row = webhooks.get_delivery(actor(), delivery.id)
+    return respond(schemas.WebhookDelivery.model_validate(row), 202)
+
+
+@api.get(
+    "/webhooks/deliveries",
+    "listWebhookDeliveries",
+    "The newest webhook deliveries (admin)",
+    tag="Webhooks",
+    params=[
+        param("endpoint_id", "query", "Only this endpoint's.", schema={"type": "integer"}),
+        param("status", "query", "`pending`, `delivered` or `failed`."),
+        LIMIT,
+    ],
+    ok={200: ("WebhookDeliveryPage", "Up to `limit` deliveries, newest first.")},
+    errors=(e.Forbidden,),
+)
+def list_webhook_deliveries():
+    args = query(("endpoint_id", "status", "limit"))
+    endpoint_id = args.get("endpoint_id")
+    if endpoint_id is not None and not endpoint_id.isdecimal():
+        raise e.ValidationError("`endpoint_id` must be a whole number.", field="endpoint_id")
+    rows = webhooks.list_deliveries(
+        actor(),
+        endpoint_id=int(endpoint_id) if endpoint_id is not None else None,
+        status=args.get("status"),
+        limit=args.get("limit") or 50,
+    )
+    return respond(
+        schemas.WebhookDeliveryPage(
+            data=[schemas.WebhookDelivery.model_validate(r) for r in rows], next_cursor=None
+        )
+    )
+
+
+@api.post(
+    "/webhooks/deliveries/<int:delivery_id>/resend",
+    "resendWebhookDelivery",
+    "Send a delivery again now (admin)",
+    tag="Webhooks",
+    params=[DELIVERY_ID_PATH],
+    ok={202: ("WebhookDelivery", "The delivery, pending again with a new 3-day window.")},
+    errors=(e.Forbidden, e.NotFound),
+)
+def resend_webhook_delivery(delivery_id: int):
+    query(())
+    webhooks.resend(actor(), delivery_id)
+    row = webhooks.get_delivery(actor(), delivery_id)
+    return respond(schemas.WebhookDelivery.model_validate(row), 202)
 
 
 # ---------------------------------------------------------------- the contract itself

@@ -702,6 +702,76 @@ FeaturePage = _page_of("FeaturePage", Feature)
 WalletPage = _page_of("WalletPage", WalletGrants)
 
 
+# ---------------------------------------------------------------- webhooks
+
+EventTypes = Annotated[
+    list[StrictStr] | None,
+    _doc(
+        {
+            "type": ["array", "null"],
+            "items": {"type": "string"},
+            "description": "Event types to receive; null (the default) for every type.",
+        }
+    ),
+]
+
+
+class WebhookEndpointCreate(Request):
+    url: StrictStr = Field(
+        description="https only (http and internal addresses only with "
+        "`WEBHOOK_ALLOW_PRIVATE_TARGETS`)."
+    )
+    event_types: EventTypes = None
+    description: OptStr = None
+    enabled: bool = True
+
+
+class WebhookEndpointPatch(Request):
+    url: StrictStr | None = None
+    event_types: EventTypes = None
+    description: OptStr = None
+    enabled: bool | None = None
+
+
+class WebhookEndpoint(Response):
+    id: int
+    url: str
+    description: str
+    event_types: list[str] | None
+    enabled: bool
+    created_at: Time
+    updated_at: Time
+    previous_secret_valid_until: OptTime = _renamed(
+        AliasChoices("previous_secret_until", "previous_secret_valid_until"),
+        description="While a rotation lasts, the old secret also signs until this time.",
+    )
+
+
+class WebhookEndpointCreated(WebhookEndpoint):
+    secret: str = Field(
+        description="The signing secret (`whsec_...`): shown here once, never again."
+    )
+
+
+class WebhookDelivery(Response):
+    id: int
+    endpoint_id: int
+    event_id: Annotated[str, BeforeValidator(lambda v: f"evt_{v}" if isinstance(v, int) else v)]
+    event_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    created_at: Time
+    next_attempt_at: OptTime
+    delivered_at: OptTime
+    last_status_code: int | None
+    last_error: str | None
+    last_body: str | None = Field(description="The first KiB of the last answer's body.")
+
+
+WebhookEndpointPage = _page_of("WebhookEndpointPage", WebhookEndpoint)
+WebhookDeliveryPage = _page_of("WebhookDeliveryPage", WebhookDelivery)
+
+
 REQUESTS: tuple[type[Request], ...] = tuple(Request.__subclasses__())  # every body, none forgotten
 RESPONSES: tuple[type[Response], ...] = (
     Error,
@@ -722,4 +792,9 @@ RESPONSES: tuple[type[Response], ...] = (
     CreditSystem,
     CreditCost,
     Entitlement,
+    WebhookEndpoint,
+    WebhookEndpointCreated,
+    WebhookEndpointPage,
+    WebhookDelivery,
+    WebhookDeliveryPage,
 )

@@ -40,3 +40,13 @@ def emit(
     }
     stmt = _INSERT.get(conn.dialect.name, insert(_table)) if dedupe_key else insert(_table)
     conn.execute(stmt, row)
+
+
+def envelope(row: OutboxEvent) -> dict[str, Any]:
+    """The event as sent and listed, in Metrifox's envelope: ``{id, type, created_at, data}``."""
+    return {
+        "id": f"evt_{row.id}",
+        "type": row.type,
+        "created_at": row.created_at.isoformat().replace("+00:00", "Z"),
+        "data": row.data,
+    }

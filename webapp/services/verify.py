@@ -25,6 +25,8 @@ from ..models import (
     UsageEvent,
     Wallet,
     WalletBurnDaily,
+    WebhookAttempt,
+    WebhookDelivery,
     exact_sum,
     utcnow,
 )
@@ -74,6 +76,8 @@ def verify_ledger() -> Report:
         _allocations_eligible(),
         _credits_come_from_grants(),
         _burn_matches_ledger(),
+        _webhook_attempts_counted(),
+        _webhook_delivered_by_an_attempt(),
     ]
     return Report(checks)
 
@@ -520,3 +524,36 @@ def _burn_matches_ledger() -> Check:
         )
     del check.violations[MAX_REPORTED:]
     return check
+
+def _webhook_attempts_counted() -> Check:
+    """Each delivery has one attempt row per attempt it counts (numbers unique by constraint):
+    none lost by a killed worker, none written twice."""
+    rows = (
+        select(WebhookAttempt.delivery_id, func.count().label("n"))
+        .group_by(WebhookAttempt.delivery_id)
+        .subquery()
+    )
+    d = WebhookDelivery
+    return _run(
+        "webhook delivery attempts = its attempt rows",
+        select(func.count()).select_from(d),
+        select(d.id, d.attempts, func.coalesce(rows.c.n, 0))
+        .outerjoin(rows, rows.c.delivery_id == d.id)
+        .where(d.attempts != func.coalesce(rows.c.n, 0)),
+        lambda did, n, rows_n: f"webhook delivery {did} counts {n} attempts but has {rows_n} rows",
+    )
+
+
+def _webhook_delivered_by_an_attempt() -> Check:
+    d, a = WebhookDelivery, WebhookAttempt
+    ok = (
+        select(a.id)
+        .where(a.delivery_id == d.id, a.outcome == "delivered", a.status_code.between(200, 299))
+        .exists()
+    )
+    return _run(
+        "a delivered webhook delivery has a 2xx attempt",
+        select(func.count()).select_from(d).where(d.status == "delivered"),
+        select(d.id).where(d.status == "delivered", ~ok),
+        lambda did: f"webhook delivery {did} is delivered without a 2xx attempt",
+    )

@@ -14,9 +14,10 @@ from flask_wtf import FlaskForm
 
 from ..errors import DomainError
 from ..models import ROLES, CreditSystem, Feature
-from ..services import auth, catalog, reads
+from ..services import auth, catalog, reads, webhooks
 from ..services.actors import ADMIN
 from ..services.money import format_micros
+from ..services.webhooks import delivery
 from .forms import (
     ActionForm,
     ApiKeyForm,
@@ -31,6 +32,7 @@ from .forms import (
     PasswordForm,
     RoleForm,
     UserForm,
+    WebhookEndpointForm,
     blank,
     choices,
     show_error,
@@ -545,3 +547,139 @@ def remove_credit_cost(feature_key: str):
     page = CreditCostForm(formdata=None)
     page.form_errors.extend(form.form_errors)
     return _costs_page(page, 422)
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+def _webhooks_page(form: WebhookEndpointForm, status: int, new_secret: dict | None = None):
+    return render_template(
+        "admin/webhooks.html",
+        endpoints=webhooks.list_endpoints(current_actor()),
+        queue=delivery.queue_status(),
+        form=form,
+        new_secret=new_secret,
+        action_form=ActionForm(formdata=None),
+        known_types=webhooks.KNOWN_EVENT_TYPES,
+    ), status
+
+
+def _reveal(endpoint_id: int, secret: str, verb: str):
+    masked, pad = _split_secret(secret)
+    session["new_webhook_secret"] = {"id": endpoint_id, "masked": masked, "verb": verb}
+    return redirect(url_for("admin.webhooks_page", reveal=pad), 303)
+
+
+@bp.route("/webhooks", methods=["GET", "POST"])
+@requires(ADMIN)
+def webhooks_page():
+    """Endpoints, the worker's queue, and a form for a new endpoint. Its secret is shown on the
+    first GET after the post only (post/redirect/get, as API keys)."""
+    form = WebhookEndpointForm()
+    if form.validate_on_submit():
+        raw = (form.event_types.data or "").strip()
+        try:
+            new = webhooks.create_endpoint(
+                current_actor(),
+                url=form.url.data,
+                event_types=[t.strip() for t in raw.split(",") if t.strip()] if raw else None,
+                description=form.description.data or "",
+            )
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            return _reveal(new.endpoint.id, new.secret, "created")
+    shown = session.pop("new_webhook_secret", None) if request.method == "GET" else None
+    if shown is not None:
+        shown["secret"] = _join_secret(shown.pop("masked"), request.args.get("reveal", ""))
+    return _webhooks_page(form, _status(), shown if shown and shown["secret"] else None)
+
+
+@bp.post("/webhooks/<int:endpoint_id>/test")
+@requires(ADMIN)
+def webhook_test(endpoint_id: int):
+    def call() -> str:
+        webhooks.send_test_event(current_actor(), endpoint_id)
+        return "A test event is queued; the worker sends it within seconds."
+
+    return _webhook_action(call)
+
+
+@bp.post("/webhooks/<int:endpoint_id>/enabled")
+@requires(ADMIN)
+def webhook_enabled(endpoint_id: int):
+    enable = request.form.get("enabled") == "true"
+
+    def call() -> str:
+        e = webhooks.update_endpoint(current_actor(), endpoint_id, enabled=enable)
+        return f"{e.url} is {'enabled' if e.enabled else 'disabled'}."
+
+    return _webhook_action(call)
+
+
+@bp.post("/webhooks/<int:endpoint_id>/rotate")
+@requires(ADMIN)
+def webhook_rotate(endpoint_id: int):
+    form = ActionForm()
+    if form.validate_on_submit():
+        try:
+            new = webhooks.rotate_secret(current_actor(), endpoint_id)
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            return _reveal(endpoint_id, new.secret, "rotated")
+    return _webhook_action_page(form)
+
+
+def _webhook_action(call: Callable[[], str]):
+    form = ActionForm()
+    return _submit(form, call, url_for("admin.webhooks_page")) or _webhook_action_page(form)
+
+
+def _webhook_action_page(form: FlaskForm):
+    return render_template(
+        "admin/webhooks.html",
+        endpoints=webhooks.list_endpoints(current_actor()),
+        queue=delivery.queue_status(),
+        form=WebhookEndpointForm(formdata=None),
+        new_secret=None,
+        action_form=form,
+        known_types=webhooks.KNOWN_EVENT_TYPES,
+    ), 422
+
+
+def _deliveries_page(action_form: FlaskForm, status: int):
+    endpoint_id = request.args.get("endpoint_id", "")
+    wanted = request.args.get("status", "")
+    rows = webhooks.list_deliveries(
+        current_actor(),
+        endpoint_id=int(endpoint_id) if endpoint_id.isdecimal() else None,
+        status=wanted if wanted in ("pending", "delivered", "failed") else None,
+        limit=100,
+    )
+    return render_template(
+        "admin/webhook_deliveries.html",
+        rows=rows,
+        queue=delivery.queue_status(),
+        wanted=wanted,
+        endpoint_id=endpoint_id,
+        action_form=action_form,
+    ), status
+
+
+@bp.get("/webhooks/deliveries")
+@requires(ADMIN)
+def webhook_deliveries():
+    return _deliveries_page(ActionForm(formdata=None), 200)
+
+
+@bp.post("/webhooks/deliveries/<int:delivery_id>/resend")
+@requires(ADMIN)
+def webhook_resend(delivery_id: int):
+    form = ActionForm()
+
+    def call() -> str:
+        webhooks.resend(current_actor(), delivery_id)
+        return f"Delivery {delivery_id} will be sent again within seconds."
+
+    return _submit(form, call, url_for("admin.webhook_deliveries")) or _deliveries_page(form, 422)

@@ -286,3 +286,13 @@ def blank(value: str | None) -> str | None:
         return None
     value = value.strip()
     return value or None
+
+
+class WebhookEndpointForm(FlaskForm):
+    url = StringField("URL", validators=[DataRequired(), Length(max=2000)])
+    event_types = StringField(
+        "Event types",
+        validators=[Optional(), Length(max=2000)],
+        description="Comma-separated, e.g. wallet.depleted, credits.expired; empty for every type.",
+    )
+    description = StringField("Description", validators=[Optional(), Length(max=500)])
