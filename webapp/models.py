@@ -518,6 +518,8 @@ class WalletBurnDaily(Model):
     @property
     def total_micros(self) -> int:
         return self.consumed_high * DAILY_BASE + self.consumed_micros
+
+
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 

@@ -525,6 +525,7 @@ def _burn_matches_ledger() -> Check:
     del check.violations[MAX_REPORTED:]
     return check
 
+
 def _webhook_attempts_counted() -> Check:
     """Each delivery has one attempt row per attempt it counts (numbers unique by constraint):
     none lost by a killed worker, none written twice."""
