@@ -77,6 +77,15 @@ class Conflict(DomainError):
     meaning = "creating what already exists"
 
 
+class PlanChangeBlocked(DomainError):
+    code, status = "plan_change_blocked", 409
+    meaning = (
+        "a plan edit, plan change or override would put a `block` allowance under what a customer "
+        "already uses (or change a `never` reset period with usage): `details.blocked` lists each "
+        "customer and feature; nothing written"
+    )
+
+
 class PayloadTooLarge(DomainError):
     code, status = "payload_too_large", 413
 
@@ -127,6 +136,7 @@ ERRORS: tuple[type[DomainError], ...] = (
     MethodNotAllowed,
     IdempotencyConflict,
     Conflict,
+    PlanChangeBlocked,
     PayloadTooLarge,
     ValidationError,
     InvalidAmount,
