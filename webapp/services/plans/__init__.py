@@ -159,7 +159,7 @@ def customer_counts() -> dict[int, int]:
         select(Customer.plan_id, func.count())
         .where(Customer.plan_id.is_not(None))
         .group_by(Customer.plan_id)
-    ).tuples()
+    )
     return {plan_id: count for plan_id, count in rows if plan_id is not None}
 
 
@@ -185,14 +185,14 @@ def _views(plans: Sequence[Plan]) -> list[PlanView]:
             .join(PlanEntitlement, PlanEntitlement.feature_id == Feature.id)
             .where(PlanEntitlement.plan_id.in_(ids))
             .order_by(Feature.key)
-        ).tuples():
+        ):
             ents[pe.plan_id].append((f, pe))
         for s, pc in db.session.execute(
             select(CreditSystem, PlanCredit)
             .join(PlanCredit, PlanCredit.credit_system_id == CreditSystem.id)
             .where(PlanCredit.plan_id.in_(ids))
             .order_by(CreditSystem.key)
-        ).tuples():
+        ):
             creds[pc.plan_id].append((s, pc))
     counts = customer_counts()
     return [PlanView(p, ents[p.id], creds[p.id], counts.get(p.id, 0)) for p in plans]
@@ -1221,15 +1221,11 @@ def _issue_for_customers(customer_ids: list[int], now: datetime, *, plan_id: int
     customers (still on the plan), each a `granted` grant + `topup` entry + issuance row."""
     plan = db.session.get(Plan, plan_id)
     assert plan is not None
-    rows = (
-        db.session.execute(
-            select(PlanCredit, CreditSystem)
-            .join(CreditSystem, CreditSystem.id == PlanCredit.credit_system_id)
-            .where(PlanCredit.plan_id == plan_id, CreditSystem.archived_at.is_(None))
-        )
-        .tuples()
-        .all()
-    )
+    rows = db.session.execute(
+        select(PlanCredit, CreditSystem)
+        .join(CreditSystem, CreditSystem.id == PlanCredit.credit_system_id)
+        .where(PlanCredit.plan_id == plan_id, CreditSystem.archived_at.is_(None))
+    ).all()
     if not rows:
         return 0
     customers = list(
