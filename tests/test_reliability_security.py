@@ -55,6 +55,13 @@ EXPECTED: dict[str, str] = {
     "api.create_feature": ADMIN,
     "api.set_credit_cost": ADMIN,
     "api.create_credit_system": ADMIN,
+    "api.remove_entitlement": ADMIN,
+    "api.list_plans": VIEW,
+    "api.get_plan": VIEW,
+    "api.create_plan": ADMIN,
+    "api.update_plan": ADMIN,
+    "api.preview_plan": ADMIN,
+    "api.set_customer_plan": ADMIN,
     "metrifox_meter.record_usage": RECORD_USAGE,
     "metrifox_meter.check_access": VIEW,
     "metrifox_meter.list_events": VIEW,
@@ -90,6 +97,7 @@ IDS = {
     "allocation_id": "1",
     "grant_id": "1",  # make_catalog's topup
     "entry_id": "1",  # its ledger entry
+    "plan_key": "starter",
 }
 
 
@@ -119,6 +127,10 @@ def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
         },
         "api.set_credit_cost": {"credit_system": "credits", "cost": "0.02"},
         "api.create_credit_system": {"key": f"cs-{tag}", "name": "Tokens"},
+        "api.create_plan": {"key": f"plan-{tag}", "name": "P"},
+        "api.update_plan": {"name": "Renamed"},
+        "api.preview_plan": {"entitlements": []},
+        "api.set_customer_plan": {"plan": None},
         "metrifox_meter.record_usage": {
             "customer_key": C,
             "feature_key": "api_calls",
@@ -259,6 +271,7 @@ def test_security_headers_on_every_route_and_every_error(app, client, catalog):
         "filename": "css/app.css",
         "grant_id": IDS["grant_id"],
         "entry_id": IDS["entry_id"],
+        "plan_key": IDS["plan_key"],
     }
     for signed_in in (False, True):
         if signed_in:

@@ -79,11 +79,7 @@ class Conflict(DomainError):
 
 class PlanChangeBlocked(DomainError):
     code, status = "plan_change_blocked", 409
-    meaning = (
-        "a plan edit, plan change or override would put a `block` allowance under what a customer "
-        "already uses (or change a `never` reset period with usage): `details.blocked` lists each "
-        "customer and feature; nothing written"
-    )
+    meaning = "a plan edit or change blocked by usage: `details.blocked` lists what to reclaim"
 
 
 class PayloadTooLarge(DomainError):

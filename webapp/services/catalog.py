@@ -542,6 +542,17 @@ def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) 
     )
 
 
+def entitlement_of(customer_key: object, feature_key: object) -> Entitlement | None:
+    """The customer's effective entitlement to the feature, or None (a read)."""
+    customer = get_customer(customer_key)
+    feature = get_feature(feature_key=feature_key)
+    return db.session.scalar(
+        select(Entitlement).where(
+            Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
+        )
+    )
+
+
 def _existing_entitlement(customer: Customer, feature: Feature) -> Entitlement:
     entitlement = db.session.scalar(
         select(Entitlement).where(

@@ -107,17 +107,26 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_plan_credit_issuances_grant_id'), ['grant_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_plan_credit_issuances_plan_id'), ['plan_id'], unique=False)
 
-    with op.batch_alter_table('customers', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('plan_id', BigId, nullable=True))
-        batch_op.add_column(sa.Column('plan_assigned_at', sa.DateTime(), nullable=True))
-        batch_op.add_column(sa.Column('plan_revision', sa.Integer(), server_default='0', nullable=False))
-        batch_op.add_column(sa.Column('pending_plan_id', BigId, nullable=True))
-        batch_op.add_column(sa.Column('pending_plan_at', sa.DateTime(), nullable=True))
-        batch_op.create_index(batch_op.f('ix_customers_pending_plan_at'), ['pending_plan_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_customers_plan_id'), ['plan_id'], unique=False)
-        batch_op.create_foreign_key(batch_op.f('fk_customers_pending_plan_id_plans'), 'plans', ['pending_plan_id'], ['id'])
-        batch_op.create_foreign_key(batch_op.f('fk_customers_plan_id_plans'), 'plans', ['plan_id'], ['id'])
-
+    # Plain ADD COLUMN (no table copy): on SQLite a batch copy of `customers` would have to drop
+    # a table that every other table references; REFERENCES on an added column is allowed there
+    # (its default is NULL), but only inline, so SQLite gets the statement written out.
+    for column in ('plan_id', 'pending_plan_id'):
+        name = f'fk_customers_{column}_plans'
+        if op.get_bind().dialect.name == 'sqlite':
+            op.execute(
+                f'ALTER TABLE customers ADD COLUMN {column} INTEGER '
+                f'CONSTRAINT {name} REFERENCES plans (id)'
+            )
+        else:
+            op.add_column('customers', sa.Column(column, BigId, nullable=True))
+            op.create_foreign_key(name, 'customers', 'plans', [column], ['id'])
+    op.add_column('customers', sa.Column('plan_assigned_at', sa.DateTime(), nullable=True))
+    op.add_column('customers', sa.Column(
+        'plan_revision', sa.Integer(), server_default='0', nullable=False
+    ))
+    op.add_column('customers', sa.Column('pending_plan_at', sa.DateTime(), nullable=True))
+    op.create_index('ix_customers_pending_plan_at', 'customers', ['pending_plan_at'], unique=False)
+    op.create_index('ix_customers_plan_id', 'customers', ['plan_id'], unique=False)
     with op.batch_alter_table('entitlements', schema=None) as batch_op:
         batch_op.add_column(sa.Column('source', sa.String(length=8), server_default='customer', nullable=False))
         batch_op.add_column(sa.Column('overridden', sa.String(length=40), nullable=True))
