@@ -9,6 +9,7 @@ import uuid
 
 from flask_wtf import FlaskForm
 from wtforms import (
+    BooleanField,
     EmailField,
     HiddenField,
     PasswordField,
@@ -286,3 +287,27 @@ def blank(value: str | None) -> str | None:
         return None
     value = value.strip()
     return value or None
+
+
+class PlanForm(FlaskForm):
+    key = StringField("Key", validators=[DataRequired(), Length(max=100)])
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+
+
+class PlanEditForm(FlaskForm):
+    """A plan's name and settings; its entitlements and credits are rows of the page (admin)."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    prorate = BooleanField("Prorate included credits for customers who join mid-period")
+    apply_to_others = BooleanField(
+        "If some customers block the change, apply it to the others (those keep their value)"
+    )
+
+
+class CustomerPlanForm(FlaskForm):
+    plan = _select("Plan")
+    when = _select(
+        "When",
+        [("now", "Now"), ("period_end", "At the end of the month (scheduled)")],
+        default="now",
+    )

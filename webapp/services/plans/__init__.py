@@ -1375,3 +1375,75 @@ def expected_rows() -> Iterable[tuple[Customer, dict[int, Effective]]]:
         if customer.plan_id not in specs:
             specs[customer.plan_id] = plan_specs(customer.plan_id)
         yield customer, merge(specs[customer.plan_id], overrides.get(customer.id, {}))
+
+
+@dataclass
+class CustomerPlanPreview:
+    """What putting a customer on a plan now would do, without writing: each feature's values
+    before and after (None: no entitlement), what blocks it, the included credits issued."""
+
+    customer: Customer
+    plan: Plan | None
+    changes: list[
+        tuple[str, Spec | None, Spec | None, str | None]
+    ]  # feature, before, after, source
+    blocked: list[Blocked]
+    credits: list[tuple[str, int]]  # credit system key, amount issued at once
+
+
+def preview_customer_plan(
+    actor: Actor, customer_key: object, plan_key: object
+) -> CustomerPlanPreview:
+    require(actor, ADMIN)
+    from ..catalog import get_customer
+
+    customer = get_customer(customer_key)
+    plan = None if plan_key in (None, "") else get_plan(plan_key)
+    now = utcnow()
+    ctx = _Context([customer], now, lock=False)
+    rows = ctx.rows[customer.id]
+    if plan is None:
+        target = _target(customer, None, {}, ctx)
+        target = {f: Effective(e.spec, "customer", ()) for f, e in target.items()}
+    else:
+        specs = plan_specs(plan.id)
+        overrides = dict(ctx.overrides.get(customer.id, {}))
+        if customer.plan_id is None:
+            for fid, row in rows.items():
+                if fid not in specs:
+                    overrides[fid] = Override(
+                        True, row.allowance_micros, row.reset_period, row.overage
+                    )
+        target = merge(specs, overrides)
+    _, blocked = _decide(customer, target, ctx)
+    changes = []
+    for fid in sorted(set(rows) | set(target), key=lambda f: ctx.features[f].key):
+        before = _current(rows.get(fid))
+        after = target[fid].spec if fid in target else None
+        source = target[fid].source if fid in target else None
+        changes.append((ctx.features[fid].key, before, after, source))
+    issued: list[tuple[str, int]] = []
+    if plan is not None and plan.id != customer.plan_id:
+        for pc, system in db.session.execute(
+            select(PlanCredit, CreditSystem)
+            .join(CreditSystem, CreditSystem.id == PlanCredit.credit_system_id)
+            .where(PlanCredit.plan_id == plan.id)
+        ).all():
+            taken = db.session.scalar(
+                select(PlanCreditIssuance.id).where(
+                    PlanCreditIssuance.customer_id == customer.id,
+                    PlanCreditIssuance.plan_id == plan.id,
+                    PlanCreditIssuance.credit_system_id == system.id,
+                    PlanCreditIssuance.period_start == period_start(now, pc.period),
+                )
+            )
+            due = due_issue(
+                pc.amount_micros,
+                pc.period,
+                on_plan_since=now,
+                now=now,
+                prorated=plan.prorate_included_credits,
+            )
+            if taken is None and due is not None:
+                issued.append((system.key, due.amount))
+    return CustomerPlanPreview(customer, plan, changes, blocked, issued)
