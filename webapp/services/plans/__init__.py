@@ -1339,12 +1339,12 @@ class CustomerPlan:
         return {
             "key": None if self.plan is None else self.plan.key,
             "name": None if self.plan is None else self.plan.name,
-            "since": None if self.assigned_at is None else self.assigned_at.isoformat(),
+            "since": self.assigned_at,
             "scheduled_change": None
             if self.pending_at is None
             else {
                 "plan": None if self.pending_plan is None else self.pending_plan.key,
-                "at": self.pending_at.isoformat(),
+                "at": self.pending_at,
             },
         }
 
