@@ -179,3 +179,24 @@ def test_leaving_a_plan_keeps_the_entitlements_as_the_customers_own(starter):
     rows = _rows(C)
     assert rows["api_calls"] == (7 * 10**6, "month", "block", "customer", None)
     assert {r[3] for r in rows.values()} == {"customer"}
+
+
+def test_the_plans_commands(starter, runner, tmp_path):
+    plans.change_customer_plan(SYSTEM, C, "starter")
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="seats", amount=3)
+    body = tmp_path / "plan.json"
+    smaller = [dict(e) for e in STARTER]
+    smaller[1]["allowance"] = "2"
+    body.write_text(__import__("json").dumps({"entitlements": smaller}))
+    refused = runner.invoke(args=["plans", "edit", "starter", str(body)])
+    assert refused.exit_code == 1 and "plan_change_blocked" in refused.output
+    done = runner.invoke(args=["plans", "edit", "starter", str(body), "--apply-to-others"])
+    assert done.exit_code == 0, done.output
+    assert "1 customers updated" in done.output and f"{C} keeps its seats" in done.output
+    starter.now = datetime(2026, 4, 1, 0, 1, tzinfo=UTC)
+    issued = runner.invoke(args=["plans", "issue-credits"])
+    assert issued.exit_code == 0 and "Issued 1 included credit grants." in issued.output
+    tick = runner.invoke(args=["plans", "tick"])
+    assert tick.exit_code == 0 and "issued 0 included credit grants" in tick.output
+    scheduled = runner.invoke(args=["plans", "apply-scheduled"])
+    assert scheduled.exit_code == 0 and "0 plan changes" in scheduled.output
