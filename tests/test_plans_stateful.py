@@ -114,6 +114,9 @@ class PlansMachine(RuleBasedStateMachine):
             self.grants[customer] = []
         self._change_now("cust-a", "p1")
         self._change_now("cust-b", "p2")
+        # Seats in use from the start, so that plan edits and changes often meet a blocker.
+        usage.record_usage(SYSTEM, customer_key="cust-a", feature_key="seats", amount=2)
+        self.used[("cust-a", "seats", datetime(1970, 1, 1, tzinfo=UTC))] = 2 * M
 
     def teardown(self) -> None:
         set_clock(None)
@@ -490,5 +493,28 @@ def test_plans_match_a_plain_model(app):
                 suppress_health_check=list(HealthCheck),
             ),
         )
+    finally:
+        set_clock(None)
+
+
+def test_the_machine_on_a_plan_edit_applied_to_the_others(app, monkeypatch):
+    """The path random runs reach least often, stepped by hand: cust-a's 2 seats block an edit
+    of p1 to 1 seat, which applies to the others; cust-a keeps 3 as an override."""
+    import tests.test_plans_stateful as machine
+
+    monkeypatch.setattr(machine, "event", lambda *args, **kwargs: None)
+    state = PlansMachine()
+    try:
+        state.matches_the_model()
+        state.change_plan("cust-c", "p1", scheduled=False)
+        state.edit_plan("p1", 20 * M, 1 * M, "block", others=False)  # refused
+        state.matches_the_model()
+        state.edit_plan("p1", 20 * M, 1 * M, "block", others=True)
+        assert state.overrides["cust-a"]["seats"] == {"allowance": 3 * M, "overage": "block"}
+        assert "seats" not in state.overrides["cust-c"]
+        state.matches_the_model()
+        state.month_starts(late=60)
+        state.tick()
+        state.matches_the_model()
     finally:
         set_clock(None)
