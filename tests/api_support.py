@@ -108,6 +108,9 @@ class Api:
     def patch(self, path: str, body: Any = None, **kwargs: Any):
         return self.request("PATCH", path, json_body=body, **kwargs)
 
+    def delete(self, path: str, **kwargs: Any):
+        return self.request("DELETE", path, **kwargs)
+
 
 def make_key(role: str = "admin", name: str | None = None) -> str:
     return auth.create_api_key(SYSTEM, name=name or f"{role} key", role=role).secret

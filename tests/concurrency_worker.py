@@ -55,3 +55,26 @@ def expire_loop(database_url: str, stop_file: str) -> None:
 
             traceback.print_exception(result.exception, file=sys.stderr)
             break
+
+
+def issue_loop(database_url: str, runs: str) -> None:
+    """`flask plans issue-credits`, ``runs`` times: prints "ready" once the app is up, waits for
+    a line on stdin ("go"), then prints one line per run (exit code and output)."""
+    import sys
+
+    from tests.conftest import TEST_CONFIG
+    from webapp import create_app
+
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url})
+    runner = app.test_cli_runner()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for _ in range(int(runs)):
+        with app.app_context():
+            result = runner.invoke(args=["plans", "issue-credits", "--batch", "3"])
+        print(result.exit_code, " ".join(result.output.split()), flush=True)
+        if result.exit_code != 0:
+            import traceback
+
+            traceback.print_exception(result.exception, file=sys.stderr)
+            break

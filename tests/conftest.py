@@ -134,6 +134,7 @@ TABLES = [
     "customers",
     "api_keys",
     "users",
+    "plans",  # CASCADE: plan entitlements, plan credits, overrides, issuances
 ]
 
 

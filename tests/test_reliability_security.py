@@ -64,6 +64,13 @@ EXPECTED: dict[str, str] = {
     "api.send_webhook_test_event": ADMIN,
     "api.list_webhook_deliveries": ADMIN,
     "api.resend_webhook_delivery": ADMIN,
+    "api.remove_entitlement": ADMIN,
+    "api.list_plans": VIEW,
+    "api.get_plan": VIEW,
+    "api.create_plan": ADMIN,
+    "api.update_plan": ADMIN,
+    "api.preview_plan": ADMIN,
+    "api.set_customer_plan": ADMIN,
     "metrifox_meter.record_usage": RECORD_USAGE,
     "metrifox_meter.check_access": VIEW,
     "metrifox_meter.list_events": VIEW,
@@ -101,6 +108,7 @@ IDS = {
     "entry_id": "1",  # its ledger entry
     "endpoint_id": "1",
     "delivery_id": "1",
+    "plan_key": "starter",
 }
 
 
@@ -132,6 +140,10 @@ def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
         "api.create_credit_system": {"key": f"cs-{tag}", "name": "Tokens"},
         "api.create_webhook_endpoint": {"url": f"https://hooks.example.com/{tag}"},
         "api.update_webhook_endpoint": {"description": "matrix"},
+        "api.create_plan": {"key": f"plan-{tag}", "name": "P"},
+        "api.update_plan": {"name": "Renamed"},
+        "api.preview_plan": {"entitlements": []},
+        "api.set_customer_plan": {"plan": None},
         "metrifox_meter.record_usage": {
             "customer_key": C,
             "feature_key": "api_calls",
@@ -274,6 +286,7 @@ def test_security_headers_on_every_route_and_every_error(app, client, catalog):
         "entry_id": IDS["entry_id"],
         "endpoint_id": IDS["endpoint_id"],
         "delivery_id": IDS["delivery_id"],
+        "plan_key": IDS["plan_key"],
     }
     for signed_in in (False, True):
         if signed_in:

@@ -17,6 +17,7 @@ from webapp.errors import (
     NotFound,
     ValidationError,
 )
+from webapp.models import utcnow
 from webapp.services import catalog as cat
 from webapp.services import reads, usage, wallets
 from webapp.services.actors import SYSTEM
@@ -97,8 +98,15 @@ def test_entitlement_rules(catalog):
     cat.set_entitlement(SYSTEM, C, "seats", allowance=4)
     cat.set_entitlement(SYSTEM, C, "seats", allowance=3, overage="allow")
     usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")
-    with pytest.raises(ValidationError):  # period change while the period has usage
-        cat.set_entitlement(SYSTEM, C, "api_calls", allowance=1000, reset_period="day")
+    # A period change while the period has usage waits for the period's end (scheduled).
+    changed = cat.set_entitlement(SYSTEM, C, "api_calls", allowance=1000, reset_period="day")
+    assert (changed.reset_period, changed.pending_reset_period) == ("month", "day")
+    assert changed.pending_reset_at == next_reset(utcnow(), "month")
+    # `never` has no end: there it is still refused.
+    cat.set_entitlement(SYSTEM, C, "candidates", allowance=100, reset_period="never")
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="candidates")
+    with pytest.raises(ValidationError):
+        cat.set_entitlement(SYSTEM, C, "candidates", allowance=100, reset_period="day")
 
 
 def test_unlimited_allowance(catalog):

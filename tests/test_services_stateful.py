@@ -18,7 +18,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from tests.factories import add_customer
 from webapp.errors import DomainError
@@ -54,7 +54,20 @@ topups = st.integers(1, 30_000_000).map(lambda micros: Decimal(micros).scaleb(-6
 
 
 def wipe() -> None:
+    from webapp.models import (
+        CustomerOverride,
+        Plan,
+        PlanCredit,
+        PlanCreditIssuance,
+        PlanEntitlement,
+    )
+
+    db.session.execute(update(Customer).values(plan_id=None, pending_plan_id=None))
     for model in (
+        PlanCreditIssuance,
+        CustomerOverride,
+        PlanEntitlement,
+        PlanCredit,
         AuditLog,
         CreditAllocation,
         LedgerEntry,
@@ -69,6 +82,7 @@ def wipe() -> None:
         CreditSystem,
         Feature,
         Customer,
+        Plan,
     ):
         db.session.execute(delete(model))
     db.session.commit()

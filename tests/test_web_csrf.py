@@ -53,6 +53,7 @@ def test_every_mutating_route_refuses_a_missing_or_wrong_token(csrf_app):
     ids = {
         "key": "cust-6d11ca90",
         "feature_key": "api_calls",
+        "plan_key": "starter",
         "system_key": "credits",
         "user_id": victim.id,
         "key_id": key.id,

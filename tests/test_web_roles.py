@@ -8,7 +8,7 @@ from flask import Flask
 
 from tests.factories import make_catalog
 from tests.web import ROLES, make_user, signed_in
-from webapp.services import auth
+from webapp.services import auth, plans
 from webapp.services.actors import (
     ADMIN,
     MANAGE_WALLETS,
@@ -76,6 +76,12 @@ EXPECTED: dict[str, str] = {
     "admin.webhook_rotate": ADMIN,
     "admin.webhook_deliveries": ADMIN,
     "admin.webhook_resend": ADMIN,
+    "admin.plans_index": ADMIN,
+    "admin.plan_edit": ADMIN,
+    "admin.plan_preview": ADMIN,
+    "admin.plan_status": ADMIN,
+    "admin.customer_plan": ADMIN,
+    "admin.customer_plan_preview": ADMIN,
 }
 # Routes that end the session they are called with: called last.
 ENDS_SESSION = ("auth.logout_everywhere", "auth.logout")
@@ -119,9 +125,11 @@ def _url(rule: str, ids: dict[str, object]) -> str:
 @pytest.mark.parametrize("role", ["anonymous", *ROLES])
 def test_role_route_matrix(app, client, role):
     make_catalog()
+    plans.create_plan(SYSTEM, key="starter", name="Starter")
     victim = make_user("account_manager", "victim@example.com")
     key = auth.create_api_key(SYSTEM, name="matrix").key
     ids = {
+        "plan_key": "starter",
         "key": "cust-6d11ca90",
         "feature_key": "api_calls",
         "system_key": "credits",

@@ -27,6 +27,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(ledger)
     app.cli.add_command(credits_group)
     app.cli.add_command(worker_group)
+    app.cli.add_command(plans_group)
 
 
 def _fail(exc: DomainError) -> NoReturn:
@@ -316,3 +317,108 @@ def worker_status() -> None:
         last = f"{job.last_finished_at:%Y-%m-%d %H:%M:%S}" if job.last_finished_at else "never"
         error = f", last error: {job.last_error}" if job.last_error else ""
         click.echo(f"job {job.name}: last finished {last}, next {job.next_run_at:%H:%M:%S}{error}")
+
+
+@click.group("plans", help="Plans: edits, scheduled changes and included credits.")
+def plans_group() -> None:
+    pass
+
+
+class _Bar:
+    """A progress bar on stderr for a plan edit or an issue run: (done, total) callbacks."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: object | None = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=max(total, 1), label=self.label, file=sys.stderr)
+            self.bar.__enter__()  # type: ignore[attr-defined]
+        self.bar.update(done - self.done)  # type: ignore[attr-defined]
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
+@plans_group.command(
+    "tick",
+    help="The worker's plan job: apply due scheduled reset periods and "
+    "plan changes, finish plan edits in progress, issue included credits "
+    "(idempotent; safe beside another run).",
+)
+@click.option("--batch", default=200, show_default=True, help="Customers per transaction.")
+@_or_fail
+def plans_tick(batch: int) -> None:
+    from .services import plans
+
+    done = plans.tick(batch=max(1, batch))
+    click.echo(
+        f"Applied {done.resets_applied} reset period changes and {done.plan_changes} plan "
+        f"changes, brought {done.caught_up} customers up to their plan, issued "
+        f"{done.credits_issued} included credit grants."
+    )
+    for key in done.plan_changes_blocked:
+        click.echo(f"  {key}: scheduled plan change blocked (seats above the new allowance)")
+
+
+@plans_group.command("issue-credits", help="Issue the included credits due now (idempotent).")
+@click.option("--batch", default=200, show_default=True, help="Customers per transaction.")
+@_or_fail
+def plans_issue_credits(batch: int) -> None:
+    from .services import plans
+
+    click.echo(
+        f"Issued {plans.issue_included_credits(batch=max(1, batch))} included credit grants."
+    )
+
+
+@plans_group.command("apply-scheduled", help="Apply due scheduled plan and reset period changes.")
+@_or_fail
+def plans_apply_scheduled() -> None:
+    from .services import plans
+
+    resets = plans.apply_scheduled_resets()
+    changed, blocked = plans.apply_scheduled_changes()
+    click.echo(f"Applied {resets} reset period changes and {changed} plan changes.")
+    for key in blocked:
+        click.echo(f"  {key}: scheduled plan change blocked (seats above the new allowance)")
+
+
+@plans_group.command(
+    "edit",
+    help="Edit a plan from a JSON file ({name?, entitlements?, included_credits?, "
+    "prorate_included_credits?}); every customer on it changes, with a progress bar.",
+)
+@click.argument("key")
+@click.argument("path", type=click.File("r"))
+@click.option("--apply-to-others", is_flag=True, help="Customers who block keep their value.")
+@click.option("--batch", default=200, show_default=True, help="Customers per transaction.")
+@_or_fail
+def plans_edit(key: str, path: click.utils.LazyFile, apply_to_others: bool, batch: int) -> None:
+    import json
+
+    from .services import plans
+
+    body = json.load(path)
+    bar = _Bar(f"plan {key}")
+    try:
+        result = plans.update_plan(
+            SYSTEM,
+            key,
+            name=body.get("name"),
+            entitlements=body.get("entitlements"),
+            included_credits=body.get("included_credits"),
+            prorate_included_credits=body.get("prorate_included_credits"),
+            apply_to_others=apply_to_others,
+            batch=max(1, batch),
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    click.echo(f"Plan {key}: {result.updated} customers updated.")
+    for item in result.kept:
+        click.echo(f"  {item.customer_key} keeps its {item.feature_key} {item.field} (override)")

@@ -77,6 +77,11 @@ class Conflict(DomainError):
     meaning = "creating what already exists"
 
 
+class PlanChangeBlocked(DomainError):
+    code, status = "plan_change_blocked", 409
+    meaning = "a plan edit or change blocked by usage: `details.blocked` lists what to reclaim"
+
+
 class PayloadTooLarge(DomainError):
     code, status = "payload_too_large", 413
 
@@ -127,6 +132,7 @@ ERRORS: tuple[type[DomainError], ...] = (
     MethodNotAllowed,
     IdempotencyConflict,
     Conflict,
+    PlanChangeBlocked,
     PayloadTooLarge,
     ValidationError,
     InvalidAmount,

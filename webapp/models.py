@@ -51,6 +51,11 @@ GRANT_STATUSES = ("scheduled", "active", "depleted", "expired", "voided")
 # Lower is spent first (domain.md, "Credit grants").
 DEFAULT_PRIORITY = {"granted": 100, "purchased": 200}
 CUSTOMER_STATUSES = ("active", "archived")
+PLAN_STATUSES = ("active", "archived")
+PLAN_CREDIT_PERIODS = ("month", "year")
+# Where an effective entitlement's values come from (domain.md, "Plans"): set on the customer
+# directly (no plan), the customer's plan, or the plan with a customer override on top.
+ENTITLEMENT_SOURCES = ("customer", "plan", "override")
 
 
 class ExactInt(TypeDecorator[int]):
@@ -190,6 +195,14 @@ class Customer(Model):
     status: Mapped[str] = mapped_column(String(16), default="active")
     extra: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Plans (domain.md, "Plans"): the current plan, since when, the plan revision its effective
+    # entitlements were computed from, and a scheduled change (pending_plan_at set; a None
+    # pending_plan_id then means "no plan").
+    plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"), index=True)
+    plan_assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    plan_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pending_plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
+    pending_plan_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class Feature(Model):
@@ -245,6 +258,14 @@ class Entitlement(Model):
     reset_period: Mapped[str] = mapped_column(String(8), default="never")
     overage: Mapped[str] = mapped_column(String(8), default="block")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Plans: where the values come from (ENTITLEMENT_SOURCES) and, for `override`, which fields
+    # the override sets (comma-separated, e.g. "allowance,overage"). The usage hot path reads
+    # none of these.
+    source: Mapped[str] = mapped_column(String(8), default="customer", server_default="customer")
+    overridden: Mapped[str | None] = mapped_column(String(40))
+    # A reset period change waiting for the current period's end (it had usage already).
+    pending_reset_period: Mapped[str | None] = mapped_column(String(8))
+    pending_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class Wallet(Model):
@@ -606,3 +627,106 @@ class WorkerJob(Model):
     last_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(500))
+
+
+class Plan(Model):
+    """A bundle of entitlements and included credits that customers are put on (domain.md,
+    "Plans"). ``revision`` moves with every edit; a customer whose ``plan_revision`` is behind
+    is still to be brought up to date by the edit in progress (or `flask plans tick`)."""
+
+    __tablename__ = "plans"
+    __table_args__ = (CheckConstraint(_in("status", PLAN_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    prorate_included_credits: Mapped[bool] = mapped_column(default=False)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PlanEntitlement(Model):
+    __tablename__ = "plan_entitlements"
+    __table_args__ = (
+        UniqueConstraint("plan_id", "feature_id"),
+        CheckConstraint(_in("reset_period", RESET_PERIODS), name="reset_period"),
+        CheckConstraint(_in("overage", OVERAGE_POLICIES), name="overage"),
+        CheckConstraint("allowance_micros IS NULL OR allowance_micros >= 0", name="allowance"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id"), index=True)
+    allowance_micros: Mapped[int | None] = mapped_column(BigInteger)  # None = unlimited
+    reset_period: Mapped[str] = mapped_column(String(8), default="never")
+    overage: Mapped[str] = mapped_column(String(8), default="block")
+
+
+class PlanCredit(Model):
+    """Included credits: ``amount_micros`` of a credit system each period (month or year),
+    issued as a `granted` grant expiring at the period's end."""
+
+    __tablename__ = "plan_credits"
+    __table_args__ = (
+        UniqueConstraint("plan_id", "credit_system_id"),
+        CheckConstraint(_in("period", PLAN_CREDIT_PERIODS), name="period"),
+        CheckConstraint("amount_micros > 0", name="amount_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
+    credit_system_id: Mapped[int] = mapped_column(ForeignKey("credit_systems.id"), index=True)
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    period: Mapped[str] = mapped_column(String(8), default="month")
+
+
+class CustomerOverride(Model):
+    """A customer's own values on top of its plan for one feature: each field None = the plan's
+    (``allowance_set`` says whether the allowance is overridden, since None there = unlimited).
+    A feature the plan lacks needs all three (an extra feature)."""
+
+    __tablename__ = "customer_overrides"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "feature_id"),
+        CheckConstraint(
+            "reset_period IS NULL OR " + _in("reset_period", RESET_PERIODS), name="reset_period"
+        ),
+        CheckConstraint("overage IS NULL OR " + _in("overage", OVERAGE_POLICIES), name="overage"),
+        CheckConstraint("allowance_micros IS NULL OR allowance_micros >= 0", name="allowance"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id"), index=True)
+    allowance_set: Mapped[bool] = mapped_column(default=False)
+    allowance_micros: Mapped[int | None] = mapped_column(BigInteger)
+    reset_period: Mapped[str | None] = mapped_column(String(8))
+    overage: Mapped[str | None] = mapped_column(String(8))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PlanCreditIssuance(Model):
+    """One issue of a plan's included credits: at most one per (customer, plan, credit system,
+    period start), whatever the number of workers or runs (the unique key decides)."""
+
+    __tablename__ = "plan_credit_issuances"
+    __table_args__ = (
+        UniqueConstraint(
+            "customer_id",
+            "plan_id",
+            "credit_system_id",
+            "period_start",
+            name="uq_plan_credit_issuances_key",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), index=True)
+    credit_system_id: Mapped[int] = mapped_column(ForeignKey("credit_systems.id"))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("credit_grants.id"), index=True)
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -85,6 +85,7 @@ LIMIT = param(
 )
 CUSTOMER_KEY_PATH = param("key", "path", "The customer's key.")
 FEATURE_KEY_PATH = param("feature_key", "path", "The feature's key.")
+PLAN_KEY_PATH = param("plan_key", "path", "The plan's key.")
 GRANT_ID_PATH = param(
     "grant_id", "path", "The grant's id.", schema={"type": "integer", "minimum": 1}
 )
@@ -176,6 +177,9 @@ class Operations:
     def patch(self, rule: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
         return self.route("patch", rule, *args, **kwargs)
 
+    def delete(self, rule: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        return self.route("delete", rule, *args, **kwargs)
+
 
 @cache
 def _document() -> dict[str, Any]:
@@ -204,6 +208,7 @@ def _document() -> dict[str, Any]:
             },
             {"name": "Customers", "description": "Customers, their usage and their ledger."},
             {"name": "Configuration", "description": "Features, credit systems, entitlements."},
+            {"name": "Plans", "description": "Plans, customers' plans and overrides."},
             {"name": "Meta", "description": "This document."},
             {"name": "Webhooks", "description": "Webhook endpoints and their deliveries."},
         ],

@@ -15,7 +15,7 @@ from .. import jsondoor
 from ..errors import DomainError, PayloadTooLarge
 from ..jsondoor import json_body, query
 from ..models import utcnow
-from ..services import catalog, reads, usage, wallets, webhooks
+from ..services import catalog, plans, reads, usage, wallets, webhooks
 from ..services.actors import Actor
 from ..services.credits import reads as grants
 from ..services.usage import MAX_BATCH
@@ -28,6 +28,7 @@ from .openapi import (
     FEATURE_KEY_PATH,
     GRANT_ID_PATH,
     LIMIT,
+    PLAN_KEY_PATH,
     Operations,
     openapi_document,
     param,
@@ -332,7 +333,9 @@ def create_customer():
 )
 def get_customer(key: str):
     query(())
-    return respond(schemas.CustomerDetail.of(reads.customer_summary(actor(), key)))
+    summary = reads.customer_summary(actor(), key)
+    plan = plans.customer_plan(summary.customer).to_json()
+    return respond(schemas.CustomerDetail.of(summary, plan))
 
 
 @api.get(
@@ -447,11 +450,220 @@ def update_entitlement(key: str, feature_key: str):
 
 
 def _entitlement(key: str, feature_key: str, entitlement: Any) -> Response:
-    fields = ("allowance_micros", "reset_period", "overage", "updated_at")
+    return respond(_entitlement_body(key, feature_key, entitlement))
+
+
+def _entitlement_body(key: str, feature_key: str, entitlement: Any) -> schemas.Entitlement:
+    fields = (
+        "allowance_micros",
+        "reset_period",
+        "overage",
+        "updated_at",
+        "source",
+        "pending_reset_period",
+        "pending_reset_at",
+    )
+    return schemas.Entitlement.model_validate(
+        {"customer_key": key, "feature_key": feature_key}
+        | {name: getattr(entitlement, name) for name in fields}
+        | {"overridden": entitlement.overridden.split(",") if entitlement.overridden else []}
+    )
+
+
+@api.delete(
+    "/customers/<key>/entitlements/<feature_key>",
+    "removeEntitlement",
+    "Remove a customer's entitlement, or its override when it is on a plan (admin)",
+    tag="Configuration",
+    params=[CUSTOMER_KEY_PATH, FEATURE_KEY_PATH],
+    ok={200: ("EntitlementRemoved", "What was removed and what applies now.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.FeatureNotFound, e.NotFound, e.ValidationError),
+    description="A customer on a plan: the override goes and the plan's value applies again "
+    "(404 `not_found` when there is no override). Without a plan: the entitlement goes.",
+)
+def remove_entitlement(key: str, feature_key: str):
+    query(())
+    on_plan = catalog.get_customer(key).plan_id is not None
+    catalog.remove_entitlement(actor(), key, feature_key)
+    now = catalog.entitlement_of(key, feature_key)
     return respond(
-        schemas.Entitlement.model_validate(
-            {"customer_key": key, "feature_key": feature_key}
-            | {name: getattr(entitlement, name) for name in fields}
+        schemas.EntitlementRemoved(
+            customer_key=key,
+            feature_key=feature_key,
+            removed="override" if on_plan else "entitlement",
+            entitlement=None if now is None else _entitlement_body(key, feature_key, now),
+        )
+    )
+
+
+# ---------------------------------------------------------------- plans
+
+
+def _plan(view: plans.PlanView) -> dict[str, Any]:
+    p = view.plan
+    return {
+        "key": p.key,
+        "name": p.name,
+        "status": p.status,
+        "prorate_included_credits": p.prorate_included_credits,
+        "revision": p.revision,
+        "customers": view.customers,
+        "entitlements": [
+            {
+                "feature_key": f.key,
+                "allowance_micros": pe.allowance_micros,
+                "reset_period": pe.reset_period,
+                "overage": pe.overage,
+            }
+            for f, pe in view.entitlements
+        ],
+        "included_credits": [
+            {"credit_system": cs.key, "amount_micros": pc.amount_micros, "period": pc.period}
+            for cs, pc in view.credits
+        ],
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+    }
+
+
+@api.get(
+    "/plans",
+    "listPlans",
+    "Every plan, with its entitlements, included credits and customer count",
+    tag="Plans",
+    params=[param("status", "query", "Only plans of this status: `active` or `archived`.")],
+    ok={200: ("PlanPage", "All plans in one page (`next_cursor` is null).")},
+    errors=(e.Forbidden,),
+)
+def list_plans():
+    args = query(("status",))
+    found = plans.list_plans(actor(), **args)
+    return respond(
+        schemas.PlanPage.model_validate({"data": [_plan(v) for v in found], "next_cursor": None})
+    )
+
+
+@api.post(
+    "/plans",
+    "createPlan",
+    "Create a plan (admin)",
+    tag="Plans",
+    body="PlanCreate",
+    ok={201: ("Plan", "The new plan.")},
+    errors=(e.Forbidden, e.Conflict, e.FeatureNotFound, e.NotFound),
+)
+def create_plan():
+    fields = schemas.PlanCreate.parse(json_body())
+    for name in ("entitlements", "included_credits"):
+        if name in fields:
+            fields[name] = schemas.items(fields[name])
+    plan = plans.create_plan(actor(), **fields)
+    return respond(schemas.Plan.model_validate(_plan(plans.read_plan(actor(), plan.key))), 201)
+
+
+@api.get(
+    "/plans/<plan_key>",
+    "getPlan",
+    "A plan",
+    tag="Plans",
+    params=[PLAN_KEY_PATH],
+    ok={200: ("Plan", "The plan.")},
+    errors=(e.Forbidden, e.NotFound),
+)
+def get_plan(plan_key: str):
+    query(())
+    return respond(schemas.Plan.model_validate(_plan(plans.read_plan(actor(), plan_key))))
+
+
+@api.patch(
+    "/plans/<plan_key>",
+    "updatePlan",
+    "Edit or archive a plan; every customer on it changes (admin)",
+    tag="Plans",
+    params=[PLAN_KEY_PATH],
+    body="PlanUpdate",
+    ok={200: ("PlanEditResult", "The plan as it now is, and the customers changed.")},
+    errors=(e.Forbidden, e.NotFound, e.FeatureNotFound, e.PlanChangeBlocked),
+    description="Every customer on the plan changes, in batches. A `block` allowance under a "
+    "customer's usage refuses the edit (409 `plan_change_blocked`, `details.blocked` lists "
+    "them) unless `apply_to_others`; a new reset period waits for the end of a period that has "
+    "usage. `status: archived` archives the plan (no new customers).",
+)
+def update_plan(plan_key: str):
+    fields = schemas.PlanUpdate.parse(json_body())
+    status = fields.pop("status", None)
+    for name in ("entitlements", "included_credits"):
+        if name in fields:
+            fields[name] = schemas.items(fields[name])
+    who = actor()
+    result = plans.update_plan(who, plan_key, **fields)
+    if status is not None:
+        plans.set_plan_status(who, plan_key, status)
+    body = _plan(plans.read_plan(who, plan_key))
+    body["customers_updated"] = result.updated
+    body["kept"] = [b.to_json() for b in result.kept]
+    return respond(schemas.PlanEditResult.model_validate(body))
+
+
+@api.post(
+    "/plans/<plan_key>/preview",
+    "previewPlanEdit",
+    "Who an edit of the plan's entitlements would change, and who blocks it (admin)",
+    tag="Plans",
+    params=[PLAN_KEY_PATH],
+    body="PlanPreviewRequest",
+    ok={200: ("PlanPreview", "Nothing is written.")},
+    errors=(e.Forbidden, e.NotFound, e.FeatureNotFound),
+)
+def preview_plan(plan_key: str):
+    fields = schemas.PlanPreviewRequest.parse(json_body())
+    preview = plans.preview_plan_edit(
+        actor(), plan_key, entitlements=schemas.items(fields["entitlements"])
+    )
+    return respond(
+        schemas.PlanPreview.model_validate(
+            {
+                "plan": preview.plan.key,
+                "affected": preview.affected,
+                "blocked": [b.to_json() for b in preview.blocked],
+                "scheduled_resets": preview.scheduled_resets,
+            }
+        )
+    )
+
+
+@api.put(
+    "/customers/<key>/plan",
+    "setCustomerPlan",
+    "Put a customer on a plan, now or at the period's end (admin)",
+    tag="Plans",
+    params=[CUSTOMER_KEY_PATH],
+    body="CustomerPlanPut",
+    ok={200: ("CustomerPlanResult", "The change, made or scheduled.")},
+    errors=(e.Forbidden, e.CustomerNotFound, e.NotFound, e.PlanChangeBlocked),
+    description="`plan: null` takes the customer off its plan (its entitlements stay, as its "
+    "own). `now`: usage so far stays counted; seats above the new allowance refuse the change "
+    "(409 `plan_change_blocked` lists what to reclaim); the new plan's included credits are "
+    "issued at once. `period_end`: scheduled for the next UTC month start. The current plan "
+    "with `now` cancels a scheduled change.",
+)
+def set_customer_plan(key: str):
+    fields = schemas.CustomerPlanPut.parse(json_body())
+    if "plan" not in fields:
+        raise e.ValidationError("`plan` is required (null: no plan).", field="plan")
+    change = plans.change_customer_plan(
+        actor(), key, fields["plan"], when=fields.get("when", "now")
+    )
+    return respond(
+        schemas.CustomerPlanResult.model_validate(
+            {
+                "customer_key": change.customer.key,
+                "plan": None if change.plan is None else change.plan.key,
+                "when": change.when,
+                "at": change.at,
+                "scheduled": change.scheduled,
+                "included_credits_issued": change.issued,
+            }
         )
     )
 

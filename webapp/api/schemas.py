@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     create_model,
@@ -288,6 +289,71 @@ class EntitlementPatch(Request):
     overage: _enum(OVERAGE_POLICIES) = Field(None)
 
 
+class PlanEntitlementItem(BaseModel):
+    """One entitlement of a plan: every field required (``allowance: null`` = unlimited)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    feature_key: StrictStr
+    allowance: Annotated[Amount | None, ALLOWANCE_DOC] = Field(
+        description="Units per reset period or in total; null = unlimited."
+    )
+    reset_period: _enum(RESET_PERIODS) = Field()
+    overage: _enum(OVERAGE_POLICIES) = Field()
+
+
+class IncludedCreditItem(BaseModel):
+    """Credits issued each period (a `granted` grant expiring at the period's end)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    credit_system: StrictStr
+    amount: Amount = Field(description="Credits per period, greater than zero.")
+    period: _enum(["month", "year"]) = Field("month")
+
+
+class PlanCreate(Request):
+    key: StrictStr = Field(examples=["growth"])
+    name: StrictStr
+    entitlements: list[PlanEntitlementItem] = Field(default_factory=list)
+    included_credits: list[IncludedCreditItem] = Field(default_factory=list)
+    prorate_included_credits: StrictBool = Field(
+        False, description="Issue a customer who joins mid-period the part of the period left."
+    )
+
+
+class PlanUpdate(Request):
+    """Only the fields sent change; `entitlements` and `included_credits` replace the lists."""
+
+    name: OptStr = None
+    status: _enum(["active", "archived"], null=True) = Field(
+        None, description="`archived`: no new customers; those on it stay."
+    )
+    entitlements: list[PlanEntitlementItem] | None = None
+    included_credits: list[IncludedCreditItem] | None = None
+    prorate_included_credits: StrictBool | None = None
+    apply_to_others: StrictBool = Field(
+        False,
+        description="When some customers block the edit (a `block` allowance under their "
+        "usage), apply it to the others; those keep their value as an override.",
+    )
+
+
+class PlanPreviewRequest(Request):
+    entitlements: list[PlanEntitlementItem]
+
+
+class CustomerPlanPut(Request):
+    plan: OptStr = Field(description="The plan's key; null: no plan.")
+    when: _enum(["now", "period_end"]) = Field(
+        "now", description="`period_end`: at the start of the next UTC month (scheduled)."
+    )
+
+
+def items(values: list[BaseModel] | None) -> list[dict[str, Any]] | None:
+    return None if values is None else [v.model_dump() for v in values]
+
+
 # ---------------------------------------------------------------- responses
 
 
@@ -533,6 +599,15 @@ class CustomerEntitlement(Response):
     overage: Overage
     credit_system: str | None
     credit_cost: OptCredits = _renamed("cost_micros")
+    source: Literal["customer", "plan", "override"] = Field(
+        description="Where the values come from: the customer's own (no plan), its plan, or its "
+        "plan with an override (`overridden` lists the fields the override sets)."
+    )
+    overridden: list[str]
+    pending_reset_period: Annotated[str | None, _doc(_null({"type": "string"}))] = Field(
+        description="A reset period change waiting for the current period's end."
+    )
+    pending_reset_at: OptTime
 
 
 class Wallet(Response):
@@ -580,15 +655,28 @@ class WalletGrants(Wallet):
         )
 
 
+class ScheduledPlanChange(Response):
+    plan: str | None = Field(description="The plan's key; null: no plan.")
+    at: Time
+
+
+class CustomerPlan(Response):
+    key: str | None
+    name: str | None
+    since: OptTime
+    scheduled_change: ScheduledPlanChange | None
+
+
 class CustomerDetail(Customer):
+    plan: CustomerPlan | None = Field(description="Its plan, and a scheduled change; null: none.")
     entitlements: list[CustomerEntitlement]
     wallets: list[Wallet]
 
     @classmethod
-    def of(cls, s: reads.CustomerSummary) -> CustomerDetail:
+    def of(cls, s: reads.CustomerSummary, plan: dict[str, Any] | None = None) -> CustomerDetail:
         customer = Customer.model_validate(s.customer).model_dump()
         return cls.model_validate(
-            {**customer, "entitlements": s.entitlements, "wallets": s.wallets}
+            {**customer, "plan": plan, "entitlements": s.entitlements, "wallets": s.wallets}
         )
 
 
@@ -680,6 +768,79 @@ class Entitlement(Response):
     reset_period: ResetPeriod
     overage: Overage
     updated_at: Time
+    source: Literal["customer", "plan", "override"]
+    overridden: list[str]
+    pending_reset_period: Annotated[str | None, _doc(_null({"type": "string"}))]
+    pending_reset_at: OptTime
+
+
+class EntitlementRemoved(Response):
+    customer_key: str
+    feature_key: str
+    removed: Literal["entitlement", "override"] = Field(
+        description="`override`: the customer is on a plan; its plan's value applies again."
+    )
+    entitlement: Entitlement | None = Field(description="What applies now; null: none.")
+
+
+class PlanEntitlement(Response):
+    feature_key: str
+    allowance: OptQuantity
+    reset_period: ResetPeriod
+    overage: Overage
+
+
+class IncludedCredit(Response):
+    credit_system: str
+    amount: Credits
+    period: Literal["month", "year"]
+
+
+class Plan(Response):
+    key: str
+    name: str
+    status: Literal["active", "archived"]
+    prorate_included_credits: bool
+    revision: int = Field(description="Moves with every edit of the plan's entitlements.")
+    customers: int = Field(description="Customers on the plan.")
+    entitlements: list[PlanEntitlement]
+    included_credits: list[IncludedCredit]
+    created_at: Time
+    updated_at: Time
+
+
+class BlockedEntitlement(Response):
+    customer_key: str
+    feature_key: str
+    field: Literal["allowance", "reset_period"]
+    used: Credits
+    allowance: OptCredits
+
+
+class PlanEditResult(Plan):
+    customers_updated: int
+    kept: list[BlockedEntitlement] = Field(
+        description="Customers who blocked the edit and keep their value as an override "
+        "(`apply_to_others`)."
+    )
+
+
+class PlanPreview(Response):
+    plan: str
+    affected: int = Field(description="Customers on the plan.")
+    blocked: list[BlockedEntitlement]
+    scheduled_resets: int = Field(
+        description="Entitlements whose new reset period waits for their period's end."
+    )
+
+
+class CustomerPlanResult(Response):
+    customer_key: str
+    plan: str | None
+    when: Literal["now", "period_end"]
+    at: Time
+    scheduled: bool
+    included_credits_issued: int
 
 
 def _page_of(name: str, item: type[Response]) -> type[Response]:
@@ -700,6 +861,7 @@ EventPage = _page_of("EventPage", Event)
 LedgerPage = _page_of("LedgerPage", LedgerEntry)
 FeaturePage = _page_of("FeaturePage", Feature)
 WalletPage = _page_of("WalletPage", WalletGrants)
+PlanPage = _page_of("PlanPage", Plan)
 
 
 # ---------------------------------------------------------------- webhooks
@@ -797,4 +959,10 @@ RESPONSES: tuple[type[Response], ...] = (
     WebhookEndpointPage,
     WebhookDelivery,
     WebhookDeliveryPage,
+    EntitlementRemoved,
+    Plan,
+    PlanPage,
+    PlanEditResult,
+    PlanPreview,
+    CustomerPlanResult,
 )

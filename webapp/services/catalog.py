@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import delete, func, or_, select
 
@@ -18,11 +18,10 @@ from ..errors import (
 from ..extensions import db
 from ..models import (
     FEATURE_TYPES,
-    OVERAGE_POLICIES,
-    RESET_PERIODS,
     CreditCost,
     CreditSystem,
     Customer,
+    CustomerOverride,
     Entitlement,
     Feature,
     LedgerEntry,
@@ -184,7 +183,7 @@ def delete_customer(actor: Actor, key: object) -> None:
             "archive the customer instead.",
             field="key",
         )
-    for model in (UsageCounter, Entitlement, Wallet):
+    for model in (UsageCounter, Entitlement, CustomerOverride, Wallet):
         db.session.execute(delete(model).where(model.customer_id == customer.id))
     db.session.delete(customer)
     audit.record(actor, "customer.deleted", customer_key=customer.key)
@@ -402,6 +401,11 @@ def update_entitlement(
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key)
     current = _existing_entitlement(customer, feature)
+    if customer.plan_id is not None:  # on a plan: the fields sent become an override
+        from . import plans
+
+        sent = {k: v for k, v in changes.items() if v is not UNSET}
+        return plans.set_override(actor, customer, feature, sent, replace=False)
     values: dict[str, object] = {
         "allowance": None
         if current.allowance_micros is None
@@ -445,29 +449,23 @@ def _set_entitlement(
     overage: object,
 ) -> Entitlement:
     """An allowance under what is already used in the current period, with the `block` policy, is
-    refused (reclaim first), so that `used <= allowance` stays true; so is a new reset period while
-    the current period already has usage, since the counter would mix two kinds of period."""
+    refused (reclaim first), so that `used <= allowance` stays true; a new reset period while the
+    current period already has usage waits for that period's end (scheduled: the counter never
+    mixes two kinds of period), and is refused only for `never`, which has no end (plans.judge,
+    the rule of every door). A customer on a plan gets an override instead (plans.set_override)."""
+    from . import plans
+
     require(actor, ADMIN)
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key)
-    period = validation.choice(reset_period or "never", RESET_PERIODS, field="reset_period")
-    policy = validation.choice(overage or "block", OVERAGE_POLICIES, field="overage")
-    allowance_micros = None if allowance is None else parse_micros(allowance, field="allowance")
-    if allowance_micros is not None and allowance_micros < 0:
-        raise ValidationError("`allowance` may not be negative.", field="allowance")
-    if feature.type != "consumable" and period != "never":
-        raise ValidationError(
-            f"A {feature.type} feature has no reset period; use `never`.", field="reset_period"
-        )
-    if feature.type == "boolean" and allowance_micros is not None:
-        raise ValidationError("A boolean feature has no allowance.", field="allowance")
-    if (
-        feature.type == "persistent"
-        and allowance_micros is not None
-        and (allowance_micros % 1_000_000)
-    ):
-        raise ValidationError(
-            "A persistent feature's allowance is a whole number.", field="allowance"
+    spec = plans.entitlement_spec(feature, allowance, reset_period, overage)
+    if customer.plan_id is not None:
+        return plans.set_override(
+            actor,
+            customer,
+            feature,
+            {"allowance": allowance, "reset_period": reset_period, "overage": overage},
+            replace=True,
         )
     entitlement = db.session.scalar(
         select(Entitlement).where(
@@ -475,39 +473,57 @@ def _set_entitlement(
         )
     )
     now = utcnow()
-    if entitlement is not None and feature.type != "boolean":
-        old_start = period_start(now, entitlement.reset_period)
-        used = _used(customer.id, feature.id, old_start)
-        if period != entitlement.reset_period and used:
-            raise ValidationError(
-                "The reset period can change only while the current period has no usage.",
-                field="reset_period",
-            )
-        if policy == "block" and allowance_micros is not None and used > allowance_micros:
-            raise ValidationError(
-                f"{format_micros(used)} already used this period: the allowance cannot be lower "
-                "while overage is blocked.",
-                field="allowance",
-            )
+    decision = plans.judge(None, spec, 0, now)
+    if entitlement is not None:
+        current = plans.Spec(
+            entitlement.allowance_micros, entitlement.reset_period, entitlement.overage
+        )
+        used = (
+            0
+            if feature.type == "boolean"
+            else _used(customer.id, feature.id, period_start(now, entitlement.reset_period))
+        )
+        decision = plans.judge(current, spec, used, now)
+    if isinstance(decision, plans.Blocker):
+        raise_blocked(decision)
+        raise AssertionError("unreachable")
     if entitlement is None:
         entitlement = Entitlement(customer_id=customer.id, feature_id=feature.id)
         db.session.add(entitlement)
-    entitlement.allowance_micros = allowance_micros
-    entitlement.reset_period = period
-    entitlement.overage = policy
+    entitlement.allowance_micros = decision.spec.allowance
+    entitlement.reset_period = decision.spec.reset_period
+    entitlement.overage = decision.spec.overage
+    entitlement.pending_reset_period = decision.pending_reset
+    entitlement.pending_reset_at = decision.pending_at
+    entitlement.source = "customer"
+    entitlement.overridden = None
     entitlement.updated_at = now
+    details: dict[str, object] = plans.spec_json(spec)
+    if decision.pending_at is not None:
+        details["reset_period_from"] = decision.pending_at.isoformat()
     audit.record(
         actor,
         "entitlement.set",
         customer_key=customer.key,
         target=f"feature:{feature.key}",
-        details={
-            "allowance": None if allowance_micros is None else format_micros(allowance_micros),
-            "reset_period": period,
-            "overage": policy,
-        },
+        details=details,
     )
     return entitlement
+
+
+def raise_blocked(blocker: Any) -> NoReturn:
+    """The single-entitlement doors' refusal (plans.Blocker), as before plans: a validation
+    error on the field."""
+    if blocker.field == "reset_period":
+        raise ValidationError(
+            "The reset period `never` has no end: it can change only while it has no usage.",
+            field="reset_period",
+        )
+    raise ValidationError(
+        f"{format_micros(blocker.used)} already used this period: the allowance cannot be lower "
+        "while overage is blocked.",
+        field="allowance",
+    )
 
 
 @transactional
@@ -515,9 +531,25 @@ def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) 
     require(actor, ADMIN)
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key)
+    if customer.plan_id is not None:  # on a plan: the override goes, the plan's value is back
+        from . import plans
+
+        plans.remove_override(actor, customer, feature)
+        return
     db.session.delete(_existing_entitlement(customer, feature))
     audit.record(
         actor, "entitlement.removed", customer_key=customer.key, target=f"feature:{feature.key}"
+    )
+
+
+def entitlement_of(customer_key: object, feature_key: object) -> Entitlement | None:
+    """The customer's effective entitlement to the feature, or None (a read)."""
+    customer = get_customer(customer_key)
+    feature = get_feature(feature_key=feature_key)
+    return db.session.scalar(
+        select(Entitlement).where(
+            Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
+        )
     )
 
 

@@ -182,7 +182,102 @@ def seed(
     # them now, so that the first page views after a seed get the plans they will have later.
     db.session.execute(text("ANALYZE"))
     db.session.commit()
+    seed_plans(rng, actor)
     return stats
+
+
+PLAN_CUSTOMERS = 50  # customers put on a plan by the seed (one service call each)
+DEMO_PLANS: list[tuple[str, str, bool, str, dict[str, tuple[str | None, str, str]]]] = [
+    # key, name, prorate, included credits / month, {feature: (allowance, reset, overage)}
+    (
+        "starter",
+        "Starter",
+        False,
+        "10",
+        {
+            "api_calls": ("50000", "month", "block"),
+            "candidates": ("500", "month", "block"),
+            "image_generations": ("200", "month", "block"),
+            "seats": ("10", "never", "block"),
+        },
+    ),
+    (
+        "growth",
+        "Growth",
+        True,
+        "100",
+        {
+            "api_calls": ("200000", "month", "allow"),
+            "candidates": ("2000", "month", "block"),
+            "image_generations": ("1000", "month", "block"),
+            "seats": ("50", "never", "block"),
+            "sso": (None, "never", "block"),
+        },
+    ),
+    (
+        "enterprise",
+        "Enterprise",
+        False,
+        "1000",
+        {
+            "api_calls": (None, "month", "allow"),
+            "candidates": (None, "month", "block"),
+            "image_generations": (None, "month", "block"),
+            "seats": (None, "never", "block"),
+            "sso": (None, "never", "block"),
+        },
+    ),
+]
+
+
+def seed_plans(rng: random.Random, actor: Actor = SYSTEM) -> int:
+    """Three plans (once), the first PLAN_CUSTOMERS customers without a plan put on one (the big
+    ones on Growth or Enterprise), a few with an override; the others stay on their own
+    entitlements. A customer whose usage a plan would block stays off it. Returns how many were
+    put on a plan."""
+    from ..errors import PlanChangeBlocked
+    from . import plans
+
+    existing = {v.plan.key for v in plans.list_plans(actor)}
+    for key, name, prorate, amount, ents in DEMO_PLANS:
+        if key in existing:
+            continue
+        plans.create_plan(
+            actor,
+            key=key,
+            name=name,
+            prorate_included_credits=prorate,
+            entitlements=[
+                {"feature_key": f, "allowance": a, "reset_period": r, "overage": o}
+                for f, (a, r, o) in ents.items()
+            ],
+            included_credits=[{"credit_system": "credits", "amount": amount, "period": "month"}],
+        )
+    rows = db.session.execute(
+        select(Customer.key, Entitlement.allowance_micros)
+        .join(Entitlement, Entitlement.customer_id == Customer.id)
+        .join(Feature, Feature.id == Entitlement.feature_id)
+        .where(Customer.plan_id.is_(None), Feature.key == "api_calls")
+        .order_by(Customer.id)
+        .limit(PLAN_CUSTOMERS)
+    ).all()
+    db.session.commit()
+    placed = 0
+    for n, (key, api_allowance) in enumerate(rows):
+        if n % 7 == 6:
+            continue  # some customers keep their own entitlements
+        big = api_allowance is None or api_allowance > 50_000 * MICROS
+        plan = ("enterprise" if rng.random() < 0.3 else "growth") if big else "starter"
+        try:
+            plans.change_customer_plan(actor, key, plan)
+        except PlanChangeBlocked:
+            continue
+        placed += 1
+        if n % 5 == 1:  # a few overrides on top of the plan
+            catalog.update_entitlement(actor, key, "seats", allowance="25")
+        if n % 9 == 2:
+            catalog.update_entitlement(actor, key, "api_calls", overage="allow")
+    return placed
 
 
 class _Buffers:

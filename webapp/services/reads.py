@@ -55,6 +55,11 @@ class EntitlementView:
     reset_at: datetime | None
     credit_system: str | None
     cost_micros: int | None
+    # Plans: where the values come from, the fields an override sets, a scheduled reset change.
+    source: str = "customer"
+    overridden: tuple[str, ...] = ()
+    pending_reset_period: str | None = None
+    pending_reset_at: datetime | None = None
 
     @property
     def available_micros(self) -> int | None:
@@ -149,6 +154,10 @@ def customer_summary(actor: Actor, key: object, *, now: datetime | None = None) 
                 reset_at=next_reset(now, period) if feature.type == "consumable" else None,
                 credit_system=system_key,
                 cost_micros=None if cost is None else cost.cost_micros,
+                source=ent.source,
+                overridden=tuple(ent.overridden.split(",")) if ent.overridden else (),
+                pending_reset_period=ent.pending_reset_period,
+                pending_reset_at=ent.pending_reset_at,
             )
         )
     return CustomerSummary(customer, entitlements, wallets_of(customer.id, now))

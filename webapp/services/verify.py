@@ -78,6 +78,8 @@ def verify_ledger() -> Report:
         _burn_matches_ledger(),
         _webhook_attempts_counted(),
         _webhook_delivered_by_an_attempt(),
+        _plans_effective_entitlements(),
+        _plan_credits_issued_once(),
     ]
     return Report(checks)
 
@@ -558,3 +560,118 @@ def _webhook_delivered_by_an_attempt() -> Check:
         select(d.id).where(d.status == "delivered", ~ok),
         lambda did: f"webhook delivery {did} is delivered without a 2xx attempt",
     )
+
+
+def _plans_effective_entitlements() -> Check:
+    """Every customer on a plan (at its plan's revision) has exactly plan ⊕ overrides as its
+    entitlements, each with its source; a customer without a plan has no override and only
+    entitlements of its own (domain.md, "Plans")."""
+    from . import plans
+
+    check = Check("effective entitlements = plan ⊕ overrides; sources match")
+    rows: dict[int, dict[int, Entitlement]] = {}
+    for ent in db.session.scalars(select(Entitlement)):
+        rows.setdefault(ent.customer_id, {})[ent.feature_id] = ent
+
+    def report(text: str) -> None:
+        if len(check.violations) < MAX_REPORTED:
+            check.violations.append(text)
+
+    for customer, expected in plans.expected_rows():
+        check.checked += 1
+        have = rows.get(customer.id, {})
+        if set(have) != set(expected):
+            report(
+                f"{customer.key}: entitlements to features {sorted(have)} but its plan and "
+                f"overrides give {sorted(expected)}"
+            )
+            continue
+        for fid, eff in expected.items():
+            ent = have[fid]
+            got = (
+                ent.allowance_micros,
+                ent.pending_reset_period or ent.reset_period,
+                ent.overage,
+                ent.source,
+                ent.overridden or "",
+            )
+            want = (*eff.spec, eff.source, ",".join(eff.overridden))
+            if got != want:
+                report(f"{customer.key} feature {fid}: entitlement {got}, plan ⊕ overrides {want}")
+    planless = db.session.execute(
+        select(Customer.key, Entitlement.source)
+        .join(Entitlement, Entitlement.customer_id == Customer.id)
+        .where(Customer.plan_id.is_(None), Entitlement.source != "customer")
+    ).all()
+    for key, source in planless:
+        report(f"{key} has no plan but an entitlement whose source is {source!r}")
+    from ..models import CustomerOverride
+
+    orphans = db.session.execute(
+        select(Customer.key)
+        .join(CustomerOverride, CustomerOverride.customer_id == Customer.id)
+        .where(Customer.plan_id.is_(None))
+    ).all()
+    for (key,) in orphans:
+        report(f"{key} has no plan but an override")
+    return check
+
+
+def _plan_credits_issued_once() -> Check:
+    """At most one issue of included credits per (customer, plan, credit system, period), each a
+    `granted` grant of that customer's wallet in that system, of the issued amount, expiring at
+    the end of its period."""
+    from ..models import PlanCredit, PlanCreditIssuance
+    from .plans.rules import credit_period
+
+    check = Check("included credits: one issue per key, each its own granted grant")
+    dupes = db.session.execute(
+        select(
+            PlanCreditIssuance.customer_id,
+            PlanCreditIssuance.plan_id,
+            PlanCreditIssuance.credit_system_id,
+            PlanCreditIssuance.period_start,
+            func.count(),
+        )
+        .group_by(
+            PlanCreditIssuance.customer_id,
+            PlanCreditIssuance.plan_id,
+            PlanCreditIssuance.credit_system_id,
+            PlanCreditIssuance.period_start,
+        )
+        .having(func.count() > 1)
+    ).all()
+    for cid, pid, sid, start, n in dupes[:MAX_REPORTED]:
+        check.violations.append(
+            f"customer {cid} plan {pid} system {sid} period {start:%Y-%m-%d}: issued {n} times"
+        )
+    rows = db.session.execute(
+        select(PlanCreditIssuance, CreditGrant, Wallet, PlanCredit.period)
+        .join(CreditGrant, CreditGrant.id == PlanCreditIssuance.grant_id)
+        .join(Wallet, Wallet.id == CreditGrant.wallet_id)
+        .outerjoin(
+            PlanCredit,
+            and_(
+                PlanCredit.plan_id == PlanCreditIssuance.plan_id,
+                PlanCredit.credit_system_id == PlanCreditIssuance.credit_system_id,
+            ),
+        )
+    ).all()
+    grants_seen: set[int] = set()
+    for issue, grant, wallet, period in rows:
+        check.checked += 1
+        problems = []
+        if grant.id in grants_seen:
+            problems.append("shares its grant with another issue")
+        grants_seen.add(grant.id)
+        if wallet.customer_id != issue.customer_id:
+            problems.append("grant of another customer")
+        if wallet.credit_system_id != issue.credit_system_id:
+            problems.append("grant of another credit system")
+        if grant.kind != "granted" or grant.amount_micros != issue.amount_micros:
+            problems.append("grant is not a granted grant of the issued amount")
+        if period is not None and grant.expires_at != credit_period(issue.period_start, period)[1]:
+            problems.append("grant does not expire at its period's end")
+        if problems and len(check.violations) < MAX_REPORTED:
+            check.violations.append(f"issue {issue.id}: " + "; ".join(problems))
+    return check

@@ -526,3 +526,7 @@ def unconfirmed_large_amount(
     ).first()
     balance, units = wallet if wallet else (0, "credits")
     return LargeAmount(micros, balance + micros, units)
+
+
+# Included credits of plans (services/plans) are grants written by the same function as topups.
+issue_grant = _issue_grant

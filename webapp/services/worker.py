@@ -52,6 +52,12 @@ def _expire_credits(now: datetime) -> object:
     return f"{done.grants} grants expired in {done.wallets} wallets"
 
 
+def _plans_tick(now: datetime) -> object:
+    from . import plans
+
+    return plans.tick(now)
+
+
 def jobs(config: Any) -> list[PeriodicJob]:
     """The periodic jobs. One line each; the function takes ``now`` and may return a summary
     for the log."""
@@ -61,6 +67,8 @@ def jobs(config: Any) -> list[PeriodicJob]:
     # with its module imported here (inside the function: no import cycle).
     return [
         PeriodicJob("credits.expire", timedelta(minutes=1), _expire_credits),
+        # Scheduled plan changes and reset periods, unfinished plan edits, included credits.
+        PeriodicJob("plans.tick", timedelta(minutes=1), _plans_tick),
         PeriodicJob(
             "outbox.prune",
             timedelta(hours=1),

@@ -12,9 +12,9 @@ from typing import Any
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 
-from ..errors import DomainError
+from ..errors import DomainError, PlanChangeBlocked
 from ..models import ROLES, CreditSystem, Feature
-from ..services import auth, catalog, reads, webhooks
+from ..services import auth, catalog, plans, reads, webhooks
 from ..services.actors import ADMIN
 from ..services.money import format_micros
 from ..services.webhooks import delivery
@@ -26,10 +26,13 @@ from .forms import (
     CreditSystemForm,
     CustomerEditForm,
     CustomerForm,
+    CustomerPlanForm,
     EntitlementForm,
     FeatureEditForm,
     FeatureForm,
     PasswordForm,
+    PlanEditForm,
+    PlanForm,
     RoleForm,
     UserForm,
     WebhookEndpointForm,
@@ -297,8 +300,16 @@ def qty_plain(entitlement) -> str:
     return format_micros(entitlement.allowance_micros)
 
 
-def _entitlements_page(key: str, form: EntitlementForm, status: int):
+def _entitlements_page(
+    key: str, form: EntitlementForm, status: int, plan_form: CustomerPlanForm | None = None
+):
     summary = reads.customer_summary(current_actor(), key)
+    plan = plans.customer_plan(summary.customer)
+    if plan_form is None:
+        plan_form = CustomerPlanForm(
+            formdata=None, data={"plan": "" if plan.plan is None else plan.plan.key}
+        )
+        plan_form.plan.choices = _customer_plan_choices()
     editing = request.args.get("edit") if request.method == "GET" else form.feature_key.data
     current = next((e for e in summary.entitlements if e.feature_key == editing), None)
     if current is not None and request.method == "GET":
@@ -323,6 +334,8 @@ def _entitlements_page(key: str, form: EntitlementForm, status: int):
         form=form,
         editing=current,
         action_form=ActionForm(formdata=None),
+        plan=plan,
+        plan_form=plan_form,
     ), status
 
 
@@ -683,3 +696,229 @@ def webhook_resend(delivery_id: int):
         return f"Delivery {delivery_id} will be sent again within seconds."
 
     return _submit(form, call, url_for("admin.webhook_deliveries")) or _deliveries_page(form, 422)
+
+
+# ---------------------------------------------------------------- plans
+
+
+def _plan_fields(features: list, systems: list) -> dict[str, Any]:
+    """A plan's entitlements and included credits from the edit form: one row per feature (a
+    checkbox puts it in the plan), one amount per credit system (blank: none)."""
+    form = request.form
+    entitlements = []
+    for feature, _, _ in features:
+        if not form.get(f"on-{feature.key}"):
+            continue
+        entitlements.append(
+            {
+                "feature_key": feature.key,
+                "allowance": blank(form.get(f"allowance-{feature.key}")),
+                "reset_period": form.get(f"reset-{feature.key}") or "never",
+                "overage": form.get(f"overage-{feature.key}") or "block",
+            }
+        )
+    included = []
+    for system in systems:
+        amount = blank(form.get(f"credits-{system.key}"))
+        if amount is not None:
+            included.append(
+                {
+                    "credit_system": system.key,
+                    "amount": amount,
+                    "period": form.get(f"period-{system.key}") or "month",
+                }
+            )
+    return {"entitlements": entitlements, "included_credits": included}
+
+
+@bp.route("/plans", methods=["GET", "POST"])
+@requires(ADMIN)
+def plans_index():
+    form = PlanForm()
+
+    def call() -> str:
+        plan = plans.create_plan(current_actor(), key=form.key.data, name=form.name.data)
+        return f"Created plan {plan.key}: add its entitlements."
+
+    if form.validate_on_submit():
+        try:
+            message = call()
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            flash(message)
+            return redirect(url_for("admin.plan_edit", plan_key=form.key.data.strip()), 303)
+    return render_template(
+        "admin/plans.html", plans=plans.list_plans(current_actor()), form=form
+    ), _status()
+
+
+def _plan_page(
+    plan_key: str, form: FlaskForm, status: int, preview: Any = None, blocked: Any = None
+):
+    actor = current_actor()
+    view = plans.read_plan(actor, plan_key)
+    features = [row for row in catalog.list_features(actor) if row[0].archived_at is None]
+    systems = [s for s in catalog.list_credit_systems(actor) if s.archived_at is None]
+    rows = {
+        f.key: {
+            "allowance": "" if pe.allowance_micros is None else format_micros(pe.allowance_micros),
+            "reset": pe.reset_period,
+            "overage": pe.overage,
+        }
+        for f, pe in view.entitlements
+    }
+    amounts = {
+        s.key: {"amount": format_micros(pc.amount_micros), "period": pc.period}
+        for s, pc in view.credits
+    }
+    if request.method == "POST":  # show what was typed, not what is stored
+        typed = _plan_fields(features, systems)
+        rows = {
+            e["feature_key"]: {
+                "allowance": e["allowance"] or "",
+                "reset": e["reset_period"],
+                "overage": e["overage"],
+            }
+            for e in typed["entitlements"]
+        }
+        amounts = {
+            c["credit_system"]: {"amount": c["amount"], "period": c["period"]}
+            for c in typed["included_credits"]
+        }
+    return render_template(
+        "admin/plan_edit.html",
+        view=view,
+        form=form,
+        features=features,
+        systems=systems,
+        rows=rows,
+        amounts=amounts,
+        preview=preview,
+        blocked=blocked,
+        action_form=ActionForm(formdata=None),
+    ), status
+
+
+@bp.route("/plans/<plan_key>", methods=["GET", "POST"])
+@requires(ADMIN)
+def plan_edit(plan_key: str):
+    form = PlanEditForm()
+    if request.method == "GET":
+        view = plans.read_plan(current_actor(), plan_key)
+        form = PlanEditForm(
+            formdata=None,
+            data={"name": view.plan.name, "prorate": view.plan.prorate_included_credits},
+        )
+        return _plan_page(plan_key, form, 200)
+    blocked = None
+    if form.validate_on_submit():
+        actor = current_actor()
+        features = [row for row in catalog.list_features(actor) if row[0].archived_at is None]
+        systems = [s for s in catalog.list_credit_systems(actor) if s.archived_at is None]
+        try:
+            result = plans.update_plan(
+                actor,
+                plan_key,
+                name=form.name.data,
+                prorate_included_credits=bool(form.prorate.data),
+                apply_to_others=bool(form.apply_to_others.data),
+                **_plan_fields(features, systems),
+            )
+        except PlanChangeBlocked as exc:
+            blocked = exc.details.get("blocked", [])
+            form.form_errors.append(exc.message)
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            kept = f"; {len(result.kept)} kept their value (override)" if result.kept else ""
+            flash(f"Plan {plan_key} saved: {result.updated} customers updated{kept}.")
+            return redirect(url_for("admin.plan_edit", plan_key=plan_key), 303)
+    return _plan_page(plan_key, form, 422, blocked=blocked)
+
+
+@bp.post("/plans/<plan_key>/preview")
+@requires(ADMIN)
+def plan_preview(plan_key: str):
+    """HTMX: who the typed edit affects and who blocks it; nothing is written."""
+    form = ActionForm()
+    actor = current_actor()
+    features = [row for row in catalog.list_features(actor) if row[0].archived_at is None]
+    systems = [s for s in catalog.list_credit_systems(actor) if s.archived_at is None]
+    error = None
+    preview = None
+    if not form.validate_on_submit():
+        error = "The form expired: reload the page."
+    else:
+        try:
+            preview = plans.preview_plan_edit(actor, plan_key, **_plan_fields(features, systems))
+        except DomainError as exc:
+            error = exc.message
+    return render_template("admin/_plan_preview.html", preview=preview, error=error), (
+        200 if error is None else 422
+    )
+
+
+@bp.post("/plans/<plan_key>/status")
+@requires(ADMIN)
+def plan_status(plan_key: str):
+    form = ActionForm()
+
+    def call() -> str:
+        status = "archived" if request.form.get("status") == "archived" else "active"
+        plans.set_plan_status(current_actor(), plan_key, status)
+        return f"Plan {plan_key} is {status}."
+
+    back = url_for("admin.plan_edit", plan_key=plan_key)
+    return _submit(form, call, back) or _plan_page(plan_key, PlanEditForm(formdata=None), 422)
+
+
+def _customer_plan_choices() -> list:
+    return choices(
+        [("", "No plan")]
+        + [(v.plan.key, v.plan.name) for v in plans.list_plans(current_actor(), status="active")]
+    )
+
+
+@bp.post("/customers/<key>/plan/preview")
+@requires(ADMIN)
+def customer_plan_preview(key: str):
+    """HTMX: the effect of putting the customer on the chosen plan now, before saving."""
+    form = CustomerPlanForm()
+    form.plan.choices = _customer_plan_choices()
+    error = None
+    preview = None
+    if not form.validate_on_submit():
+        error = "The form expired: reload the page."
+    else:
+        try:
+            preview = plans.preview_customer_plan(current_actor(), key, blank(form.plan.data))
+        except DomainError as exc:
+            error = exc.message
+    return render_template(
+        "admin/_customer_plan_preview.html", preview=preview, error=error, when=form.when.data
+    ), (200 if error is None else 422)
+
+
+@bp.post("/customers/<key>/plan")
+@requires(ADMIN)
+def customer_plan(key: str):
+    form = CustomerPlanForm()
+    form.plan.choices = _customer_plan_choices()
+
+    def call() -> str:
+        change = plans.change_customer_plan(
+            current_actor(), key, blank(form.plan.data), when=form.when.data
+        )
+        name = "no plan" if change.plan is None else f"plan {change.plan.name}"
+        if change.scheduled:
+            return f"{key} moves to {name} on {change.at:%Y-%m-%d %H:%M} UTC."
+        issued = f"; {change.issued} included credit grants issued" if change.issued else ""
+        return f"{key} is on {name}{issued}."
+
+    back = url_for("admin.entitlements", key=key)
+    done = _submit(form, call, back)
+    if done:
+        return done
+    page = EntitlementForm(formdata=None)
+    return _entitlements_page(key, page, 422, plan_form=form)

@@ -9,6 +9,7 @@ import uuid
 
 from flask_wtf import FlaskForm
 from wtforms import (
+    BooleanField,
     EmailField,
     HiddenField,
     PasswordField,
@@ -296,3 +297,27 @@ class WebhookEndpointForm(FlaskForm):
         description="Comma-separated, e.g. wallet.depleted, credits.expired; empty for every type.",
     )
     description = StringField("Description", validators=[Optional(), Length(max=500)])
+
+
+class PlanForm(FlaskForm):
+    key = StringField("Key", validators=[DataRequired(), Length(max=100)])
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+
+
+class PlanEditForm(FlaskForm):
+    """A plan's name and settings; its entitlements and credits are rows of the page (admin)."""
+
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    prorate = BooleanField("Prorate included credits for customers who join mid-period")
+    apply_to_others = BooleanField(
+        "If some customers block the change, apply it to the others (those keep their value)"
+    )
+
+
+class CustomerPlanForm(FlaskForm):
+    plan = _select("Plan")
+    when = _select(
+        "When",
+        [("now", "Now"), ("period_end", "At the end of the month (scheduled)")],
+        default="now",
+    )

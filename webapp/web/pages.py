@@ -76,6 +76,7 @@ def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any
         page=page,
         per_page=per_page,
         compare_months=any(c.startswith("change:") for c in asked),
+        plan=request.args.get("plan") or None,
     )
     # The columns shown: chosen in the URL (?col=feature:seats&col=credits:credits), by default
     # the share of the allowance used, the persistent features and the credit systems (a compact
@@ -92,6 +93,7 @@ def _customer_listing(page: int, per_page: int = 25) -> tuple[Any, dict[str, Any
         "q": request.args.get("q", ""),
         "status": request.args.get("status") or "all",
         **({"near": "1"} if request.args.get("near") == "1" else {}),
+        **({"plan": request.args["plan"]} if request.args.get("plan") else {}),
         "sort": listing.sort,
         "dir": listing.direction,
         "col": chosen,

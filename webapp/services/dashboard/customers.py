@@ -18,6 +18,7 @@ from ...models import (
     Customer,
     Entitlement,
     Feature,
+    Plan,
     UsageCounter,
     UsageEvent,
     Wallet,
@@ -107,6 +108,16 @@ class CustomerList:
     per_page: int
     sort: str
     direction: str
+    # Plans (the filter's choices and the plan column): key -> (id, name).
+    plans: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def plan_names(self) -> dict[int, str]:
+        return {pid: name for pid, name in self.plans.values()}
+
+    @property
+    def plan_keys(self) -> dict[int, str]:
+        return {pid: key for key, (pid, _) in self.plans.items()}
 
     @property
     def pages(self) -> int:
@@ -130,6 +141,7 @@ def list_customers(
     per_page: int = 25,
     compare_months: bool = False,
     now: datetime | None = None,
+    plan: str | None = None,
 ) -> CustomerList:
     """Customers with offset pages. ``status`` is active, archived or all. ``sort`` is a column
     name, ``feature:<key>`` (usage this period) or ``credits:<key>`` (wallet balance); unknown
@@ -159,7 +171,18 @@ def list_customers(
             select(CreditSystem.key, CreditSystem.name).order_by(CreditSystem.key)
         )
     ]
+    plans = {
+        key: (pid, name)
+        for pid, key, name in db.session.execute(
+            select(Plan.id, Plan.key, Plan.name).order_by(Plan.name)
+        )
+    }
     base = select(Customer)
+    if plan == "none":  # customers on no plan
+        base = base.where(Customer.plan_id.is_(None))
+    elif plan:
+        # An unknown plan key matches nobody (a link to a plan since renamed shows none).
+        base = base.where(Customer.plan_id == plans.get(plan, (-1, ""))[0])
     if status != "all":
         base = base.where(Customer.status == status)
     if search:
@@ -260,6 +283,7 @@ def list_customers(
         per_page=per_page,
         sort=sort,
         direction=direction,
+        plans=plans,
     )
 
 
