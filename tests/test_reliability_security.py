@@ -46,6 +46,7 @@ EXPECTED: dict[str, str] = {
     "api.check_entitlement": VIEW,
     "api.record_usage": RECORD_USAGE,
     "api.record_usage_batch": RECORD_USAGE,
+    "api.correct_usage": RECORD_USAGE,
     "api.topup_wallet": MANAGE_WALLETS,
     "api.adjust_wallet": MANAGE_WALLETS,
     "api.void_grant": MANAGE_WALLETS,
@@ -90,6 +91,7 @@ IDS = {
     "allocation_id": "1",
     "grant_id": "1",  # make_catalog's topup
     "entry_id": "1",  # its ledger entry
+    "event_id": "e-matrix",
 }
 
 
@@ -108,6 +110,7 @@ def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
             "reason": "matrix",
         },
         "api.void_grant": {"reason": "matrix"},
+        "api.correct_usage": {"actual_amount": 1, "reason": "matrix"},
         "api.create_customer": {"key": f"cust-{tag}", "name": "New"},
         "api.set_entitlement": {"allowance": 1000, "reset_period": "month", "overage": "block"},
         "api.update_entitlement": {"allowance": 1000},
@@ -259,6 +262,7 @@ def test_security_headers_on_every_route_and_every_error(app, client, catalog):
         "filename": "css/app.css",
         "grant_id": IDS["grant_id"],
         "entry_id": IDS["entry_id"],
+        "event_id": IDS["event_id"],
     }
     for signed_in in (False, True):
         if signed_in:

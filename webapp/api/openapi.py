@@ -85,6 +85,7 @@ LIMIT = param(
 )
 CUSTOMER_KEY_PATH = param("key", "path", "The customer's key.")
 FEATURE_KEY_PATH = param("feature_key", "path", "The feature's key.")
+EVENT_ID_PATH = param("event_id", "path", "The usage event's `event_id` (of this customer).")
 GRANT_ID_PATH = param(
     "grant_id", "path", "The grant's id.", schema={"type": "integer", "minimum": 1}
 )

@@ -55,6 +55,7 @@ from .actors import RECORD_USAGE, VIEW, Actor, require
 from .catalog import get_customer
 from .credits.rules import GrantRef, allocate, eligible_balance, spending_key
 from .money import MICROS, format_micros, parse_micros
+from .reads import CorrectionView, corrections_of_events
 from .tx import transactional
 from .usage.rules import CustomerRef, EntitlementRef, FeatureRef, decide
 from .usage.store import add_to_daily
@@ -643,45 +644,6 @@ def _replayed(previous: UsageCorrection, target: _Target) -> CorrectionResult:
 
 
 # ---------------------------------------------------------------- reads
-
-
-@dataclass(frozen=True)
-class CorrectionView:
-    id: int
-    event_id: str
-    delta_micros: int
-    effective_after_micros: int
-    credits_micros: int | None
-    reason: str
-    actor: str
-    created_at: datetime
-
-
-def corrections_of_events(event_pks: list[int]) -> dict[int, list[CorrectionView]]:
-    """The corrections of these events (by usage_events.id), oldest first: one query for a page."""
-    found: dict[int, list[CorrectionView]] = {}
-    if not event_pks:
-        return found
-    rows = db.session.execute(
-        select(UsageCorrection, UsageEvent.event_id)
-        .join(UsageEvent, UsageEvent.id == UsageCorrection.usage_event_id)
-        .where(UsageCorrection.usage_event_id.in_(sorted(set(event_pks))))
-        .order_by(UsageCorrection.id)
-    )
-    for c, event_id in rows:
-        found.setdefault(c.usage_event_id, []).append(
-            CorrectionView(
-                c.id,
-                event_id,
-                c.delta_micros,
-                c.effective_after_micros,
-                c.credits_micros,
-                c.reason,
-                c.actor,
-                c.created_at,
-            )
-        )
-    return found
 
 
 def list_corrections(actor: Actor, customer_key: object, event_id: object) -> list[CorrectionView]:
