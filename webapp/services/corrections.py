@@ -102,6 +102,8 @@ class CorrectionEffect:
     used_after_micros: int  # the counter of the event's period after the correction
     balance_after_micros: int | None  # the wallet's ledger balance after it
     parts: list[CreditPart] = field(default_factory=list)
+    # The event's credits at its effective amount after (None: it charges no credits).
+    event_credits_micros: int | None = None
 
     @property
     def refunded_micros(self) -> int:
@@ -384,6 +386,9 @@ def _plan(
         used_after_micros=used_after,
         balance_after_micros=balance,
         parts=parts,
+        event_credits_micros=None
+        if event.credits_micros is None
+        else event_credits(event.amount_micros, event.credits_micros, actual),
     )
 
 
@@ -637,6 +642,11 @@ def _replayed(previous: UsageCorrection, target: _Target) -> CorrectionResult:
         used_after_micros=previous.used_after_micros,
         balance_after_micros=balance,
         parts=parts,
+        event_credits_micros=None
+        if event.credits_micros is None
+        else event_credits(
+            event.amount_micros, event.credits_micros, previous.effective_after_micros
+        ),
     )
     return CorrectionResult(
         True, True, previous.id, effect, previous.reason, previous.actor, previous.created_at
