@@ -439,6 +439,9 @@ def correct_usage(
         )
     )
     fingerprint = _fingerprint("correction", target.event.id, actual, reason_text)
+    # Lock order as RecordUsage: the counter, then the wallet. The key is looked up under the
+    # counter's lock: a concurrent correction of the same event under the same key is seen.
+    counter = _counter(target, lock=True)
     if key is not None:
         previous = db.session.scalar(
             select(UsageCorrection).where(
@@ -453,8 +456,6 @@ def correct_usage(
                     field="idempotency_key",
                 )
             return _replayed(previous, target)
-    # Lock order as RecordUsage: the counter, then the wallet.
-    counter = _counter(target, lock=True)
     target = _find(target.customer, target.event.event_id)  # its corrections, read under lock
     if actual == target.effective:
         effect = _plan(target, actual, counter.used_micros, now, wallet=None)
