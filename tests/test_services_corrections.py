@@ -354,3 +354,32 @@ def test_preview_computes_the_effect_without_writing(catalog):
     with pytest.raises(DomainError):
         preview_correction(SYSTEM, customer_key=CUSTOMER, event_id="e1", actual_amount=2000)
     assert writes() == before
+
+
+@pytest.mark.breaks_ledger
+def test_verify_catches_a_tampered_correction(catalog):
+    from sqlalchemy import update
+
+    from webapp.services.verify import verify_ledger
+
+    record(5, "e1")
+    correct("e1", 2)
+    assert verify_ledger().ok
+    db.session.execute(update(UsageCorrection).values(delta_micros=-2_000_000))
+    db.session.commit()
+    names = {c.name for c in verify_ledger().checks if c.violations}
+    assert "usage counter = sum of its period's effective event amounts" in names
+    assert "an event's credit entries = -(its credits at its effective amount)" in names
+    db.session.execute(update(UsageCorrection).values(delta_micros=-3_000_000))
+    entry = db.session.scalar(select(LedgerEntry.id).where(LedgerEntry.type == "correction"))
+    db.session.execute(
+        update(CreditAllocation)
+        .where(CreditAllocation.ledger_entry_id == entry)
+        .values(amount_micros=-200_000)
+    )
+    db.session.commit()
+    names = {c.name for c in verify_ledger().checks if c.violations}
+    assert "corrections return to a grant at most what their event drew from it" in names
+    assert "a deduction's or correction's allocations sum to its amount; nothing else has any" in (
+        names
+    )
