@@ -59,6 +59,7 @@ def test_every_mutating_route_refuses_a_missing_or_wrong_token(csrf_app):
         "filename": "css/app.css",
         "grant_id": 1,
         "entry_id": 1,
+        "event_id": "e-matrix",
     }
     client = csrf_app.test_client()
     _sign_in(client)

@@ -188,6 +188,12 @@ def _actual(value: object, target: _Target) -> int:
             f"Feature {feature.key!r} is persistent: amounts are whole numbers.",
             field="actual_amount",
         )
+    if feature.type == "consumable" and actual < 0:
+        raise InvalidAmount(
+            f"Feature {feature.key!r} is consumable: its usage is never negative (0 voids the "
+            "event).",
+            field="actual_amount",
+        )
     if actual != 0 and (actual < 0) != (event.amount_micros < 0):
         raise InvalidAmount(
             "The actual amount keeps the sign of the event's amount "
