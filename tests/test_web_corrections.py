@@ -95,3 +95,18 @@ def test_bad_input_is_a_message_next_to_the_field_and_changes_nothing(app, clien
     assert 'id="reason-error"' in missing.get_data(as_text=True)
     assert row_counts() == before and corrections() == 0
     assert client.get(f"/customers/{C}/events/nope/correct").status_code == 404
+
+
+def test_a_correction_in_the_ledger_expands_to_its_grants(app, client):
+    from webapp.models import LedgerEntry
+    from webapp.services.corrections import correct_usage
+
+    setup_event()
+    correct_usage(SYSTEM, customer_key=C, event_id="e1", actual_amount=5, reason="typo")
+    entry = db.session.scalar(select(LedgerEntry.id).where(LedgerEntry.type == "correction"))
+    signed_in(client, "account_manager")
+    ledger = client.get(f"/customers/{C}/ledger").get_data(as_text=True)
+    assert f'href="/customers/{C}/ledger/{entry}"' in ledger
+    parts = client.get(f"/customers/{C}/ledger/{entry}", headers={"HX-Request": "true"})
+    html = parts.get_data(as_text=True)
+    assert "grant #1" in html and "-0.90" in html
