@@ -110,3 +110,17 @@ def test_a_correction_in_the_ledger_expands_to_its_grants(app, client):
     parts = client.get(f"/customers/{C}/ledger/{entry}", headers={"HX-Request": "true"})
     html = parts.get_data(as_text=True)
     assert "grant #1" in html and "-0.90" in html
+
+
+def test_the_events_csv_has_the_effective_amount(app, client):
+    from webapp.services.corrections import correct_usage
+
+    setup_event()
+    correct_usage(SYSTEM, customer_key=C, event_id="e1", actual_amount="4.5", reason="typo")
+    signed_in(client, "support")
+    import csv
+
+    text = client.get(f"/customers/{C}/events.csv").get_data(as_text=True)
+    header, row = list(csv.reader(text.splitlines()))[:2]
+    assert header[-1] == "effective_amount"
+    assert (row[5], row[-1]) == ("50", "4.5")
