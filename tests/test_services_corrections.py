@@ -383,3 +383,36 @@ def test_verify_catches_a_tampered_correction(catalog):
     assert "a deduction's or correction's allocations sum to its amount; nothing else has any" in (
         names
     )
+
+
+def test_an_archived_feature_is_corrected_down_never_up(catalog):
+    record(5, "e1")
+    catalog_service.set_feature_archived(SYSTEM, "api_calls", True)
+    before = writes()
+    with pytest.raises(DomainError) as up:
+        correct("e1", 6)
+    assert (up.value.code, up.value.field) == ("feature_not_recordable", "actual_amount")
+    assert writes() == before
+    assert correct("e1", 4).effect.credits_micros == 20_000
+
+
+def test_the_preview_counts_due_expiries_as_the_write_books_them(catalog, clock):
+    add_customer("cust-d", api_allowance=None, topup=None)
+    wallets.topup_wallet(SYSTEM, customer_key="cust-d", credit_system="credits", amount="1")
+    wallets.topup_wallet(
+        SYSTEM,
+        customer_key="cust-d",
+        credit_system="credits",
+        amount="0.5",
+        priority=300,
+        expires_at=(clock.now + timedelta(hours=1)).isoformat(),
+    )
+    usage.record_usage(
+        SYSTEM, customer_key="cust-d", feature_key="api_calls", amount=10, event_id="d1"
+    )
+    clock.advance(hours=2)  # the 0.5 grant's expiry is due, not booked
+    preview = preview_correction(SYSTEM, customer_key="cust-d", event_id="d1", actual_amount=5)
+    result = correct_usage(
+        SYSTEM, customer_key="cust-d", event_id="d1", actual_amount=5, reason="typo"
+    )
+    assert preview.balance_after_micros == result.effect.balance_after_micros == 900_000

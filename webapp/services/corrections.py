@@ -224,6 +224,12 @@ def _judge_amount(target: _Target, used: int, delta: int, now: datetime) -> int:
         raise ValidationError(f"Customer {customer.key!r} is archived.", field="customer_key")
     fref = FeatureRef(feature.id, feature.key, feature.type, feature.event_name)
     cref = CustomerRef(customer.id, customer.key, customer.status)
+    if delta > 0 and feature.archived_at is not None:
+        raise FeatureNotRecordable(
+            f"Feature {feature.key!r} is archived: it records no new usage, so an event of it "
+            "may be corrected down, never up.",
+            field="actual_amount",
+        )
     if delta > 0:
         ent = db.session.scalar(
             select(Entitlement).where(
@@ -351,6 +357,12 @@ def _plan(
         else:
             balance = wallet.balance_micros
         assert balance is not None
+        if wallet is None:  # a preview: the write books the due expiries first
+            balance -= sum(
+                g.remaining_micros
+                for g in credits.live_grants(wallet_id)
+                if g.expires_at is not None and g.expires_at <= now
+            )
         if move > 0:
             drawn = _drawn(target)
             grants = list(
@@ -370,12 +382,6 @@ def _plan(
                 CreditPart(ref.id, amount, "charged")
                 for ref, amount in allocate(refs, -move, event.timestamp)
             ]
-            if wallet is None:  # a preview: due expiries would be booked first
-                balance -= sum(
-                    g.remaining_micros
-                    for g in credits.live_grants(wallet_id)
-                    if g.expires_at is not None and g.expires_at <= now
-                )
             balance += move
     return CorrectionEffect(
         event_id=event.event_id,
