@@ -645,9 +645,11 @@ def _refunds_within_what_was_drawn() -> Check:
     """A correction returns to a grant at most what the event's entries drew from it: per event
     and grant, the allocations of its usage and correction entries sum to >= 0."""
     c, a = UsageCorrection, CreditAllocation
+    # Only corrected events can have got anything back: their usage entries and corrections.
+    corrected = select(c.usage_event_id).distinct()
     event_entries = union_all(
         select(LedgerEntry.usage_event_id.label("event"), LedgerEntry.id.label("entry")).where(
-            LedgerEntry.usage_event_id.is_not(None)
+            LedgerEntry.usage_event_id.in_(corrected)
         ),
         select(c.usage_event_id, c.ledger_entry_id).where(c.ledger_entry_id.is_not(None)),
     ).subquery()
