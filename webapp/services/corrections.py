@@ -55,7 +55,6 @@ from .actors import RECORD_USAGE, VIEW, Actor, require
 from .catalog import get_customer
 from .credits.rules import GrantRef, allocate, eligible_balance, spending_key
 from .money import MICROS, format_micros, parse_micros
-from .reads import CorrectionView, corrections_of_events
 from .tx import transactional
 from .usage.rules import CustomerRef, EntitlementRef, FeatureRef, decide
 from .usage.store import add_to_daily
@@ -664,12 +663,3 @@ def _replayed(previous: UsageCorrection, target: _Target) -> CorrectionResult:
     return CorrectionResult(
         True, True, previous.id, effect, previous.reason, previous.actor, previous.created_at
     )
-
-
-# ---------------------------------------------------------------- reads
-
-
-def list_corrections(actor: Actor, customer_key: object, event_id: object) -> list[CorrectionView]:
-    require(actor, VIEW)
-    target = _find(get_customer(customer_key), _event_id(event_id))
-    return corrections_of_events([target.event.id]).get(target.event.id, [])
