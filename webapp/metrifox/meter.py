@@ -183,6 +183,8 @@ def event_json(event: EventView) -> dict[str, Any]:
         "feature_key": event.feature_key,
         "event_name": event.event_name,
         "quantity": num(event.amount_micros),
+        # Ours: the quantity after its adjustments (usage/events/adjust), as the event stays.
+        "effective_quantity": num(event.effective_amount_micros),
         "timestamp": millis(event.timestamp),
         "credit_used": num(event.credits_micros),
         "metadata": event.metadata or {},
