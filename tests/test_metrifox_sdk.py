@@ -788,3 +788,90 @@ def test_a_null_quantity_is_refused_and_records_nothing(catalog, server, api_key
         f"{server}/metrifox/meter/usage/events", params={"customer_key": C}, headers=headers
     )
     assert listed.json()["data"] == []
+
+
+# ---------------------------------------------------------------- usage adjustments
+#
+# metrifox-sdk 1.3.1 has no method for `POST usage/events/adjust`: the SDK records the events and
+# reads the wallet; the adjustment goes over HTTP with the SDK's own header (x-api-key), as in
+# Metrifox's docs ("Adjust a Usage Event").
+
+
+def adjust(server: str, api_key: str, body: str) -> requests.Response:
+    return requests.post(
+        f"{server}/metrifox/meter/usage/events/adjust",
+        data=body,
+        headers={"x-api-key": api_key, "Content-Type": "application/json"},
+        timeout=10,
+    )
+
+
+def test_adjusting_an_event_refunds_or_deducts_the_difference(catalog, client_sdk, server, api_key):
+    client_sdk.usages.record_usage(
+        UsageEventRequest(customer_key=C, feature_key="api_calls", quantity=5, event_id="adj-1")
+    )
+    assert credits(client_sdk) == 9.9
+    fewer = adjust(
+        server, api_key, f'{{"customer_key": "{C}", "event_id": "adj-1", "actual_quantity": 4}}'
+    )
+    assert fewer.status_code == 200, fewer.text
+    assert fewer.json() == {
+        "data": {
+            "event_id": "adj-1",
+            "adjusted": True,
+            "actual_quantity": 4,
+            "actual_credit_used": 0.08,
+            "refunded_quantity": 1,
+            "refunded_credit": 0.02,
+            "deducted_quantity": 0,
+            "deducted_credit": 0,
+            "message": "Usage adjusted",
+        }
+    }
+    assert '"refunded_credit":0.02,' in fewer.text  # an exact JSON number
+    assert credits(client_sdk) == 9.92
+    more = adjust(
+        server,
+        api_key,
+        f'{{"customer_key": "{C}", "event_id": "adj-1", "actual_quantity": 7.5, "reason": "x"}}',
+    ).json()["data"]
+    assert (more["deducted_quantity"], more["deducted_credit"]) == (3.5, 0.07)
+    assert more["actual_credit_used"] == 0.15
+    # The same value again does nothing; both amounts left out undo the event.
+    same = adjust(
+        server, api_key, f'{{"customer_key": "{C}", "event_id": "adj-1", "actual_quantity": 7.5}}'
+    ).json()["data"]
+    assert same["adjusted"] is False and same["deducted_credit"] == 0
+    undo = adjust(server, api_key, f'{{"customer_key": "{C}", "event_id": "adj-1"}}').json()
+    assert undo["data"]["actual_quantity"] == 0 and undo["data"]["refunded_credit"] == 0.15
+    assert credits(client_sdk) == 10
+    events = client_sdk.usages.list_events(customer_key=C)["data"]
+    assert events[0]["quantity"] == 5  # the event as recorded
+    assert events[0]["effective_quantity"] == 0
+
+
+def test_adjustment_refusals_name_the_sdk_fields(catalog, client_sdk, server, api_key):
+    client_sdk.usages.record_usage(
+        UsageEventRequest(customer_key=C, feature_key="candidates", quantity=95, event_id="a2")
+    )
+    over = adjust(
+        server, api_key, f'{{"customer_key": "{C}", "event_id": "a2", "actual_quantity": 101}}'
+    )
+    assert over.status_code == 403 and over.json()["error"]["code"] == "limit_exceeded"
+    assert over.json()["error"]["details"]["field"] == "actual_quantity"
+    negative = adjust(
+        server, api_key, f'{{"customer_key": "{C}", "event_id": "a2", "actual_quantity": -1}}'
+    )
+    assert negative.status_code == 422
+    assert negative.json()["error"]["details"]["field"] == "actual_quantity"
+    credit = adjust(
+        server,
+        api_key,
+        f'{{"customer_key": "{C}", "event_id": "a2", "actual_credit_used": 1}}',
+    )
+    assert credit.status_code == 422
+    assert credit.json()["error"]["details"]["field"] == "actual_credit_used"
+    missing = adjust(server, api_key, f'{{"customer_key": "{C}", "event_id": "zz"}}')
+    assert missing.status_code == 404
+    events = client_sdk.usages.list_events(customer_key=C)["data"]
+    assert [e["quantity"] for e in events] == [95]

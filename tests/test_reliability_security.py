@@ -46,6 +46,7 @@ EXPECTED: dict[str, str] = {
     "api.check_entitlement": VIEW,
     "api.record_usage": RECORD_USAGE,
     "api.record_usage_batch": RECORD_USAGE,
+    "api.correct_usage": RECORD_USAGE,
     "api.topup_wallet": MANAGE_WALLETS,
     "api.adjust_wallet": MANAGE_WALLETS,
     "api.void_grant": MANAGE_WALLETS,
@@ -72,6 +73,7 @@ EXPECTED: dict[str, str] = {
     "api.preview_plan": ADMIN,
     "api.set_customer_plan": ADMIN,
     "metrifox_meter.record_usage": RECORD_USAGE,
+    "metrifox_meter.adjust_usage": RECORD_USAGE,
     "metrifox_meter.check_access": VIEW,
     "metrifox_meter.list_events": VIEW,
     "metrifox_meter.unknown": VIEW,
@@ -109,6 +111,7 @@ IDS = {
     "endpoint_id": "1",
     "delivery_id": "1",
     "plan_key": "starter",
+    "event_id": "e-matrix",
 }
 
 
@@ -127,6 +130,7 @@ def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
             "reason": "matrix",
         },
         "api.void_grant": {"reason": "matrix"},
+        "api.correct_usage": {"actual_amount": 1, "reason": "matrix"},
         "api.create_customer": {"key": f"cust-{tag}", "name": "New"},
         "api.set_entitlement": {"allowance": 1000, "reset_period": "month", "overage": "block"},
         "api.update_entitlement": {"allowance": 1000},
@@ -149,6 +153,7 @@ def _request(endpoint: str, role: str) -> tuple[dict | None, str]:
             "feature_key": "api_calls",
             "quantity": 1,
         },
+        "metrifox_meter.adjust_usage": {"customer_key": C, "event_id": "e-matrix"},
         "metrifox_api.create_customer": {"customer_key": f"mf-{tag}", "display_name": "M"},
         "metrifox_api.update_customer": {"display_name": "Renamed"},
         "metrifox_api.bulk_create": {"customers": [{"customer_key": f"bulk-{tag}"}]},
@@ -287,6 +292,7 @@ def test_security_headers_on_every_route_and_every_error(app, client, catalog):
         "endpoint_id": IDS["endpoint_id"],
         "delivery_id": IDS["delivery_id"],
         "plan_key": IDS["plan_key"],
+        "event_id": IDS["event_id"],
     }
     for signed_in in (False, True):
         if signed_in:

@@ -33,6 +33,8 @@ from webapp.models import (
     Entitlement,
     Feature,
     LedgerEntry,
+    OutboxEvent,
+    UsageCorrection,
     UsageCounter,
     UsageDaily,
     UsageEvent,
@@ -40,7 +42,7 @@ from webapp.models import (
     WalletBurnDaily,
     set_clock,
 )
-from webapp.services import catalog, credits, reads, usage, wallets
+from webapp.services import catalog, corrections, credits, reads, usage, wallets
 from webapp.services.actors import SYSTEM
 from webapp.services.verify import verify_ledger
 
@@ -68,6 +70,8 @@ def wipe() -> None:
         CustomerOverride,
         PlanEntitlement,
         PlanCredit,
+        UsageCorrection,
+        OutboxEvent,
         AuditLog,
         CreditAllocation,
         LedgerEntry,
@@ -298,6 +302,26 @@ def micros(value: int) -> str:
     return str(Decimal(value).scaleb(-6))
 
 
+@dataclass
+class ModelEvent:
+    """A usage event as the model sees it: its amount and charge as recorded, its effective
+    amount, and what its credit entries net drew from each grant."""
+
+    customer: str
+    amount: int
+    credits: int
+    at: datetime
+    effective: int
+    drawn: dict[int, int]
+
+
+def model_event_credits(amount: int, credits: int, effective: int) -> int:
+    """Issue 14: the event's own cost, exactly proportional, half up to a micro."""
+    if amount <= 0 or effective <= 0 or credits == 0:
+        return 0
+    return int((Decimal(credits) * effective / amount).quantize(Decimal(1), ROUND_HALF_UP))
+
+
 class FakeClock:
     def __init__(self, now: datetime) -> None:
         self.now = now
@@ -317,6 +341,7 @@ def make_grants_catalog() -> None:
         add_customer(key, api_allowance=None, candidates_allowance=None, topup=None)
 
 
+SEAT_LIMIT = 10  # add_customer's seat allowance (blocked over it)
 hours = st.integers(0, 120).map(lambda h: timedelta(hours=h))
 seconds = st.integers(0, 5 * 86_400).map(lambda s: timedelta(seconds=s))
 keys = st.one_of(st.none(), st.sampled_from(["k1", "k2", "k3"]))
@@ -336,6 +361,12 @@ class Grants(RuleBasedStateMachine):
         self.keys: dict[tuple[str, str], tuple[object, ...]] = {}
         self.events: dict[str, tuple[str, int, str | None, usage.UsageResult]] = {}
         self.counter = 0
+        # Usage corrections (issue 14): each api_calls event as the model knows it, seat counts
+        # and seat events, and the corrections' idempotency keys (their own, per customer).
+        self.usage_model: dict[str, ModelEvent] = {}
+        self.seats = dict.fromkeys(CUSTOMERS, 0)
+        self.seat_events: dict[str, ModelEvent] = {}
+        self.correction_keys: dict[tuple[str, str], tuple[object, ...]] = {}
 
     def teardown(self) -> None:
         set_clock(None)
@@ -531,6 +562,7 @@ class Grants(RuleBasedStateMachine):
         if entry is not None:
             assert self._allocations(entry) == sorted(parts)
         self.events[event_id] = (customer, units, timestamp, result)
+        self.usage_model[event_id] = ModelEvent(customer, units, cost, at, units, dict(parts))
 
     @precondition(lambda self: self.events)
     @rule(data=st.data())
@@ -643,6 +675,220 @@ class Grants(RuleBasedStateMachine):
         assert result.entry.amount_micros == -left
         assert result.entry.balance_after_micros == self._balance(grant.customer)
 
+    # ---- usage corrections (issue 14)
+
+    def _correction_outcome(
+        self, customer: str, key: str | None, content: tuple[object, ...]
+    ) -> str:
+        if key is None or (customer, key) not in self.correction_keys:
+            return "new"
+        return "replay" if self.correction_keys[(customer, key)] == content else "conflict"
+
+    def _refund(self, m: ModelEvent, amount: int) -> list[tuple[int, int, str]]:
+        """Back to the grants the event drew from, last in spending order first; a part that
+        returns to a voided or expired grant leaves it again at once."""
+        parts = []
+        left = amount
+        drawn = [self.grants[gid] for gid, n in m.drawn.items() if n > 0]
+        for g in sorted(drawn, key=spending_order, reverse=True):
+            if left == 0:
+                break
+            back = min(left, m.drawn[g.id])
+            left -= back
+            m.drawn[g.id] -= back
+            if g.voided > 0:
+                g.voided += back
+                fate = "voided"
+            elif g.expires is not None and g.expires <= self.now:
+                g.expired += back
+                fate = "expired"
+            else:
+                g.remaining += back
+                fate = "returned"
+            parts.append((g.id, -back, fate))
+        assert left == 0
+        return parts
+
+    def _dead(self, m: ModelEvent) -> bool:
+        """The event drew from a grant that has since been voided or has expired."""
+        return any(
+            n > 0
+            and (
+                self.grants[gid].voided > 0
+                or (self.grants[gid].expires is not None and self.grants[gid].expires <= self.now)
+            )
+            for gid, n in m.drawn.items()
+        )
+
+    @precondition(lambda self: self.usage_model)
+    @rule(
+        data=st.data(),
+        reason=st.sampled_from(["typo", "recount"]),
+        key=st.one_of(st.none(), st.none(), st.sampled_from(["c1", "c2"])),
+        charged=st.booleans(),
+    )
+    def correct(self, data: st.DataObject, reason: str, key: str | None, charged: bool) -> None:
+        """Any event, to less or more (most often one that was charged credits)."""
+        paid = sorted(k for k, m in self.usage_model.items() if m.credits)
+        event_id = data.draw(
+            st.sampled_from(paid if charged and paid else sorted(self.usage_model))
+        )
+        m = self.usage_model[event_id]
+        actual = data.draw(
+            st.one_of(
+                st.just(0), st.integers(0, m.amount), st.integers(m.amount, 3 * m.amount + 60)
+            )
+        )
+        self._correct(event_id, actual, reason, key)
+
+    def _half_spent(self) -> list[int]:
+        """Grants with credits left that an event drew from: voiding one makes a dead grant
+        that a correction may return credits to."""
+        drawn = {gid for m in self.usage_model.values() for gid, n in m.drawn.items() if n > 0}
+        return sorted(gid for gid in drawn if self.grants[gid].remaining > 0)
+
+    @precondition(lambda self: self._half_spent())
+    @rule(data=st.data())
+    def void_a_grant_an_event_drew_from(self, data: st.DataObject) -> None:
+        gid = data.draw(st.sampled_from(self._half_spent()))
+        grant = self.grants[gid]
+        booked_now = grant.expires is not None and grant.expires <= self.now
+        try:
+            wallets.void_grant(SYSTEM, grant_id=gid, reason="refund")
+        except DomainError as exc:
+            assert booked_now and exc.code == "nothing_to_void", exc
+            self._book(grant.customer)
+            return
+        assert not booked_now
+        self._book(grant.customer)
+        grant.voided, grant.remaining = grant.remaining, 0
+
+    @precondition(lambda self: any(self._dead(m) for m in self.usage_model.values()))
+    @rule(data=st.data(), part=st.sampled_from([0, 1, 2]))
+    def correct_on_a_dead_grant(self, data: st.DataObject, part: int) -> None:
+        """An event paid (partly) by a grant since voided or expired: less usage, whose credits
+        return to that grant must leave it again at once."""
+        event_id = data.draw(
+            st.sampled_from(sorted(k for k, m in self.usage_model.items() if self._dead(m)))
+        )
+        m = self.usage_model[event_id]
+        self._correct(event_id, m.effective * part // 3, "after the grant died", None)
+
+    def _correct(self, event_id: str, actual: int, reason: str, key: str | None) -> None:
+        m = self.usage_model[event_id]
+        content = ("correction", event_id, actual, reason)
+        outcome = self._correction_outcome(m.customer, key, content)
+        before = model_event_credits(m.amount, m.credits, m.effective)
+        after = model_event_credits(m.amount, m.credits, actual)
+        move = before - after
+        expected = "idempotency_conflict" if outcome == "conflict" else None
+        if outcome == "new" and move < 0:
+            if sum(g.remaining for g in self._spendable(m.customer, m.at)) < -move:
+                expected = "insufficient_credits"
+        try:
+            result = corrections.correct_usage(
+                SYSTEM,
+                customer_key=m.customer,
+                event_id=event_id,
+                actual_amount=micros(actual),
+                reason=reason,
+                idempotency_key=key,
+            )
+        except DomainError as exc:
+            assert exc.code == expected, (exc.code, expected, exc.message)
+            event(f"correction refused: {exc.code}")
+            return
+        assert expected is None, expected
+        assert result.replayed == (outcome == "replay")
+        if result.replayed:
+            event("correction replayed")
+            return
+        if actual == m.effective:
+            assert not result.corrected
+            event("correction: nothing to correct")
+            return
+        if key is not None:
+            self.correction_keys[(m.customer, key)] = content
+        if m.credits:
+            self._book(m.customer)  # under the wallet's lock, before the decision
+        parts: list[tuple[int, int, str]] = []
+        if move > 0:
+            parts = self._refund(m, move)
+        elif move < 0:
+            for gid, take in self._deduct(m.customer, -move, m.at):
+                m.drawn[gid] = m.drawn.get(gid, 0) + take
+                parts.append((gid, take, "charged"))
+        fates = sorted({fate for _, _, fate in parts})
+        event(f"correction: {'refund' if move > 0 else 'charge' if move else 'no credits'} {fates}")
+        m.effective = actual
+        effect = result.effect
+        assert effect.credits_micros == move
+        assert sorted((p.grant_id, p.amount_micros, p.fate) for p in effect.parts) == sorted(parts)
+        if move:
+            entry = db.session.scalar(
+                select(UsageCorrection.ledger_entry_id).where(UsageCorrection.id == result.id)
+            )
+            assert entry is not None
+            assert self._allocations(entry) == sorted((g, n) for g, n, _ in parts)
+            assert effect.balance_after_micros == self._balance(m.customer)
+
+    @rule(customer=st.sampled_from(CUSTOMERS), delta=st.sampled_from([1, 2, 3, -1, -2]))
+    def seats_change(self, customer: str, delta: int) -> None:
+        self.counter += 1
+        event_id = f"s{self.counter}"
+        count = self.seats[customer]
+        expected = None
+        if delta > 0 and count + delta > SEAT_LIMIT:
+            expected = "limit_exceeded"
+        elif count + delta < 0:
+            expected = "invalid_amount"
+        try:
+            usage.record_usage(
+                SYSTEM, customer_key=customer, feature_key="seats", amount=delta, event_id=event_id
+            )
+        except DomainError as exc:
+            assert exc.code == expected, (exc.code, expected)
+            return
+        assert expected is None, expected
+        self.seats[customer] += delta
+        amount = delta * 1_000_000
+        self.seat_events[event_id] = ModelEvent(customer, amount, 0, self.now, amount, {})
+
+    @precondition(lambda self: self.seat_events)
+    @rule(data=st.data(), actual=st.integers(-3, 4))
+    def correct_seats(self, data: st.DataObject, actual: int) -> None:
+        event_id = data.draw(st.sampled_from(sorted(self.seat_events)))
+        m = self.seat_events[event_id]
+        customer = m.customer
+        delta = actual * 1_000_000 - m.effective
+        count = self.seats[customer] * 1_000_000
+        expected = None
+        if actual != 0 and (actual < 0) != (m.amount < 0):
+            expected = "invalid_amount"
+        elif delta > 0 and count + delta > SEAT_LIMIT * 1_000_000:
+            expected = "limit_exceeded"
+        elif count + delta < 0:
+            expected = "invalid_amount"
+        try:
+            result = corrections.correct_usage(
+                SYSTEM,
+                customer_key=customer,
+                event_id=event_id,
+                actual_amount=actual,
+                reason="seat count",
+            )
+        except DomainError as exc:
+            assert exc.code == expected, (exc.code, expected, exc.message)
+            event(f"seat correction refused: {exc.code}")
+            return
+        assert expected is None, (expected, actual, m)
+        assert result.corrected == (delta != 0)
+        event("seat correction" + (" to zero" if actual == 0 else ""))
+        m.effective = actual * 1_000_000
+        self.seats[customer] += delta // 1_000_000
+        assert result.effect.used_after_micros == self.seats[customer] * 1_000_000
+        assert result.effect.credits_micros is None
+
     @rule(delta=hours)
     def time_passes(self, delta: timedelta) -> None:
         self.clock.now += delta
@@ -725,6 +971,27 @@ class Grants(RuleBasedStateMachine):
         assert {keys[cid]: available for cid, _, available in wallet_rows} == {
             c: self._available(c) for c in with_wallet
         }
+        # Usage corrections: each event's effective amount, and the seat counts.
+        ids = {k: c for c, k in keys.items()}
+        deltas: dict[str, int] = {}
+        for event_id, delta in db.session.execute(
+            select(UsageEvent.event_id, UsageCorrection.delta_micros).join(
+                UsageCorrection, UsageCorrection.usage_event_id == UsageEvent.id
+            )
+        ):
+            deltas[event_id] = deltas.get(event_id, 0) + delta
+        for event_id, m in {**self.usage_model, **self.seat_events}.items():
+            assert m.amount + deltas.get(event_id, 0) == m.effective, event_id
+        seat_counts = dict(
+            db.session.execute(
+                select(UsageCounter.customer_id, UsageCounter.used_micros)
+                .join(Feature, Feature.id == UsageCounter.feature_id)
+                .where(Feature.key == "seats")
+                .execution_options(populate_existing=True)
+            ).all()
+        )
+        for customer, count in self.seats.items():
+            assert seat_counts.get(ids[customer], 0) == count * 1_000_000
         report = verify_ledger()
         assert report.ok, report.violations
 

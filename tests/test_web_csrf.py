@@ -62,6 +62,7 @@ def test_every_mutating_route_refuses_a_missing_or_wrong_token(csrf_app):
         "entry_id": 1,
         "endpoint_id": 1,
         "delivery_id": 1,
+        "event_id": "e-matrix",
     }
     client = csrf_app.test_client()
     _sign_in(client)

@@ -8,7 +8,7 @@ from flask import Flask
 
 from tests.factories import make_catalog
 from tests.web import ROLES, make_user, signed_in
-from webapp.services import auth, plans
+from webapp.services import auth, plans, usage
 from webapp.services.actors import (
     ADMIN,
     MANAGE_WALLETS,
@@ -46,6 +46,8 @@ EXPECTED: dict[str, str] = {
     "actions.record_usage": RECORD_USAGE,
     "actions.usage_preview": RECORD_USAGE,
     "actions.reclaim_seats": RECORD_USAGE,
+    "actions.correct_event": RECORD_USAGE,
+    "actions.correction_preview": RECORD_USAGE,
     "actions.topup": MANAGE_WALLETS,
     "actions.adjust": MANAGE_WALLETS,
     "actions.void_grant": MANAGE_WALLETS,
@@ -126,6 +128,9 @@ def _url(rule: str, ids: dict[str, object]) -> str:
 def test_role_route_matrix(app, client, role):
     make_catalog()
     plans.create_plan(SYSTEM, key="starter", name="Starter")
+    usage.record_usage(
+        SYSTEM, customer_key="cust-6d11ca90", feature_key="api_calls", event_id="e-matrix"
+    )
     victim = make_user("account_manager", "victim@example.com")
     key = auth.create_api_key(SYSTEM, name="matrix").key
     ids = {
@@ -140,6 +145,7 @@ def test_role_route_matrix(app, client, role):
         "entry_id": 1,  # its ledger entry
         "endpoint_id": 1,
         "delivery_id": 1,
+        "event_id": "e-matrix",
     }
     if role != "anonymous":
         signed_in(client, role)

@@ -45,7 +45,7 @@ ROLES = ("account_manager", "support", "finance", "admin")
 FEATURE_TYPES = ("consumable", "persistent", "boolean")
 RESET_PERIODS = ("never", "day", "week", "month", "year")
 OVERAGE_POLICIES = ("block", "allow")
-LEDGER_TYPES = ("topup", "usage", "adjustment", "expiry", "void")
+LEDGER_TYPES = ("topup", "usage", "adjustment", "expiry", "void", "correction")
 TOPUP_KINDS = ("purchased", "granted")
 GRANT_STATUSES = ("scheduled", "active", "depleted", "expired", "voided")
 # Lower is spent first (domain.md, "Credit grants").
@@ -465,11 +465,12 @@ def grant_status(
 
 class CreditAllocation(Model):
     """The part of one deduction (a usage or negative adjustment ledger entry) paid by one grant.
-    The allocations of an entry sum to its amount exactly."""
+    The allocations of an entry sum to minus its amount exactly. A `correction` refund returns
+    credits to the grants the event drew from: its allocations are negative."""
 
     __tablename__ = "credit_allocations"
     __table_args__ = (
-        CheckConstraint("amount_micros > 0", name="amount_positive"),
+        CheckConstraint("amount_micros <> 0", name="amount_not_zero"),
         Index("ix_credit_allocations_grant", "grant_id", "id"),
         Index("ix_credit_allocations_entry", "ledger_entry_id"),
     )
@@ -730,3 +731,31 @@ class PlanCreditIssuance(Model):
     grant_id: Mapped[int] = mapped_column(ForeignKey("credit_grants.id"), index=True)
     amount_micros: Mapped[int] = mapped_column(BigInteger)
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageCorrection(Model):
+    """One correction of a usage event (domain.md, "Usage corrections"): the event row stays as
+    recorded; its effective amount is its amount plus the deltas of its corrections. The credits
+    it moved are in its `correction` ledger entry (none when no credits moved)."""
+
+    __tablename__ = "usage_corrections"
+    __table_args__ = (
+        CheckConstraint("delta_micros <> 0", name="delta_not_zero"),
+        UniqueConstraint("customer_id", "idempotency_key"),
+        Index("ix_usage_corrections_event", "usage_event_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    usage_event_id: Mapped[int] = mapped_column(ForeignKey("usage_events.id"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    delta_micros: Mapped[int] = mapped_column(BigInteger)
+    effective_after_micros: Mapped[int] = mapped_column(BigInteger)
+    # Signed credits the wallet got back (+) or paid (-); None: the event charges no credits.
+    credits_micros: Mapped[int | None] = mapped_column(BigInteger)
+    ledger_entry_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_entries.id"))
+    used_after_micros: Mapped[int] = mapped_column(BigInteger)  # the period's counter after it
+    reason: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

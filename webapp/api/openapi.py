@@ -86,6 +86,7 @@ LIMIT = param(
 CUSTOMER_KEY_PATH = param("key", "path", "The customer's key.")
 FEATURE_KEY_PATH = param("feature_key", "path", "The feature's key.")
 PLAN_KEY_PATH = param("plan_key", "path", "The plan's key.")
+EVENT_ID_PATH = param("event_id", "path", "The usage event's `event_id` (of this customer).")
 GRANT_ID_PATH = param(
     "grant_id", "path", "The grant's id.", schema={"type": "integer", "minimum": 1}
 )

@@ -15,7 +15,7 @@ from .. import jsondoor
 from ..errors import DomainError, PayloadTooLarge
 from ..jsondoor import json_body, query
 from ..models import utcnow
-from ..services import catalog, plans, reads, usage, wallets, webhooks
+from ..services import catalog, corrections, plans, reads, usage, wallets, webhooks
 from ..services.actors import Actor
 from ..services.credits import reads as grants
 from ..services.usage import MAX_BATCH
@@ -25,6 +25,7 @@ from .openapi import (
     CUSTOMER_KEY_PATH,
     DELIVERY_ID_PATH,
     ENDPOINT_ID_PATH,
+    EVENT_ID_PATH,
     FEATURE_KEY_PATH,
     GRANT_ID_PATH,
     LIMIT,
@@ -360,6 +361,52 @@ def list_events(key: str):
     return respond(schemas.EventPage.model_validate(page))
 
 
+@api.post(
+    "/customers/<key>/events/<event_id>/corrections",
+    "correctUsage",
+    "Correct a usage event to its actual amount (support, admin)",
+    tag="Usage",
+    params=[CUSTOMER_KEY_PATH, EVENT_ID_PATH],
+    body="CorrectionRequest",
+    ok={
+        201: ("Correction", "The event was corrected."),
+        200: (
+            "Correction",
+            "A replay of an earlier correction (same `idempotency_key`), or nothing to correct "
+            "(`corrected: false`: the event already has this amount).",
+        ),
+    },
+    errors=(
+        e.Forbidden,
+        e.CustomerNotFound,
+        e.NotFound,
+        e.InvalidAmount,
+        e.NotEntitled,
+        e.LimitExceeded,
+        e.InsufficientCredits,
+        e.FeatureNotRecordable,
+        e.IdempotencyConflict,
+    ),
+    replay=True,
+    description="The event row stays as recorded; a correction keeps the delta, the reason, "
+    "the actor and the time, and the counter of the event's own period moves by the delta. "
+    "Less usage refunds credits at the event's own cost to the grants it drew from (a part "
+    "that returns to an expired or voided grant is booked to expiry or void at once); more "
+    "usage is judged like new usage at the event's timestamp. On any error nothing is written.",
+)
+def correct_usage(key: str, event_id: str):
+    result = corrections.correct_usage(
+        actor(),
+        customer_key=key,
+        event_id=event_id,
+        **schemas.CorrectionRequest.parse(json_body()),
+    )
+    payload = schemas.Correction.of(result)
+    if not result.corrected:
+        return respond(payload, 200)
+    return created_or_replayed(payload, result.replayed)
+
+
 @api.get(
     "/customers/<key>/ledger",
     "listLedger",
@@ -377,8 +424,11 @@ def list_events(key: str):
 def list_ledger(key: str):
     args = query(("credit_system", "cursor", "limit"))
     page = reads.list_ledger(actor(), key, **args)
-    # One query for the whole page: which grants paid for its deductions.
-    parts = grants.allocations_of_entries(v.id for v in page.items if v.amount_micros < 0)
+    # One query for the whole page: which grants paid for its deductions (and, for a
+    # correction, which grants its credits went back to or came from).
+    parts = grants.allocations_of_entries(
+        v.id for v in page.items if v.amount_micros < 0 or v.type == "correction"
+    )
     return respond(
         schemas.LedgerPage(
             data=[schemas.LedgerEntry.of(v, parts.get(v.id, [])) for v in page.items],

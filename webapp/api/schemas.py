@@ -239,6 +239,19 @@ class VoidRequest(Request):
     )
 
 
+class CorrectionRequest(Request):
+    """The actual amount of a recorded usage event (docs/domain.md, "Usage corrections")."""
+
+    actual_amount: Amount = Field(
+        description="What the event should have been, in feature units; 0 voids it. Keeps the "
+        "sign of the event's amount."
+    )
+    reason: StrictStr = Field(description="Why; kept with the correction (up to 2000).")
+    idempotency_key: OptStr = Field(
+        None, description="Same key and content: a replay; other content: 409."
+    )
+
+
 class CustomerCreate(Request):
     key: StrictStr = Field(description="Stable key: letters, digits and . _ : @ -")
     name: StrictStr
@@ -502,7 +515,9 @@ class GrantAllocation(Response):
     """What a grant paid for: one part of a `usage` entry or of a negative adjustment."""
 
     ledger_entry_id: int
-    entry_type: Annotated[str, _doc({"type": "string", "enum": ["usage", "adjustment"]})]
+    entry_type: Annotated[
+        str, _doc({"type": "string", "enum": ["usage", "adjustment", "correction"]})
+    ]
     amount: Credits
     event_id: str | None = Field(description="The usage event's id (usage entries).")
     feature_key: str | None
@@ -680,17 +695,94 @@ class CustomerDetail(Customer):
         )
 
 
+class EventCorrection(Response):
+    """One correction of an event, oldest first."""
+
+    id: int
+    delta: Quantity = Field(description="Signed: what the correction added to the amount.")
+    effective_amount: Quantity = _renamed(
+        "effective_after_micros", description="The event's amount after this correction."
+    )
+    credits: OptCredits = Field(
+        description="Signed: credits returned to the wallet (+) or charged (-); null when the "
+        "event charges no credits."
+    )
+    reason: str
+    actor: str
+    created_at: Time
+
+
 class Event(Response):
     event_id: str
     feature_key: str
     event_name: str
-    amount: Quantity
+    amount: Quantity = Field(description="As recorded (events are never changed).")
+    effective_amount: Quantity = Field(
+        description="The amount after its corrections (= `amount` when none)."
+    )
     timestamp: Time
     metadata: OptObject
-    credits_deducted: OptCredits = _renamed("credits_micros")
+    credits_deducted: OptCredits = _renamed(
+        "credits_micros", description="As recorded; corrections move credits of their own."
+    )
     overage: Quantity
     actor: str
     recorded_at: Time
+    corrections: list[EventCorrection]
+
+
+class Correction(Response):
+    """A usage correction (docs/domain.md, "Usage corrections")."""
+
+    message: Literal["Usage corrected", "Nothing to correct"]
+    corrected: bool = Field(
+        description="False: the event already had this amount and nothing was written."
+    )
+    id: int | None = Field(description="The correction's id (null when nothing was written).")
+    customer_key: str
+    event_id: str
+    feature_key: str
+    original_amount: Quantity = Field(description="The event's amount as recorded.")
+    effective_before: Quantity
+    effective_amount: Quantity = Field(description="The event's amount now.")
+    delta: Quantity
+    credits_refunded: Credits = Field(description="Returned to the wallet (0 when none).")
+    credits_deducted: Credits = Field(description="Charged from the wallet (0 when none).")
+    credit_system: str | None
+    used: Quantity = Field(description="The counter of the event's own period, after.")
+    wallet_balance: OptCredits = Field(
+        description="The wallet's ledger balance right after (null when no credits moved)."
+    )
+    reason: str
+    actor: str
+    created_at: Time
+
+    @classmethod
+    def of(cls, result: Any) -> Correction:
+        effect = result.effect
+        # Micros in: the fields' validators show them as the contract does.
+        return cls.model_validate(
+            {
+                "message": "Usage corrected" if result.corrected else "Nothing to correct",
+                "corrected": result.corrected,
+                "id": result.id,
+                "customer_key": effect.customer_key,
+                "event_id": effect.event_id,
+                "feature_key": effect.feature_key,
+                "original_amount": effect.original_micros,
+                "effective_before": effect.effective_before_micros,
+                "effective_amount": effect.effective_after_micros,
+                "delta": effect.delta_micros,
+                "credits_refunded": effect.refunded_micros,
+                "credits_deducted": effect.deducted_micros,
+                "credit_system": effect.credit_system,
+                "used": effect.used_after_micros,
+                "wallet_balance": effect.balance_after_micros if effect.credits_micros else None,
+                "reason": result.reason,
+                "actor": result.actor,
+                "created_at": result.created_at,
+            }
+        )
 
 
 class LedgerEntry(Response):
@@ -710,7 +802,9 @@ class LedgerEntry(Response):
         "`void` emptied."
     )
     allocations: list[EntryAllocation] = Field(
-        [], description="A `usage` entry or negative adjustment: the grants that paid for it."
+        [],
+        description="A `usage` entry or negative adjustment: the grants that paid for it. A "
+        "`correction`: negative parts went back to their grants, positive ones were paid.",
     )
 
     @classmethod
@@ -951,6 +1045,7 @@ RESPONSES: tuple[type[Response], ...] = (
     LedgerPage,
     Feature,
     FeaturePage,
+    Correction,
     CreditSystem,
     CreditCost,
     Entitlement,

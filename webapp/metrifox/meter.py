@@ -7,11 +7,11 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..api.schemas import RecordUsageRequest
+from ..api.schemas import CorrectionRequest, RecordUsageRequest
 from ..errors import DomainError, InvalidAmount, ValidationError
 from ..jsondoor import json_object
+from ..services import corrections, usage
 from ..services import metrifox as paged
-from ..services import usage
 from ..services.reads import EventView
 from .common import actor, from_millis, in_sdk_terms, install, millis, num, respond
 
@@ -81,6 +81,58 @@ def record_usage() -> Response:
     return respond(answer, 201)
 
 
+# A correction needs a reason; Metrifox's is optional.
+ADJUST_REASON = "Adjusted through the Metrifox door"
+
+
+@bp.post("/usage/events/adjust")
+def adjust_usage() -> Response:
+    """Metrifox's "Adjust a Usage Event": the actual quantity of an event (not a delta); both
+    amounts left out undo it (0). Our usage correction, after renaming the fields. Credits always
+    follow the event's own cost: `actual_credit_used` is accepted only when it is null."""
+    body = json_object()
+    known = {"customer_key", "event_id", "actual_quantity", "actual_credit_used", "reason"}
+    for name in body:
+        if name not in known:
+            raise ValidationError(
+                f"Unknown field `{name}`; this request takes: {', '.join(sorted(known))}.",
+                field=name,
+            )
+    if body.get("actual_credit_used") is not None:
+        raise ValidationError(
+            "Credits follow the event's own credit cost: send `actual_quantity` only.",
+            field="actual_credit_used",
+        )
+    # Our correction's request model, after renaming the fields.
+    quantity, reason = body.get("actual_quantity"), body.get("reason")
+    sent = {
+        "actual_amount": 0 if quantity is None else quantity,
+        "reason": ADJUST_REASON if reason is None else reason,
+    }
+    try:
+        result = corrections.correct_usage(
+            actor(),
+            customer_key=body.get("customer_key"),
+            event_id=body.get("event_id"),
+            **CorrectionRequest.parse(sent),
+        )
+    except DomainError as exc:
+        raise in_sdk_terms(exc, {"actual_amount": "actual_quantity"}) from exc
+    effect = result.effect
+    data = {
+        "event_id": effect.event_id,
+        "adjusted": result.corrected,
+        "actual_quantity": num(effect.effective_after_micros),
+        "actual_credit_used": num(effect.event_credits_micros or 0),
+        "refunded_quantity": num(max(-effect.delta_micros, 0)),
+        "refunded_credit": num(effect.refunded_micros),
+        "deducted_quantity": num(max(effect.delta_micros, 0)),
+        "deducted_credit": num(effect.deducted_micros),
+        "message": "Usage adjusted" if result.corrected else "Usage already at this amount",
+    }
+    return respond({"data": data})
+
+
 @bp.get("/usage/access")
 def check_access() -> Response:
     args = request.args
@@ -131,6 +183,8 @@ def event_json(event: EventView) -> dict[str, Any]:
         "feature_key": event.feature_key,
         "event_name": event.event_name,
         "quantity": num(event.amount_micros),
+        # Ours: the quantity after its adjustments (usage/events/adjust), as the event stays.
+        "effective_quantity": num(event.effective_amount_micros),
         "timestamp": millis(event.timestamp),
         "credit_used": num(event.credits_micros),
         "metadata": event.metadata or {},

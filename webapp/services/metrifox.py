@@ -32,7 +32,7 @@ from .credits import reads as credit_reads
 from .credits import spending_order, status_filter
 from .credits.reads import GrantView
 from .paging import AnySelect, NumberedPage, numbered_page
-from .reads import EventView, customers_matching
+from .reads import EventView, corrections_of_events, customers_matching
 
 
 def list_events_paged(
@@ -57,7 +57,8 @@ def list_events_paged(
         .where(*conditions)
     )
     found = numbered_page(stmt, UsageEvent.id, page=page, per_page=per_page)
-    items = [EventView.of(e, f, ckey) for e, f, ckey in found.items]
+    fixes = corrections_of_events([e.id for e, _, _ in found.items])  # one query a page
+    items = [EventView.of(e, f, ckey, fixes.get(e.id, ())) for e, f, ckey in found.items]
     return NumberedPage(items, found.page, found.per_page, found.total_count)
 
 

@@ -4,6 +4,7 @@ Lists are keyset pages over ``id``, newest first (``paging``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from ..models import (
     Entitlement,
     Feature,
     LedgerEntry,
+    UsageCorrection,
     UsageCounter,
     UsageEvent,
     Wallet,
@@ -215,6 +217,45 @@ def customer_wallets(
 
 
 @dataclass(frozen=True)
+class CorrectionView:
+    id: int
+    event_id: str
+    delta_micros: int
+    effective_after_micros: int
+    credits_micros: int | None
+    reason: str
+    actor: str
+    created_at: datetime
+
+
+def corrections_of_events(event_pks: Sequence[int]) -> dict[int, list[CorrectionView]]:
+    """The corrections of these events (by usage_events.id), oldest first: one query for a page."""
+    found: dict[int, list[CorrectionView]] = {}
+    if not event_pks:
+        return found
+    rows = db.session.execute(
+        select(UsageCorrection, UsageEvent.event_id)
+        .join(UsageEvent, UsageEvent.id == UsageCorrection.usage_event_id)
+        .where(UsageCorrection.usage_event_id.in_(sorted(set(event_pks))))
+        .order_by(UsageCorrection.id)
+    )
+    for c, event_id in rows:
+        found.setdefault(c.usage_event_id, []).append(
+            CorrectionView(
+                c.id,
+                event_id,
+                c.delta_micros,
+                c.effective_after_micros,
+                c.credits_micros,
+                c.reason,
+                c.actor,
+                c.created_at,
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
 class EventView:
     id: int
     event_id: str
@@ -229,15 +270,27 @@ class EventView:
     overage_micros: int
     actor: str
     recorded_at: datetime
+    # domain.md, "Usage corrections": the amount after its corrections (oldest first).
+    effective_amount_micros: int = 0
+    corrections: tuple[CorrectionView, ...] = ()
 
     @classmethod
-    def of(cls, event: UsageEvent, feature: Feature, customer_key: str) -> EventView:
+    def of(
+        cls,
+        event: UsageEvent,
+        feature: Feature,
+        customer_key: str,
+        corrections: Sequence[CorrectionView] = (),
+    ) -> EventView:
         given: dict[str, Any] = {
             "customer_key": customer_key,
             "feature_key": feature.key,
             "event_name": feature.event_name,
             "feature_type": feature.type,
             "metadata": event.extra,
+            "effective_amount_micros": event.amount_micros
+            + sum(c.delta_micros for c in corrections),
+            "corrections": tuple(corrections),
         }
         return cls(**given, **_rest(cls, event, given))
 
@@ -280,8 +333,10 @@ def list_events(
     if event_id not in (None, ""):
         stmt = stmt.where(UsageEvent.event_id == validation.lookup_key(event_id, field="event_id"))
     page = keyset_page(stmt, UsageEvent.id, lambda row: row[0].id, cursor=cursor, limit=limit)
+    # One query for the page's corrections.
+    fixes = corrections_of_events([e.id for e, _ in page.items])
     return Page(
-        [EventView.of(e, f, customer.key) for e, f in page.items],
+        [EventView.of(e, f, customer.key, fixes.get(e.id, ())) for e, f in page.items],
         page.next_cursor,
     )
 

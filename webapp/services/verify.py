@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, literal, or_, select
+from sqlalchemy import Select, and_, case, func, literal, or_, select, union_all
 
 from ..extensions import db
 from ..models import (
@@ -20,6 +20,7 @@ from ..models import (
     Entitlement,
     Feature,
     LedgerEntry,
+    UsageCorrection,
     UsageCounter,
     UsageDaily,
     UsageEvent,
@@ -80,6 +81,9 @@ def verify_ledger() -> Report:
         _webhook_delivered_by_an_attempt(),
         _plans_effective_entitlements(),
         _plan_credits_issued_once(),
+        _corrections_have_their_entries(),
+        _event_credits_follow_effective_amounts(),
+        _refunds_within_what_was_drawn(),
     ]
     return Report(checks)
 
@@ -151,15 +155,33 @@ def _ledger_chain() -> Check:
     )
 
 
+def _effective_amounts() -> Any:
+    """Rows (customer_id, feature_id, period_start, timestamp, amount): every event's amount
+    and every correction's delta, at its event's counter and time. Their sum per counter is the
+    sum of the events' effective amounts (domain.md, "Usage corrections")."""
+    e = UsageEvent
+    return union_all(
+        select(e.customer_id, e.feature_id, e.period_start, e.timestamp, e.amount_micros),
+        select(
+            e.customer_id,
+            e.feature_id,
+            e.period_start,
+            e.timestamp,
+            UsageCorrection.delta_micros.label("amount_micros"),
+        ).join(UsageCorrection, UsageCorrection.usage_event_id == e.id),
+    ).subquery()
+
+
 def _counters_match_events() -> Check:
+    amounts = _effective_amounts()
     sums = (
         select(
-            UsageEvent.customer_id,
-            UsageEvent.feature_id,
-            UsageEvent.period_start,
-            exact_sum(UsageEvent.amount_micros).label("total"),
+            amounts.c.customer_id,
+            amounts.c.feature_id,
+            amounts.c.period_start,
+            exact_sum(amounts.c.amount_micros).label("total"),
         )
-        .group_by(UsageEvent.customer_id, UsageEvent.feature_id, UsageEvent.period_start)
+        .group_by(amounts.c.customer_id, amounts.c.feature_id, amounts.c.period_start)
         .subquery()
     )
     c = UsageCounter
@@ -188,7 +210,7 @@ def _counters_match_events() -> Check:
         .where(c.customer_id.is_(None))
     )
     check = _run(
-        "usage counter = sum of its period's event amounts",
+        "usage counter = sum of its period's effective event amounts",
         select(func.count()).select_from(c),
         mismatched,
         lambda cid, fid, start, used, total: (
@@ -209,13 +231,14 @@ def _daily_matches_events() -> Check:
 
     A row holds high * DAILY_BASE + low, more than SQL can compare without overflowing, so the
     rows (features x days x shards, never events) are compared here."""
-    day = func.date(UsageEvent.timestamp)
-    shard = UsageEvent.customer_id % DAILY_SHARDS
+    amounts = _effective_amounts()
+    day = func.date(amounts.c.timestamp)
+    shard = amounts.c.customer_id % DAILY_SHARDS
     sums: dict[tuple[int, str, int], int] = {
         (fid, str(d), sh): total
         for fid, d, sh, total in db.session.execute(
-            select(UsageEvent.feature_id, day, shard, exact_sum(UsageEvent.amount_micros)).group_by(
-                UsageEvent.feature_id, day, shard
+            select(amounts.c.feature_id, day, shard, exact_sum(amounts.c.amount_micros)).group_by(
+                amounts.c.feature_id, day, shard
             )
         )
     }
@@ -377,16 +400,19 @@ def _grants_remaining() -> Check:
 
 def _grant_removals_booked_once() -> Check:
     """Every grant comes from exactly one topup or positive adjustment of its amount, and has at
-    most one expiry and one void entry, each equal to what its grant records as removed."""
+    most one expiry and one void entry of its own (besides those booking what a correction
+    returned to it once expired or voided, referenced `correction:<entry id>`); its expiry and
+    void entries sum to what the grant records as removed."""
     e = LedgerEntry
+    own = or_(e.reference.is_(None), ~e.reference.startswith("correction:"))
     per_grant = (
         select(
             e.grant_id,
             func.sum(case((e.amount_micros > 0, 1), else_=0)).label("issued"),
             func.sum(case((e.amount_micros > 0, e.amount_micros), else_=0)).label("amount"),
-            func.sum(case((e.type == "expiry", 1), else_=0)).label("expiries"),
+            func.sum(case((and_(e.type == "expiry", own), 1), else_=0)).label("expiries"),
             func.sum(case((e.type == "expiry", -e.amount_micros), else_=0)).label("expired"),
-            func.sum(case((e.type == "void", 1), else_=0)).label("voids"),
+            func.sum(case((and_(e.type == "void", own), 1), else_=0)).label("voids"),
             func.sum(case((e.type == "void", -e.amount_micros), else_=0)).label("voided"),
         )
         .where(e.grant_id.is_not(None))
@@ -417,7 +443,8 @@ def _grant_removals_booked_once() -> Check:
 
 
 def _deductions_allocated() -> Check:
-    """Usage entries and negative adjustments: allocations sum to the amount exactly; other
+    """Usage entries, negative adjustments and corrections: allocations sum to minus the amount
+    exactly (a correction's refund: negative allocations, credits returned to grants); other
     entries have none."""
     sums = (
         select(
@@ -427,10 +454,12 @@ def _deductions_allocated() -> Check:
         .subquery()
     )
     e = LedgerEntry
-    is_deduction = and_(e.type.in_(("usage", "adjustment")), e.amount_micros < 0)
+    is_deduction = or_(
+        and_(e.type.in_(("usage", "adjustment")), e.amount_micros < 0), e.type == "correction"
+    )
     allocated = func.coalesce(sums.c.n, 0)
     return _run(
-        "a deduction's allocations sum to its amount; nothing else has allocations",
+        "a deduction's or correction's allocations sum to its amount; nothing else has any",
         select(func.count()).select_from(e),
         select(e.id, e.amount_micros, allocated)
         .outerjoin(sums, sums.c.ledger_entry_id == e.id)
@@ -449,10 +478,17 @@ def _deductions_allocated() -> Check:
 
 def _allocations_eligible() -> Check:
     """Each allocation draws on a grant of the entry's own wallet that was effective and not yet
-    expired at the deduction's time (a usage event's timestamp; an adjustment's creation), and
-    comes before the grant's booked expiry or void."""
+    expired at the deduction's time (a usage event's timestamp, also for a correction's extra
+    charge; an adjustment's creation), and comes before the grant's booked expiry or void.
+    Negative allocations (a correction's refund) return credits: only the wallet is checked."""
     e, g, a = LedgerEntry, CreditGrant, CreditAllocation
-    at = func.coalesce(UsageEvent.timestamp, e.created_at)
+    corrected = (
+        select(UsageCorrection.ledger_entry_id, UsageEvent.timestamp)
+        .join(UsageEvent, UsageEvent.id == UsageCorrection.usage_event_id)
+        .where(UsageCorrection.ledger_entry_id.is_not(None))
+        .subquery()
+    )
+    at = func.coalesce(UsageEvent.timestamp, corrected.c.timestamp, e.created_at)
     removed = (
         select(LedgerEntry.grant_id, func.min(LedgerEntry.id).label("first"))
         .where(LedgerEntry.type.in_(("expiry", "void")))
@@ -466,13 +502,19 @@ def _allocations_eligible() -> Check:
         .join(e, e.id == a.ledger_entry_id)
         .join(g, g.id == a.grant_id)
         .outerjoin(UsageEvent, UsageEvent.id == e.usage_event_id)
+        .outerjoin(corrected, corrected.c.ledger_entry_id == e.id)
         .outerjoin(removed, removed.c.grant_id == g.id)
         .where(
             or_(
                 g.wallet_id != e.wallet_id,
-                g.effective_at > at,
-                and_(g.expires_at.is_not(None), g.expires_at <= at),
-                removed.c.first < e.id,
+                and_(
+                    a.amount_micros > 0,
+                    or_(
+                        g.effective_at > at,
+                        and_(g.expires_at.is_not(None), g.expires_at <= at),
+                        removed.c.first < e.id,
+                    ),
+                ),
             )
         ),
         lambda aid, eid, gid: (
@@ -483,12 +525,20 @@ def _allocations_eligible() -> Check:
 
 
 def _credits_come_from_grants() -> Check:
-    """Credits enter a wallet only as grants: every topup and positive adjustment names one."""
+    """Credits enter a wallet only as grants: every topup and positive adjustment names one. The
+    one other positive entry, a correction's refund, returns credits to the grants they came
+    from (its negative allocations, checked above and below), never as a new grant."""
     e = LedgerEntry
     return _run(
         "every topup and positive adjustment created a grant",
         select(func.count()).select_from(e).where(e.amount_micros > 0),
-        select(e.id).where(e.amount_micros > 0, e.grant_id.is_(None)),
+        select(e.id).where(
+            e.amount_micros > 0,
+            or_(
+                and_(e.type != "correction", e.grant_id.is_(None)),
+                and_(e.type == "correction", e.grant_id.is_not(None)),
+            ),
+        ),
         lambda eid: f"ledger entry {eid} adds credits without a grant",
     )
 
@@ -524,6 +574,111 @@ def _burn_matches_ledger() -> Check:
             f"ledger entries of wallet {wid} on {day_text} consumed {format_micros(total)} but "
             "wallet_burn_daily has no row"
         )
+
+
+# ---------------------------------------------------------------- usage corrections
+
+
+def _corrections_have_their_entries() -> Check:
+    """Each `correction` ledger entry belongs to exactly one correction, of its customer and of
+    its credits; a correction that moved credits has its entry. Expiry and void entries that
+    name a correction entry book a refund to that entry's grant (an expired or voided one)."""
+    e, c = LedgerEntry, UsageCorrection
+    owners = (
+        select(c.ledger_entry_id, func.count().label("n"))
+        .where(c.ledger_entry_id.is_not(None))
+        .group_by(c.ledger_entry_id)
+        .subquery()
+    )
+    check = _run(
+        "every correction entry belongs to one correction of its amount",
+        select(func.count()).select_from(e).where(e.type == "correction"),
+        select(e.id)
+        .outerjoin(owners, owners.c.ledger_entry_id == e.id)
+        .outerjoin(c, c.ledger_entry_id == e.id)
+        .where(
+            e.type == "correction",
+            or_(
+                func.coalesce(owners.c.n, 0) != 1,
+                c.credits_micros != e.amount_micros,
+                c.customer_id != e.customer_id,
+            ),
+        ),
+        lambda eid: f"correction entry {eid} does not match one correction",
+    )
+    bad = db.session.execute(
+        select(c.id)
+        .outerjoin(e, e.id == c.ledger_entry_id)
+        .where(
+            or_(
+                and_(func.coalesce(c.credits_micros, 0) != 0, e.id.is_(None)),
+                and_(func.coalesce(c.credits_micros, 0) == 0, c.ledger_entry_id.is_not(None)),
+                and_(e.id.is_not(None), e.type != "correction"),
+            )
+        )
+        .limit(MAX_REPORTED)
+    ).scalars()
+    check.violations.extend(f"correction {cid} and its ledger entry disagree" for cid in bad)
+    return check
+
+
+def _event_credits_follow_effective_amounts() -> Check:
+    """Every corrected event: its last correction's effective amount = amount + Σ deltas, and
+    its credit entries (usage and corrections) sum to exactly minus its credits at that amount,
+    at the cost it was charged (services.corrections.event_credits). One query; the arithmetic
+    of the rounding rule is done here, on the corrected events only."""
+    from .corrections import event_credits  # the rule itself, pure
+
+    c, e = UsageCorrection, UsageEvent
+    usage = (
+        select(LedgerEntry.usage_event_id, LedgerEntry.amount_micros)
+        .where(LedgerEntry.usage_event_id.is_not(None))
+        .subquery()
+    )
+    per_event = (
+        select(
+            c.usage_event_id,
+            exact_sum(c.delta_micros).label("deltas"),
+            exact_sum(func.coalesce(c.credits_micros, 0)).label("moved"),
+            func.max(c.id).label("last"),
+        )
+        .group_by(c.usage_event_id)
+        .subquery()
+    )
+    last = UsageCorrection.__table__.alias("last_correction")
+    entries = (
+        select(c.usage_event_id, exact_sum(LedgerEntry.amount_micros).label("booked"))
+        .join(LedgerEntry, LedgerEntry.id == c.ledger_entry_id)
+        .group_by(c.usage_event_id)
+        .subquery()
+    )
+    check = Check("an event's credit entries = -(its credits at its effective amount)")
+    rows = db.session.execute(
+        select(
+            e.id,
+            e.event_id,
+            e.amount_micros,
+            e.credits_micros,
+            per_event.c.deltas,
+            last.c.effective_after_micros,
+            func.coalesce(usage.c.amount_micros, 0),
+            func.coalesce(entries.c.booked, 0),
+        )
+        .join(per_event, per_event.c.usage_event_id == e.id)
+        .join(last, last.c.id == per_event.c.last)
+        .outerjoin(usage, usage.c.usage_event_id == e.id)
+        .outerjoin(entries, entries.c.usage_event_id == e.id)
+    )
+    for pk, event_id, amount, charged, deltas, effective_after, used, booked in rows:
+        check.checked += 1
+        effective = amount + deltas
+        want = -event_credits(amount, charged, effective)
+        if effective != effective_after or used + booked != want:
+            check.violations.append(
+                f"usage event {pk} ({event_id}): effective {format_micros(effective)} "
+                f"(last correction says {format_micros(effective_after)}); credit entries "
+                f"{format_micros(used + booked)}, expected {format_micros(want)}"
+            )
     del check.violations[MAX_REPORTED:]
     return check
 
@@ -675,3 +830,36 @@ def _plan_credits_issued_once() -> Check:
         if problems and len(check.violations) < MAX_REPORTED:
             check.violations.append(f"issue {issue.id}: " + "; ".join(problems))
     return check
+
+
+def _refunds_within_what_was_drawn() -> Check:
+    """A correction returns to a grant at most what the event's entries drew from it: per event
+    and grant, the allocations of its usage and correction entries sum to >= 0."""
+    c, a = UsageCorrection, CreditAllocation
+    # Only corrected events can have got anything back: their usage entries and corrections.
+    corrected = select(c.usage_event_id).distinct()
+    event_entries = union_all(
+        select(LedgerEntry.usage_event_id.label("event"), LedgerEntry.id.label("entry")).where(
+            LedgerEntry.usage_event_id.in_(corrected)
+        ),
+        select(c.usage_event_id, c.ledger_entry_id).where(c.ledger_entry_id.is_not(None)),
+    ).subquery()
+    net = (
+        select(
+            event_entries.c.event,
+            a.grant_id,
+            exact_sum(a.amount_micros).label("n"),
+        )
+        .join(a, a.ledger_entry_id == event_entries.c.entry)
+        .group_by(event_entries.c.event, a.grant_id)
+        .subquery()
+    )
+    return _run(
+        "corrections return to a grant at most what their event drew from it",
+        select(func.count()).select_from(c),
+        select(net.c.event, net.c.grant_id, net.c.n).where(net.c.n < 0),
+        lambda event, gid, n: (
+            f"usage event {event}: grant {gid} got back {format_micros(-int(n))} more than the "
+            "event drew from it"
+        ),
+    )

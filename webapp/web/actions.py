@@ -15,13 +15,14 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_wtf import FlaskForm
 
 from ..api.schemas import RecordUsageRequest
-from ..errors import DomainError, ServiceUnavailable, ValidationError
+from ..errors import DomainError, NotFound, ServiceUnavailable, ValidationError
 from ..models import utcnow
-from ..services import dashboard, usage, wallets
+from ..services import corrections, dashboard, reads, usage, wallets
 from ..services.actors import MANAGE_WALLETS, RECORD_USAGE
 from .filters import credits, qty
 from .forms import (
     AdjustForm,
+    CorrectionForm,
     ReclaimSeatsForm,
     RecordUsageForm,
     ThresholdForm,
@@ -354,3 +355,99 @@ def wallet_threshold(key: str):
     errors = [e for f in form for e in f.errors] + form.form_errors
     flash(" ".join(errors) or "Check the threshold.")
     return redirect(back, 303)
+
+
+# ---------------------------------------------------------------- usage corrections
+
+
+def correction_effect_words(effect: corrections.CorrectionEffect) -> str:
+    """The effect of a correction in one sentence, for its confirmation and its message."""
+    amounts = f"{qty(effect.effective_before_micros)} → {qty(effect.effective_after_micros)}"
+    system = effect.credit_system or "credits"
+    if effect.refunded_micros:
+        return f"{amounts}; refunds {credits(effect.refunded_micros)} {system}"
+    if effect.deducted_micros:
+        return f"{amounts}; charges {credits(effect.deducted_micros)} {system}"
+    return f"{amounts}; no credits move"
+
+
+def _event_of(key: str, event_id: str) -> reads.EventView:
+    page = reads.list_events(current_actor(), key, event_id=event_id, limit=1)
+    if not page.items:
+        raise NotFound(f"Customer {key!r} has no usage event {event_id!r}.", field="event_id")
+    return page.items[0]
+
+
+@bp.route("/customers/<key>/events/<event_id>/correct", methods=["GET", "POST"])
+@requires(RECORD_USAGE)
+def correct_event(key: str, event_id: str):
+    """Correct a usage event: the actual amount and a reason; the effect is shown (HTMX preview
+    while typing, and again as the confirmation) before anything is saved."""
+    actor = current_actor()
+    event = _event_of(key, event_id)
+    form = CorrectionForm()
+    effect = None
+    if request.method == "GET":
+        form.actual_amount.data = qty(event.effective_amount_micros).replace(",", "")
+    elif form.validate_on_submit():
+        amount = form.actual_amount.data.strip()
+        try:
+            effect = corrections.preview_correction(
+                actor, customer_key=key, event_id=event_id, actual_amount=amount
+            )
+            if form.confirm.data != amount and effect.delta_micros:
+                form.needs_confirm = correction_effect_words(effect)
+                raise ValidationError(
+                    f"Check the effect: {form.needs_confirm}. Tick the box to correct the "
+                    "event, then send again.",
+                    field="confirm",
+                )
+            result = corrections.correct_usage(
+                actor,
+                customer_key=key,
+                event_id=event_id,
+                actual_amount=amount,
+                reason=form.reason.data,
+                idempotency_key=blank(form.idempotency_key.data),
+            )
+        except DomainError as exc:
+            show_error(form, exc)
+        else:
+            if result.replayed:
+                flash("Already corrected: this form was sent before, nothing changed.")
+            elif not result.corrected:
+                flash(f"Event {event_id} already has that amount: nothing changed.")
+            else:
+                flash(f"Corrected event {event_id}: {correction_effect_words(result.effect)}.")
+            return redirect(url_for("pages.customer_events", key=key, event=event_id), 303)
+    summary = reads.customer_summary(actor, key)
+    status = 422 if form.errors or form.form_errors else 200
+    return render_template(
+        "customers/correct.html",
+        customer=summary.customer,
+        event=event,
+        form=form,
+        effect=effect,
+        feature_names=feature_names(),
+    ), status
+
+
+@bp.get("/customers/<key>/events/<event_id>/correct/preview")
+@requires(RECORD_USAGE)
+def correction_preview(key: str, event_id: str):
+    """The correction form's preview (corrections.preview_correction: the same rules, no
+    writes). Bad input is a sentence in the box (200)."""
+    amount = request.args.get("actual_amount", "").strip()
+    effect = problem = None
+    if not amount:
+        problem = "Enter the actual amount to see what the correction will do."
+    else:
+        try:
+            effect = corrections.preview_correction(
+                current_actor(), customer_key=key, event_id=event_id, actual_amount=amount
+            )
+        except ServiceUnavailable:
+            raise
+        except DomainError as exc:
+            problem = humane(exc.message, "Actual amount" if exc.field == "actual_amount" else None)
+    return render_template("customers/_correction_preview.html", effect=effect, problem=problem)

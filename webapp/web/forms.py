@@ -161,6 +161,17 @@ class VoidForm(FlaskForm):
         self.grant_id = grant_id
 
 
+class CorrectionForm(FlaskForm):
+    """Correct one usage event: its actual amount and why, confirmed after its effect is shown
+    (the checkbox's value is the amount it confirms)."""
+
+    actual_amount = StringField("Actual amount", validators=[DataRequired(), Length(max=40)])
+    reason = StringField("Reason", validators=[DataRequired(), Length(max=2000)])
+    idempotency_key = HiddenField(default=lambda: f"dash-{uuid.uuid4()}")
+    confirm = StringField(validators=[Optional()])
+    needs_confirm = ""  # the effect the checkbox confirms, in words
+
+
 class ThresholdForm(FlaskForm):
     credit_system = HiddenField()
     threshold = StringField("Low balance at", validators=[Optional(), Length(max=40)])

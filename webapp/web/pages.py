@@ -411,6 +411,7 @@ def export_events(key: str):
                     e.actor,
                     e.recorded_at.isoformat(),
                     json.dumps(e.metadata, sort_keys=True) if e.metadata else "",
+                    format_micros(e.effective_amount_micros),  # after its corrections
                 ]
                 for e in page.items
             ]
@@ -431,6 +432,7 @@ def export_events(key: str):
         "actor",
         "recorded_at",
         "metadata",
+        "effective_amount",
     ]
     return _csv_response(_csv_stream(header, pages()), f"{customer.key}-events.csv")
 
