@@ -43,6 +43,10 @@ class Defaults:
     BENCH_MODE = False
     PASSWORD_HASH_PROFILE = "RFC_9106_LOW_MEMORY"  # a name in argon2.profiles; tests: CHEAPEST
     PAGE_SIZE = 50
+    # Alerts (docs/domain.md, "Alerts"): the shares of a finite allowance that raise
+    # usage.threshold_reached, and how many days ahead credits.expiring_soon warns.
+    USAGE_ALERT_PERCENTAGES = (80, 100)
+    CREDITS_EXPIRING_SOON_DAYS = 7
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
