@@ -129,6 +129,7 @@ TABLES = [
     "customers",
     "api_keys",
     "users",
+    "outbox_events",
 ]
 
 

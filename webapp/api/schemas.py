@@ -257,6 +257,13 @@ class CreditSystemCreate(Request):
     name: StrictStr
     unit_singular: OptStr = None
     unit_plural: OptStr = None
+    low_balance_threshold: Annotated[
+        Amount | None, _doc({**AMOUNT, "type": ["string", "number", "null"]})
+    ] = Field(
+        None,
+        description="The low-balance threshold of its wallets that set none of their own "
+        "(wallet.balance_low); null: none.",
+    )
 
 
 class CreditCostPut(Request):
@@ -645,6 +652,7 @@ class CreditSystem(Response):
     unit_singular: str
     unit_plural: str
     created_at: Time
+    low_balance_threshold: OptCredits
 
 
 class CreditCost(Response):
@@ -683,6 +691,24 @@ FeaturePage = _page_of("FeaturePage", Feature)
 WalletPage = _page_of("WalletPage", WalletGrants)
 
 
+class EventEnvelope(Response):
+    """One event as Metrifox sends it (docs/api.md, "Events"): the same body as its webhook."""
+
+    id: Annotated[str, _doc({"type": "string", "examples": ["evt_42"]})]
+    type: str
+    created_at: str
+    data: Object
+
+
+class EventLogPage(Response):
+    data: list[EventEnvelope]
+    next_cursor: str = Field(
+        description="Pass as `after` to poll for what comes next (given even when `data` is "
+        "empty; empty only while the log is)."
+    )
+    has_more: bool
+
+
 REQUESTS: tuple[type[Request], ...] = tuple(Request.__subclasses__())  # every body, none forgotten
 RESPONSES: tuple[type[Response], ...] = (
     Error,
@@ -703,4 +729,5 @@ RESPONSES: tuple[type[Response], ...] = (
     CreditSystem,
     CreditCost,
     Entitlement,
+    EventLogPage,
 )

@@ -20,13 +20,10 @@ _table = cast(Table, OutboxEvent.__table__)
 # On PostgreSQL each row carries the id of the transaction that wrote it: the event log reads
 # only rows whose transaction is older than every one still in flight (services/events.py).
 TX_ORDER: ColumnClause[Any] = literal_column("pg_current_xact_id()::text::bigint")
-# One statement for every insert (rows without a dedupe_key never conflict), built once.
-_INSERT = {
-    "sqlite": sqlite.insert(_table).on_conflict_do_nothing(index_elements=["dedupe_key"]),
-    "postgresql": postgresql.insert(_table)
-    .values(tx_order=TX_ORDER)
-    .on_conflict_do_nothing(index_elements=["dedupe_key"]),
-}
+# Inserts never conflict unless they carry a dedupe_key. Rows go in as one multi-row INSERT
+# (no RETURNING, so it may ride in the hot path's pipeline), CHUNK rows per statement.
+_DIALECTS: dict[str, Any] = {"sqlite": sqlite, "postgresql": postgresql}
+CHUNK = 500
 MAX_DEDUPE_KEY = 300
 
 
@@ -51,10 +48,22 @@ def event_row(
 
 
 def emit_many(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Write events (``event_row``s) in the current transaction with one statement; nothing at
-    all when there are none. A row whose dedupe_key exists already is silently not written."""
-    if rows:
-        conn.execute(_INSERT[conn.dialect.name], list(rows))
+    """Write events (``event_row``s) in the current transaction with one statement (per CHUNK
+    rows); nothing at all when there are none. A row whose dedupe_key exists already, or
+    repeats one of an earlier row, is silently not written."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    extra = {"tx_order": TX_ORDER} if dialect == "postgresql" else {}
+    for start in range(0, len(rows), CHUNK):
+        chunk = [{**row, **extra} for row in rows[start : start + CHUNK]]
+        stmt = (
+            _DIALECTS[dialect]
+            .insert(_table)
+            .values(chunk)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+        conn.execute(stmt)
 
 
 def emit(

@@ -400,6 +400,7 @@ def credit_systems():
             name=form.name.data,
             unit_singular=blank(form.unit_singular.data),
             unit_plural=blank(form.unit_plural.data),
+            low_balance_threshold=blank(form.low_balance_threshold.data),
         )
         return f"Created credit system {system.key}."
 
@@ -443,6 +444,8 @@ def edit_credit_system(system_key: str):
     key = system_key
     system = catalog.get_credit_system(key, field="key")
     form = CreditSystemEditForm(obj=system)
+    if not form.is_submitted():
+        form.low_balance_threshold.data = _threshold_text(system)
 
     def call() -> str:
         catalog.update_credit_system(
@@ -451,6 +454,7 @@ def edit_credit_system(system_key: str):
             name=form.name.data,
             unit_singular=blank(form.unit_singular.data),
             unit_plural=blank(form.unit_plural.data),
+            low_balance_threshold=blank(form.low_balance_threshold.data),
         )
         return f"Credit system {key} saved."
 
@@ -491,6 +495,7 @@ def credit_system_archived(system_key: str):
 
     system = catalog.get_credit_system(key, field="key")
     edit = CreditSystemEditForm(formdata=None, obj=system)
+    edit.low_balance_threshold.data = _threshold_text(system)
     return _submit(form, call, url_for("admin.credit_systems")) or (
         _edit_page("credit_system", system, edit, form),
         422,
@@ -545,3 +550,8 @@ def remove_credit_cost(feature_key: str):
     page = CreditCostForm(formdata=None)
     page.form_errors.extend(form.form_errors)
     return _costs_page(page, 422)
+
+
+def _threshold_text(system: CreditSystem) -> str:
+    micros = system.low_balance_threshold_micros
+    return "" if micros is None else format_micros(micros)
