@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import select
 
@@ -73,7 +75,8 @@ def test_only_admins_read_the_log(client, catalog, role):
 
 def test_a_credit_systems_default_threshold_through_the_api(api):
     response = api.post(
-        "/api/v1/credit-systems", {"key": "tokens", "name": "Tokens", "low_balance_threshold": "2.5"}
+        "/api/v1/credit-systems",
+        {"key": "tokens", "name": "Tokens", "low_balance_threshold": "2.5"},
     )
     assert response.status_code == 201
     assert response.get_json()["low_balance_threshold"] == "2.5"
@@ -83,6 +86,18 @@ def test_a_credit_systems_default_threshold_through_the_api(api):
         "/api/v1/credit-systems", {"key": "t3", "name": "T3", "low_balance_threshold": "-1"}
     )
     assert response.status_code == 422
+
+
+def poll_until(api, cursor: str, want: int, seconds: float = 30.0) -> list[dict]:
+    """Poll until ``want`` events are out. The log waits for every transaction of the
+    PostgreSQL cluster older than an event's (transaction ids are cluster-wide), and this test
+    server is shared: another database's transaction may hold an event back for a moment."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = poll(api, cursor)["data"]
+        if len(found) >= want or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)  # a foreign transaction, not this test's clock
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -105,7 +120,7 @@ def test_an_event_committed_late_with_a_smaller_id_is_never_skipped(api, catalog
         tx_a.commit()
     finally:
         a.close()
-    both = poll(api, cursor)["data"]
+    both = poll_until(api, cursor, 2)
     assert [e["data"]["customer_key"] for e in both] == ["a", "b"]
     ids = [int(e["id"].removeprefix("evt_")) for e in both]
     assert ids == sorted(ids)
@@ -125,11 +140,12 @@ def test_an_older_transaction_in_flight_holds_back_only_what_comes_after_it(api,
         outbox.emit(a, "customer.updated", {"customer_key": "a"}, customer_key="a")
         outbox.emit(b, "customer.updated", {"customer_key": "b"}, customer_key="b")
         tx_b.commit()
-        page = poll(api, cursor)
-        assert [e["data"]["customer_key"] for e in page["data"]] == ["b"]
+        page = poll_until(api, cursor, 1)
+        assert [e["data"]["customer_key"] for e in page] == ["b"]  # A is still open
+        after_b = poll(api, cursor, limit="1")["next_cursor"]
         tx_a.commit()
     finally:
         a.close()
         b.close()
-    rest = poll(api, page["next_cursor"])["data"]
+    rest = poll_until(api, after_b, 1)
     assert [e["data"]["customer_key"] for e in rest] == ["a"]
