@@ -422,3 +422,30 @@ def test_sixteen_adjustments_around_one_wallet_threshold_raise_one_event(catalog
     (low,) = data("wallet.balance_low")
     assert (low["previous_balance"], low["balance"]) == ("7", "6.5")
     assert data("wallet.depleted") == []
+
+
+# ---------------------------------------------------------------- the overview's in-app alerts
+
+
+def test_in_app_alerts_list_near_limits_low_wallets_and_expiring_credits(catalog, clock, client):
+    from tests.web import signed_in
+    from webapp.services import dashboard
+
+    assert not dashboard.in_app_alerts(SYSTEM).any
+    record(feature="seats", amount=9)  # 90 % of 10
+    record(amount=100)  # 10 % of 1000; 10 -> 8 credits
+    set_threshold("8")
+    topup("1", expires_at=(clock.now + timedelta(days=2)).isoformat(), priority=999)  # 9
+    found = dashboard.in_app_alerts(SYSTEM)
+    assert [(n.feature_key, n.percent) for n in found.near_limit] == [("seats", 90)]
+    assert found.low_wallets == []  # 9 > 8
+    assert [(g.remaining_micros, g.customer_key) for g in found.expiring] == [(1_000_000, C)]
+    record(amount=50)  # 9 -> 8: low
+    found = dashboard.in_app_alerts(SYSTEM)
+    assert [(w.balance_micros, w.threshold_micros) for w in found.low_wallets] == [
+        (8_000_000, 8_000_000)
+    ]
+    assert (found.near_limit_total, found.low_wallets_total, found.expiring_total) == (1, 1, 1)
+
+    page = signed_in(client, "support").get("/").get_data(as_text=True)
+    assert "Near a limit" in page and "90&nbsp;%" in page and "low at 8" in page
