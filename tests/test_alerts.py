@@ -171,8 +171,8 @@ def test_expiring_soon_once_per_grant_then_expired_once_by_the_first_writer(cata
 
 
 def test_the_sweep_books_expired_credits_and_their_crossing(catalog, clock):
-    set_threshold("12")
     grant = topup("5", expires_at=(clock.now + timedelta(hours=1)).isoformat())
+    set_threshold("12")
     clock.advance(hours=2)
     credits.expire_due(now=clock.now)
     credits.expire_due(now=clock.now)
@@ -221,6 +221,7 @@ def test_usage_thresholds_fire_once_each_and_rearm_in_a_new_period(app, clock):
         "used": "8",
         "allowance": "10",
         "period_start": "2026-03-01T00:00:00Z",
+        "cause": "usage",
     }
 
 
@@ -244,6 +245,36 @@ def test_a_batch_detects_from_its_first_before_to_each_after(catalog, clock, app
     )
     assert not [r for r in results if isinstance(r, DomainError)]
     assert sorted(d["percentage"] for d in data("usage.threshold_reached")) == [50, 80]
+
+
+def test_an_allowance_lowered_past_the_usage_reaches_its_percentages(catalog, clock):
+    record(feature="seats", amount=7)  # 70 % of 10
+    cat.set_entitlement(SYSTEM, C, "seats", allowance=8)  # 87.5 %
+    cat.set_entitlement(SYSTEM, C, "seats", allowance=8)  # unchanged: nothing
+    cat.set_entitlement(SYSTEM, C, "seats", allowance=7)  # 100 %
+    cat.set_entitlement(SYSTEM, C, "seats", allowance=20)  # 35 %: re-armed
+    cat.set_entitlement(SYSTEM, C, "seats", allowance=8)  # 80 again
+    reached = data("usage.threshold_reached")
+    assert [(d["percentage"], d["allowance"], d["cause"]) for d in reached] == [
+        (80, "8", "allowance"),
+        (100, "7", "allowance"),
+        (80, "8", "allowance"),
+    ]
+    record(feature="seats", amount=1)  # 8 of 8: 100 % by usage
+    assert [d["cause"] for d in data("usage.threshold_reached")][-1] == "usage"
+
+
+def test_a_threshold_raised_past_the_balance_is_a_crossing(catalog, clock):
+    set_threshold("10")  # 10 <= 10: low now
+    set_threshold("12")  # still low: nothing
+    set_threshold("2")  # not low: re-armed
+    set_threshold(None)
+    set_threshold("11")
+    lows = data("wallet.balance_low")
+    assert [(d["threshold"], d["balance"], d["cause"]) for d in lows] == [
+        ("10", "10", "threshold"),
+        ("11", "10", "threshold"),
+    ]
 
 
 def test_unlimited_and_zero_allowances_never_fire(catalog, clock):

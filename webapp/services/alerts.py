@@ -108,25 +108,50 @@ def wallet_events(
     """wallet.balance_low when the value goes from above the threshold to at or under it;
     wallet.depleted when it goes from above 0 to 0."""
     rows: list[dict[str, Any]] = []
-    data = {
+    if threshold is not None and before > threshold >= after:
+        rows.append(low_event(customer_key, credit_system, threshold, before, after, at, cause))
+    if before > 0 and after <= 0:
+        rows.append(
+            outbox.event_row(
+                "wallet.depleted",
+                _wallet_data(customer_key, credit_system, before, after, cause),
+                customer_key=customer_key,
+                at=at,
+            )
+        )
+    return rows
+
+
+def low_event(
+    customer_key: str,
+    credit_system: str,
+    threshold: int,
+    before: int,
+    after: int,
+    at: datetime,
+    cause: str,
+) -> dict[str, Any]:
+    return outbox.event_row(
+        "wallet.balance_low",
+        {
+            **_wallet_data(customer_key, credit_system, before, after, cause),
+            "threshold": format_micros(threshold),
+        },
+        customer_key=customer_key,
+        at=at,
+    )
+
+
+def _wallet_data(
+    customer_key: str, credit_system: str, before: int, after: int, cause: str
+) -> dict[str, Any]:
+    return {
         "customer_key": customer_key,
         "credit_system": credit_system,
         "balance": format_micros(after),
         "previous_balance": format_micros(before),
         "cause": cause,
     }
-    if threshold is not None and before > threshold >= after:
-        rows.append(
-            outbox.event_row(
-                "wallet.balance_low",
-                {**data, "threshold": format_micros(threshold)},
-                customer_key=customer_key,
-                at=at,
-            )
-        )
-    if before > 0 and after <= 0:
-        rows.append(outbox.event_row("wallet.depleted", data, customer_key=customer_key, at=at))
-    return rows
 
 
 def usage_events(
@@ -145,22 +170,60 @@ def usage_events(
     if allowance is None or allowance <= 0 or after <= before:
         return []
     return [
-        outbox.event_row(
-            "usage.threshold_reached",
-            {
-                "customer_key": customer_key,
-                "feature_key": feature_key,
-                "percentage": p,
-                "used": format_micros(after),
-                "allowance": format_micros(allowance),
-                "period_start": iso(period_start),
-            },
-            customer_key=customer_key,
-            at=at,
-        )
+        _reached(customer_key, feature_key, p, after, allowance, period_start, at, "usage")
         for p in shares
         if before * 100 < p * allowance <= after * 100
     ]
+
+
+def allowance_events(
+    *,
+    customer_key: str,
+    feature_key: str,
+    used: int,
+    old_allowance: int | None,
+    new_allowance: int | None,
+    period_start: datetime,
+    at: datetime,
+    shares: Sequence[int],
+) -> list[dict[str, Any]]:
+    """usage.threshold_reached for each percentage the period's usage reaches under the new
+    allowance and did not under the old one (an allowance lowered past it)."""
+
+    def reached(p: int, allowance: int | None) -> bool:
+        return allowance is not None and allowance > 0 and used * 100 >= p * allowance
+
+    return [
+        _reached(customer_key, feature_key, p, used, new_allowance, period_start, at, "allowance")
+        for p in shares
+        if new_allowance is not None and reached(p, new_allowance) and not reached(p, old_allowance)
+    ]
+
+
+def _reached(
+    customer_key: str,
+    feature_key: str,
+    p: int,
+    used: int,
+    allowance: int,
+    start: datetime,
+    at: datetime,
+    cause: str,
+) -> dict[str, Any]:
+    return outbox.event_row(
+        "usage.threshold_reached",
+        {
+            "customer_key": customer_key,
+            "feature_key": feature_key,
+            "percentage": p,
+            "used": format_micros(used),
+            "allowance": format_micros(allowance),
+            "period_start": iso(start),
+            "cause": cause,
+        },
+        customer_key=customer_key,
+        at=at,
+    )
 
 
 def blocked_event(

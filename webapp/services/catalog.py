@@ -31,7 +31,7 @@ from ..models import (
     Wallet,
     utcnow,
 )
-from . import audit, outbox, validation
+from . import alerts, audit, outbox, validation
 from .actors import ADMIN, VIEW, Actor, require
 from .money import format_micros, parse_micros
 from .periods import period_start
@@ -531,9 +531,27 @@ def _set_entitlement(
                 "while overage is blocked.",
                 field="allowance",
             )
+    old_allowance = None if entitlement is None else entitlement.allowance_micros
     if entitlement is None:
         entitlement = Entitlement(customer_id=customer.id, feature_id=feature.id)
         db.session.add(entitlement)
+    if feature.type != "boolean" and allowance_micros and allowance_micros != old_allowance:
+        # An allowance lowered past what the period used reaches its percentages now
+        # (docs/domain.md, "Alerts"); the counter's lock orders this with usage writes.
+        start = period_start(now, period)
+        outbox.emit_many(
+            db.session.connection(),
+            alerts.allowance_events(
+                customer_key=customer.key,
+                feature_key=feature.key,
+                used=_used(customer.id, feature.id, start, lock=True),
+                old_allowance=old_allowance,
+                new_allowance=allowance_micros,
+                period_start=start,
+                at=now,
+                shares=alerts.percentages(),
+            ),
+        )
     entitlement.allowance_micros = allowance_micros
     entitlement.reset_period = period
     entitlement.overage = policy
@@ -574,14 +592,10 @@ def _existing_entitlement(customer: Customer, feature: Feature) -> Entitlement:
     return entitlement
 
 
-def _used(customer_id: int, feature_id: int, start: Any) -> int:
-    return (
-        db.session.scalar(
-            select(UsageCounter.used_micros).where(
-                UsageCounter.customer_id == customer_id,
-                UsageCounter.feature_id == feature_id,
-                UsageCounter.period_start == start,
-            )
-        )
-        or 0
+def _used(customer_id: int, feature_id: int, start: Any, *, lock: bool = False) -> int:
+    stmt = select(UsageCounter.used_micros).where(
+        UsageCounter.customer_id == customer_id,
+        UsageCounter.feature_id == feature_id,
+        UsageCounter.period_start == start,
     )
+    return db.session.scalar(stmt.with_for_update() if lock else stmt) or 0

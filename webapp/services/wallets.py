@@ -525,7 +525,21 @@ def set_low_balance_threshold(
     wallet = credits.locked_wallet(customer, system, create=False)
     if wallet is None:
         raise ValidationError("This customer has no wallet in this credit system yet.")
+    # A threshold raised past the balance makes the wallet low now: that is a crossing too
+    # (docs/domain.md, "Alerts"), under the wallet's lock like every other one.
+    now = utcnow()
+    value = alerts.spendable(credits.live_grants(wallet.id), now)
+    default = system.low_balance_threshold_micros
+    old = (
+        default
+        if wallet.low_balance_threshold_micros is None
+        else wallet.low_balance_threshold_micros
+    )
+    new = default if micros is None else micros
     wallet.low_balance_threshold_micros = micros
+    if new is not None and value <= new and (old is None or value > old):
+        low = alerts.low_event(customer.key, system.key, new, value, value, now, "threshold")
+        outbox.emit_many(db.session.connection(), [low])
     audit.record(
         actor,
         "wallet.threshold_set",
