@@ -480,3 +480,13 @@ def test_in_app_alerts_list_near_limits_low_wallets_and_expiring_credits(catalog
 
     page = signed_in(client, "support").get("/").get_data(as_text=True)
     assert "Near a limit" in page and "90&nbsp;%" in page and "low at 8" in page
+
+
+def test_the_wallets_page_shows_the_credit_systems_default_threshold(catalog, client):
+    from tests.web import signed_in
+
+    cat.update_credit_system(SYSTEM, "credits", name="Credits", low_balance_threshold="20")
+    page = signed_in(client, "support").get("/wallets").get_data(as_text=True)
+    assert "20.00 (default)" in page and '<span class="badge warn">low</span>' in page
+    admin_page = signed_in(client, "admin").get("/admin/credit-systems/credits/edit")
+    assert 'value="20"' in admin_page.get_data(as_text=True)

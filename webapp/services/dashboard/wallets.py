@@ -22,8 +22,15 @@ class WalletRow:
     credit_system: str
     credit_system_name: str
     balance_micros: int
-    low_balance_threshold_micros: int | None
+    low_balance_threshold_micros: int | None  # the wallet's own
     updated_at: datetime
+    default_threshold_micros: int | None = None  # its credit system's, for wallets without one
+
+    @property
+    def threshold_micros(self) -> int | None:
+        """The threshold in force: the wallet's own, else its credit system's."""
+        own = self.low_balance_threshold_micros
+        return self.default_threshold_micros if own is None else own
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ def lowest_wallets(
             int(balance),
             wallet.low_balance_threshold_micros,
             wallet.updated_at,
+            system.low_balance_threshold_micros,
         )
         for wallet, customer, system, balance in db.session.execute(
             stmt.order_by(available, Wallet.id).offset((page - 1) * per_page).limit(per_page)
