@@ -201,8 +201,8 @@ def test_usage_thresholds_fire_once_each_and_rearm_in_a_new_period(app, clock):
     record(amount=1)
     record(amount=1)  # 10: 100 %
     assert [(d["percentage"], d["used"]) for d in data("usage.threshold_reached")] == [
-        (80, "8"),
-        (100, "10"),
+        (80, 8),
+        (100, 10),
     ]
     with pytest.raises(DomainError):
         record(amount=1)  # blocked: no more thresholds
@@ -218,8 +218,8 @@ def test_usage_thresholds_fire_once_each_and_rearm_in_a_new_period(app, clock):
         "customer_key": C,
         "feature_key": "api_calls",
         "percentage": 80,
-        "used": "8",
-        "allowance": "10",
+        "used": 8,
+        "allowance": 10,
         "period_start": "2026-03-01T00:00:00Z",
         "cause": "usage",
     }
@@ -256,9 +256,9 @@ def test_an_allowance_lowered_past_the_usage_reaches_its_percentages(catalog, cl
     cat.set_entitlement(SYSTEM, C, "seats", allowance=8)  # 80 again
     reached = data("usage.threshold_reached")
     assert [(d["percentage"], d["allowance"], d["cause"]) for d in reached] == [
-        (80, "8", "allowance"),
-        (100, "7", "allowance"),
-        (80, "8", "allowance"),
+        (80, 8, "allowance"),
+        (100, 7, "allowance"),
+        (80, 8, "allowance"),
     ]
     record(feature="seats", amount=1)  # 8 of 8: 100 % by usage
     assert [d["cause"] for d in data("usage.threshold_reached")][-1] == "usage"
@@ -301,7 +301,7 @@ def test_blocked_at_most_once_per_customer_feature_and_hour(app, clock):
         "customer_key": C,
         "feature_key": "api_calls",
         "reason": "limit_exceeded",
-        "amount": "2",
+        "amount": 2,
         "details": {"used": 1, "allowance": 2, "available": 1},
         "hour": "2026-03-10T12:00:00Z",
     }
@@ -435,7 +435,7 @@ def test_sixteen_writers_around_one_wallet_and_one_usage_threshold_raise_one_eve
     (low,) = data("wallet.balance_low")
     assert (low["previous_balance"], low["balance"]) == ("0.76", "0.74")
     (reached,) = data("usage.threshold_reached")
-    assert (reached["percentage"], reached["used"]) == (80, "16")
+    assert (reached["percentage"], reached["used"]) == (80, 16)
 
 
 @pytest.mark.slow

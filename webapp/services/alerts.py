@@ -21,7 +21,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import CreditGrant, CreditSystem, Customer, OutboxEvent, Wallet, utcnow
 from . import outbox
-from .money import format_micros
+from .money import format_micros, quantity_json
 from .tx import transactional
 
 # Every type the outbox carries (the webhook endpoints subscribe to these).
@@ -216,8 +216,8 @@ def _reached(
             "customer_key": customer_key,
             "feature_key": feature_key,
             "percentage": p,
-            "used": format_micros(used),
-            "allowance": format_micros(allowance),
+            "used": quantity_json(used),
+            "allowance": quantity_json(allowance),
             "period_start": iso(start),
             "cause": cause,
         },
@@ -243,7 +243,7 @@ def blocked_event(
             "customer_key": customer_key,
             "feature_key": feature_key,
             "reason": reason,
-            "amount": format_micros(amount),
+            "amount": quantity_json(amount),
             "details": details,
             "hour": f"{hour}:00:00Z",
         },
