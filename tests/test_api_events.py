@@ -107,6 +107,7 @@ def test_an_event_committed_late_with_a_smaller_id_is_never_skipped(api, catalog
     """Two real connections: A inserts an event (id n) and stays open; B inserts one (id n+1)
     and commits. A poller reading `id > cursor` would take n+1 and move past n for good. The
     log holds B's event back until A has finished, then gives A's and B's, in that order."""
+    poll_until(api, "", 2)  # the catalog's events are out
     cursor = poll(api)["next_cursor"]
     a = db.engine.connect()
     try:
@@ -132,6 +133,7 @@ def test_an_event_committed_late_with_a_smaller_id_is_never_skipped(api, catalog
 def test_an_older_transaction_in_flight_holds_back_only_what_comes_after_it(api, catalog):
     """B took its transaction id first (it wrote something), A inserted its event first: B's
     event goes before A's in the log, and is given out even while A is still open."""
+    poll_until(api, "", 2)  # the catalog's events are out
     cursor = poll(api)["next_cursor"]
     a = db.engine.connect()
     b = db.engine.connect()
