@@ -490,3 +490,36 @@ def test_the_wallets_page_shows_the_credit_systems_default_threshold(catalog, cl
     assert "20.00 (default)" in page and '<span class="badge warn">low</span>' in page
     admin_page = signed_in(client, "admin").get("/admin/credit-systems/credits/edit")
     assert 'value="20"' in admin_page.get_data(as_text=True)
+
+
+def test_expiring_soon_skips_voided_and_spent_grants_and_two_scans_at_once_warn_once(
+    catalog, clock, app
+):
+    grants = [
+        topup(
+            "1", expires_at=(clock.now + timedelta(days=d)).isoformat(), priority=0
+        ).entry.grant_id
+        for d in (1, 2, 3)
+    ]
+    wallets.void_grant(SYSTEM, grant_id=grants[0], reason="refund")
+    record(amount=50)  # 1 credit: empties the soonest live grant first (priority 0)
+    db.session.remove()
+    if db.engine.dialect.name == "sqlite":
+        counts = [alerts.scan_expiring(clock.now) for _ in range(2)]
+    else:
+        counts = []
+        barrier = threading.Barrier(2)
+
+        def scan() -> None:
+            with app.app_context():
+                barrier.wait()
+                counts.append(alerts.scan_expiring(clock.now))
+                db.session.remove()
+
+        threads = [threading.Thread(target=scan) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert sum(counts) >= 1
+    assert [d["grant_id"] for d in data("credits.expiring_soon")] == [grants[2]]

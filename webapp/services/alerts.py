@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from flask import current_app, has_app_context
-from sqlalchemy import select
+from sqlalchemy import String, cast, literal, select
 
 from ..extensions import db
 from ..models import CreditGrant, CreditSystem, Customer, OutboxEvent, Wallet, utcnow
@@ -327,15 +327,21 @@ def wallet_written(
 # ---------------------------------------------------------------- time-driven: expiring soon
 
 
+_EXPIRING_KEY = "credits.expiring_soon:grant:"
+
+
 @transactional
 def scan_expiring(now: datetime | None = None, *, limit: int = 1000) -> int:
-    """credits.expiring_soon for every grant with credits left whose expiry falls within the
-    next CREDITS_EXPIRING_SOON_DAYS days, once per grant (dedupe key
-    ``credits.expiring_soon:grant:<id>``; a concurrent scan writes nothing twice). The worker
-    calls it every minute; returns how many events it wrote (at most ``limit`` per call)."""
+    """credits.expiring_soon for every grant with credits left, not voided, whose expiry falls
+    within the next CREDITS_EXPIRING_SOON_DAYS days, once per grant (dedupe key
+    ``credits.expiring_soon:grant:<id>``: a concurrent scan writes nothing twice). The worker
+    calls it every minute; one query finds the grants not warned yet (the expiry index and the
+    dedupe key's unique index), at most ``limit`` per call; returns how many it found (a
+    concurrent scan may have written some of them first)."""
     now = now or utcnow()
     days = expiring_days()
-    horizon = now + timedelta(days=days)
+    key = literal(_EXPIRING_KEY) + cast(CreditGrant.id, String)
+    warned = select(OutboxEvent.id).where(OutboxEvent.dedupe_key == key).exists()
     candidates = db.session.execute(
         select(
             CreditGrant.id,
@@ -348,22 +354,15 @@ def scan_expiring(now: datetime | None = None, *, limit: int = 1000) -> int:
         .join(Customer, Customer.id == Wallet.customer_id)
         .join(CreditSystem, CreditSystem.id == Wallet.credit_system_id)
         .where(
+            CreditGrant.expires_at > now,
+            CreditGrant.expires_at <= now + timedelta(days=days),
             CreditGrant.remaining_micros > 0,
             CreditGrant.voided_at.is_(None),
-            CreditGrant.expires_at > now,
-            CreditGrant.expires_at <= horizon,
+            ~warned,
         )
         .order_by(CreditGrant.expires_at, CreditGrant.id)
+        .limit(limit)
     ).all()
-    keys = {f"credits.expiring_soon:grant:{gid}": gid for gid, *_ in candidates}
-    done: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = list(keys)[start : start + 500]
-        done.update(
-            db.session.scalars(
-                select(OutboxEvent.dedupe_key).where(OutboxEvent.dedupe_key.in_(chunk))
-            )
-        )
     rows = [
         outbox.event_row(
             "credits.expiring_soon",
@@ -372,15 +371,14 @@ def scan_expiring(now: datetime | None = None, *, limit: int = 1000) -> int:
                 "credit_system": system_key,
                 "grant_id": gid,
                 "remaining": format_micros(remaining),
-                "expires_at": iso(expires_at or horizon),
+                "expires_at": iso(expires_at or now),
                 "days": days,
             },
             customer_key=customer_key,
-            dedupe_key=f"credits.expiring_soon:grant:{gid}",
+            dedupe_key=f"{_EXPIRING_KEY}{gid}",
             at=now,
         )
         for gid, remaining, expires_at, customer_key, system_key in candidates
-        if f"credits.expiring_soon:grant:{gid}" not in done
-    ][:limit]
+    ]
     outbox.emit_many(db.session.connection(), rows)
     return len(rows)
