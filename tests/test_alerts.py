@@ -523,3 +523,19 @@ def test_expiring_soon_skips_voided_and_spent_grants_and_two_scans_at_once_warn_
             t.join(60)
     assert sum(counts) >= 1
     assert [d["grant_id"] for d in data("credits.expiring_soon")] == [grants[2]]
+
+
+def test_a_refused_call_books_no_expiry_and_raises_no_credits_expired(app, clock):
+    """A refusal writes nothing, not even the expiry it found due (domain.md, "Expiry"): its
+    event neither; its usage.blocked is written."""
+    from tests.factories import make_catalog
+
+    make_catalog(topup=None)
+    topup("0.01", expires_at=(clock.now + timedelta(hours=1)).isoformat())
+    clock.advance(hours=2)
+    with pytest.raises(DomainError) as refused:
+        record(amount=1)  # 0.02 needed, nothing left
+    assert refused.value.code == "insufficient_credits"
+    assert data("credits.expired") == [] and len(data("usage.blocked")) == 1
+    credits.expire_due(now=clock.now)
+    assert len(data("credits.expired")) == 1

@@ -248,12 +248,12 @@ def _record(actor: Actor, parsed: list[Parsed | DomainError]) -> list[UsageResul
             if exc.code in BLOCKING_CODES:
                 # A refusal commits with this transaction (it writes nothing else), so its
                 # usage.blocked goes in the outbox here, in the call's one outbox statement.
-                state.block(p.customer_key, state.feature(p).key, exc, p.amount_micros)
+                state.block(p.customer_key, state.feature(p).key, exc, p.amount_micros, now)
             continue
         results.append(result)
         if rows is not None:
             pending.append(rows)
-    write(state, pending, actor, state.alert_rows(now))
+    write(state, pending, actor, state.alert_rows(now, writes=bool(pending)))
     return results
 
 

@@ -176,7 +176,9 @@ class State:
         self.wallet_before = {w.id: alerts.spendable(w.grants, now) for w in self.wallets.values()}
         self.counter_before = dict(self.counters)
 
-    def block(self, customer_key: str, feature_key: str, exc: DomainError, amount: int) -> None:
+    def block(
+        self, customer_key: str, feature_key: str, exc: DomainError, amount: int, at: datetime
+    ) -> None:
         """A refusal that raises usage.blocked (limit_exceeded, insufficient_credits)."""
         self.blocked.append(
             alerts.blocked_event(
@@ -185,17 +187,19 @@ class State:
                 reason=exc.code,
                 amount=amount,
                 details={k: v for k, v in exc.details.items() if k != "field"},
-                at=utcnow(),
+                at=at,
             )
         )
 
-    def alert_rows(self, now: datetime) -> list[dict[str, Any]]:
+    def alert_rows(self, now: datetime, *, writes: bool) -> list[dict[str, Any]]:
         """The outbox rows of this call: the credits it expired, the thresholds its writes
         crossed (each counter and wallet from its value before the call to each value after),
-        its usage.blocked. In memory: nothing to write, no statement."""
+        its usage.blocked. In memory: nothing to write, no statement. A call that writes
+        nothing (every event refused) books no expiry either: only its usage.blocked."""
+        blocked = list({row["dedupe_key"]: row for row in self.blocked}.values())
         rows: list[dict[str, Any]] = []
-        if not (self.expiries or self.dirty_wallets or self.dirty_counters or self.blocked):
-            return rows
+        if not writes or not (self.expiries or self.dirty_wallets or self.dirty_counters):
+            return blocked
         customer_keys = {c.id: c.key for c in self.customers.values()}
         system_keys = {c.credit_system_id: c.credit_system_key for c in self.costs.values()}
         wallets = {w.id: (cid, sid, w) for (cid, sid), w in self.wallets.items()}
@@ -246,8 +250,7 @@ class State:
                 at=now,
                 shares=shares,
             )
-        rows += {row["dedupe_key"]: row for row in self.blocked}.values()
-        return rows
+        return rows + blocked
 
     def debit(self, wallet: WalletRef, credits: int, at: datetime) -> list[tuple[int, int]]:
         """Take ``credits`` from the grants eligible at ``at`` in spending order: the parts
