@@ -539,3 +539,23 @@ def test_a_refused_call_books_no_expiry_and_raises_no_credits_expired(app, clock
     assert data("credits.expired") == [] and len(data("usage.blocked")) == 1
     credits.expire_due(now=clock.now)
     assert len(data("credits.expired")) == 1
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"USAGE_ALERT_PERCENTAGES": "80, x"},
+        {"USAGE_ALERT_PERCENTAGES": [0, 80]},
+        {"USAGE_ALERT_PERCENTAGES": []},
+        {"USAGE_ALERT_PERCENTAGES": 80},
+        {"CREDITS_EXPIRING_SOON_DAYS": 0},
+        {"CREDITS_EXPIRING_SOON_DAYS": "7"},
+    ],
+)
+def test_bad_alert_settings_stop_the_app_at_start(setting):
+    from tests.conftest import TEST_CONFIG
+    from webapp import create_app
+
+    with pytest.raises(RuntimeError):
+        create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": "sqlite://", **setting})
+    assert alerts.parse_percentages("100, 80,80") == (80, 100)

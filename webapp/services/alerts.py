@@ -10,6 +10,7 @@ every minute, deduplicated per grant."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -59,18 +60,30 @@ def iso(at: datetime) -> str:
 
 
 def percentages() -> tuple[int, ...]:
-    """USAGE_ALERT_PERCENTAGES: whole percentages from 1 to 1000, ascending, no repeats."""
+    """USAGE_ALERT_PERCENTAGES of the current app (checked when the app is created)."""
     raw = (
         current_app.config.get("USAGE_ALERT_PERCENTAGES", DEFAULT_PERCENTAGES)
         if has_app_context()
         else DEFAULT_PERCENTAGES
     )
-    if isinstance(raw, str):
-        raw = [part for part in raw.replace(",", " ").split() if part]
-    values = sorted({int(p) for p in raw})
+    return parse_percentages(tuple(raw) if isinstance(raw, list) else raw)
+
+
+@functools.cache
+def parse_percentages(raw: object) -> tuple[int, ...]:
+    """Whole percentages from 1 to 1000 (a list, or text such as "80, 100"), ascending, once
+    each. Anything else is a ValueError."""
+    parts = raw.replace(",", " ").split() if isinstance(raw, str) else raw
+    if not isinstance(parts, (list, tuple)) or not parts:
+        raise ValueError(f"USAGE_ALERT_PERCENTAGES must list whole percentages: {raw!r}")
+    values = set()
+    for part in parts:
+        if isinstance(part, bool) or not str(part).strip().isdigit():
+            raise ValueError(f"USAGE_ALERT_PERCENTAGES must list whole percentages: {raw!r}")
+        values.add(int(str(part).strip()))
     if any(not 1 <= p <= 1000 for p in values):
-        raise ValueError(f"USAGE_ALERT_PERCENTAGES must be whole numbers 1..1000: {raw!r}")
-    return tuple(values)
+        raise ValueError(f"USAGE_ALERT_PERCENTAGES must be from 1 to 1000: {raw!r}")
+    return tuple(sorted(values))
 
 
 def expiring_days() -> int:
