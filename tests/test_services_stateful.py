@@ -33,6 +33,7 @@ from webapp.models import (
     Entitlement,
     Feature,
     LedgerEntry,
+    OutboxEvent,
     UsageCounter,
     UsageDaily,
     UsageEvent,
@@ -67,6 +68,7 @@ def wipe() -> None:
         CreditSystem,
         Feature,
         Customer,
+        OutboxEvent,
     ):
         db.session.execute(delete(model))
     db.session.commit()
