@@ -135,6 +135,7 @@ TABLES = [
     "api_keys",
     "users",
     "plans",  # CASCADE: plan entitlements, plan credits, overrides, issuances
+    "outbox_events",
 ]
 
 

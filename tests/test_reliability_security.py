@@ -97,6 +97,7 @@ EXPECTED: dict[str, str] = {
     "metrifox_api.quantity_price": VIEW,
     "metrifox_api.active_subscription": VIEW,
     "metrifox_api.csv_upload": VIEW,
+    "api.list_outbox_events": ADMIN,
 }
 
 IDS = {

@@ -8,9 +8,10 @@ import re
 from collections import Counter
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from webapp.extensions import db
+from webapp.models import OutboxEvent
 from webapp.services import usage
 from webapp.services.actors import SYSTEM
 
@@ -69,3 +70,40 @@ def test_a_single_event_covered_by_one_grant_writes_nine_statements(catalog, app
     # customer + entitlements, feature + cost, counter, wallet joined with its live grants
     # (no idempotency read: no event_id)
     assert len(reads) == 4, reads
+
+
+def _writes(statements: list[str]) -> Counter:
+    writes: Counter = Counter()
+    for statement in statements:
+        match = WRITE.match(statement)
+        if match:
+            writes[(match[1].upper(), match[2])] += 1
+    return writes
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_alerts_add_one_statement_only_to_a_call_that_crosses(app):
+    """Detection is in memory (the wallet's threshold comes with the wallet's read): a call
+    that crosses nothing writes exactly what it wrote before alerts; one that crosses a wallet
+    threshold and a usage threshold at once adds one INSERT into outbox_events, and no read."""
+    from tests.factories import make_catalog
+    from webapp.services import wallets
+
+    make_catalog(topup="20")  # one grant pays for everything below
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")  # the counter exists
+    wallets.set_low_balance_threshold(
+        SYSTEM, customer_key=C, credit_system="credits", threshold="4.5"
+    )
+    quiet = traced_statements(
+        lambda: usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")
+    )  # 19.98 -> 19.96: above 4.5
+    assert ("INSERT INTO", "outbox_events") not in _writes(quiet)
+    assert len(quiet) == 12, quiet  # 4 reads, 8 writes
+
+    crossing = traced_statements(  # 19.96 -> 3.96 (low), 802 of 1000 calls: 80 %
+        lambda: usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=800)
+    )
+    assert _writes(crossing) - _writes(quiet) == {("INSERT INTO", "outbox_events"): 1}
+    assert len(crossing) == len(quiet) + 1
+    types = db.session.scalars(select(OutboxEvent.type).order_by(OutboxEvent.id)).all()
+    assert types[-2:] == ["wallet.balance_low", "usage.threshold_reached"]

@@ -30,6 +30,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             app.instance_path, "webapp.sqlite3"
         )
     _check_secret_key(app)
+    _check_alert_settings(app)
 
     from .db_setup import configure_engine, engine_options, remove_sessions_safely
 
@@ -59,6 +60,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     edge.register(app)
     _register_blueprints(app)
     return app
+
+
+def _check_alert_settings(app: Flask) -> None:
+    """A bad alert setting stops the app at start, not the first RecordUsage that crosses."""
+    from .services.alerts import parse_percentages
+
+    raw = app.config.get("USAGE_ALERT_PERCENTAGES")
+    try:
+        parse_percentages(tuple(raw) if isinstance(raw, list) else raw)
+        days = app.config.get("CREDITS_EXPIRING_SOON_DAYS")
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+            raise ValueError(f"CREDITS_EXPIRING_SOON_DAYS must be 1 to 3650 days: {days!r}")
+    except (ValueError, TypeError) as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def _check_secret_key(app: Flask) -> None:

@@ -53,6 +53,10 @@ class Defaults:
     WORKER_BATCH = 50  # deliveries claimed per transaction
     WORKER_CONCURRENCY = 8  # HTTP calls in flight per worker
     OUTBOX_RETENTION_DAYS = 30  # delivered outbox events (and their deliveries) kept this long
+    # Alerts (docs/domain.md, "Alerts"): the shares of a finite allowance that raise
+    # usage.threshold_reached, and how many days ahead credits.expiring_soon warns.
+    USAGE_ALERT_PERCENTAGES = (80, 100)
+    CREDITS_EXPIRING_SOON_DAYS = 7
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:

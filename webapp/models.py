@@ -228,6 +228,8 @@ class CreditSystem(Model):
     unit_plural: Mapped[str] = mapped_column(String(50), default="credits")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The low-balance threshold of its wallets that set none of their own (None: no default).
+    low_balance_threshold_micros: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class CreditCost(Model):
@@ -510,6 +512,7 @@ class OutboxEvent(Model):
         Index("ix_outbox_events_type", "type", "id"),
         Index("ix_outbox_events_customer", "customer_key", "id"),
         Index("ix_outbox_events_dispatched", "dispatched_at", "id"),
+        Index("ix_outbox_events_log", "tx_order", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -520,6 +523,10 @@ class OutboxEvent(Model):
     dedupe_key: Mapped[str | None] = mapped_column(String(300))
     # Set by the worker once deliveries for every endpoint that wants the event exist.
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The order of the event log (`GET /api/v1/events`): on PostgreSQL the id of the transaction
+    # that wrote the row (pg_current_xact_id), so that a poller can wait for transactions still
+    # in flight (docs/api.md, "Events"); on SQLite, whose writers are serialized, 0 (id order).
+    tx_order: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class WalletBurnDaily(Model):

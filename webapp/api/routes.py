@@ -15,7 +15,7 @@ from .. import jsondoor
 from ..errors import DomainError, PayloadTooLarge
 from ..jsondoor import json_body, query
 from ..models import utcnow
-from ..services import catalog, corrections, plans, reads, usage, wallets, webhooks
+from ..services import catalog, corrections, events, plans, reads, usage, wallets, webhooks
 from ..services.actors import Actor
 from ..services.credits import reads as grants
 from ..services.usage import MAX_BATCH
@@ -958,6 +958,38 @@ def resend_webhook_delivery(delivery_id: int):
     webhooks.resend(actor(), delivery_id)
     row = webhooks.get_delivery(actor(), delivery_id)
     return respond(schemas.WebhookDelivery.model_validate(row), 202)
+
+
+# ---------------------------------------------------------------- the event log
+
+
+@api.get(
+    "/events",
+    "listOutboxEvents",
+    "The event log (alerts and changes), oldest first, after a cursor (admin)",
+    tag="Events",
+    params=[
+        param("after", "query", "The `next_cursor` of the previous answer; none: from the start."),
+        param("type", "query", "Only events of this type."),
+        param("customer", "query", "Only events of this customer (key)."),
+        LIMIT,
+    ],
+    ok={200: ("EventLogPage", "The events after the cursor, in the log's order.")},
+    errors=(e.Forbidden,),
+    description="The outbox as a log for consumers that poll instead of receiving webhooks. "
+    "Poll with `after` set to the last `next_cursor`; an event never appears behind a "
+    'cursor already given out (docs/api.md, "Events").',
+)
+def list_outbox_events():
+    args = query(("after", "type", "customer", "limit"))
+    page = events.list_events(actor(), **args)
+    return respond(
+        schemas.EventLogPage(
+            data=[schemas.EventEnvelope(**item) for item in page.items],
+            next_cursor=page.next_cursor,
+            has_more=page.has_more,
+        )
+    )
 
 
 # ---------------------------------------------------------------- the contract itself

@@ -271,6 +271,13 @@ class CreditSystemCreate(Request):
     name: StrictStr
     unit_singular: OptStr = None
     unit_plural: OptStr = None
+    low_balance_threshold: Annotated[
+        Amount | None, _doc({**AMOUNT, "type": ["string", "number", "null"]})
+    ] = Field(
+        None,
+        description="The low-balance threshold of its wallets that set none of their own "
+        "(wallet.balance_low); null: none.",
+    )
 
 
 class CreditCostPut(Request):
@@ -846,6 +853,7 @@ class CreditSystem(Response):
     unit_singular: str
     unit_plural: str
     created_at: Time
+    low_balance_threshold: OptCredits
 
 
 class CreditCost(Response):
@@ -1028,6 +1036,24 @@ WebhookEndpointPage = _page_of("WebhookEndpointPage", WebhookEndpoint)
 WebhookDeliveryPage = _page_of("WebhookDeliveryPage", WebhookDelivery)
 
 
+class EventEnvelope(Response):
+    """One event as Metrifox sends it (docs/api.md, "Events"): the same body as its webhook."""
+
+    id: Annotated[str, _doc({"type": "string", "examples": ["evt_42"]})]
+    type: str
+    created_at: str
+    data: Object
+
+
+class EventLogPage(Response):
+    data: list[EventEnvelope]
+    next_cursor: str = Field(
+        description="Pass as `after` to poll for what comes next (given even when `data` is "
+        "empty; empty only while the log is)."
+    )
+    has_more: bool
+
+
 REQUESTS: tuple[type[Request], ...] = tuple(Request.__subclasses__())  # every body, none forgotten
 RESPONSES: tuple[type[Response], ...] = (
     Error,
@@ -1060,4 +1086,5 @@ RESPONSES: tuple[type[Response], ...] = (
     PlanEditResult,
     PlanPreview,
     CustomerPlanResult,
+    EventLogPage,
 )

@@ -30,7 +30,7 @@ from ..models import (
     Wallet,
     utcnow,
 )
-from . import audit, validation
+from . import alerts, audit, outbox, validation
 from .actors import ADMIN, VIEW, Actor, require
 from .money import format_micros, parse_micros
 from .periods import period_start
@@ -119,7 +119,25 @@ def create_customer(
     db.session.add(customer)
     db.session.flush()
     audit.record(actor, "customer.created", customer_key=key, details={"name": name})
+    _customer_event("customer.created", customer)
     return customer
+
+
+def _customer_event(type: str, customer: Customer, **more: Any) -> None:
+    """customer.created / updated / deleted in the outbox, in the write's transaction."""
+    outbox.emit(
+        db.session.connection(),
+        type,
+        {
+            "customer_key": customer.key,
+            "name": customer.name,
+            "email": customer.email,
+            "status": customer.status,
+            "metadata": customer.extra or {},
+            **more,
+        },
+        customer_key=customer.key,
+    )
 
 
 _UNSET: Any = object()
@@ -152,6 +170,7 @@ def update_customer(
         customer.extra = validation.metadata(fields["metadata"])
         changes["metadata"] = True
     audit.record(actor, "customer.updated", customer_key=customer.key, details=changes)
+    _customer_event("customer.updated", customer, changed=sorted(changes))
     return customer
 
 
@@ -164,6 +183,12 @@ def set_customer_status(actor: Actor, key: object, status: str) -> Customer:
         customer.status = status
         action = "customer.archived" if status == "archived" else "customer.unarchived"
         audit.record(actor, action, customer_key=customer.key)
+        # Metrifox's names: archiving is its customer.deleted (the history stays here);
+        # unarchiving is an update of the status.
+        if status == "archived":
+            _customer_event("customer.deleted", customer, archived=True, deleted=False)
+        else:
+            _customer_event("customer.updated", customer, changed=["status"])
     return customer
 
 
@@ -185,6 +210,7 @@ def delete_customer(actor: Actor, key: object) -> None:
         )
     for model in (UsageCounter, Entitlement, CustomerOverride, Wallet):
         db.session.execute(delete(model).where(model.customer_id == customer.id))
+    _customer_event("customer.deleted", customer, archived=False, deleted=True)
     db.session.delete(customer)
     audit.record(actor, "customer.deleted", customer_key=customer.key)
 
@@ -231,10 +257,12 @@ def create_credit_system(
     name: object,
     unit_singular: object = None,
     unit_plural: object = None,
+    low_balance_threshold: object = None,
 ) -> CreditSystem:
     require(actor, ADMIN)
     key = validation.key(key, field="key", pattern=validation.FEATURE_KEY_RE)
-    fields = _credit_system_fields(name, unit_singular, unit_plural)
+    fields: dict[str, Any] = dict(_credit_system_fields(name, unit_singular, unit_plural))
+    fields["low_balance_threshold_micros"] = low_balance_threshold_micros(low_balance_threshold)
     if db.session.scalar(select(CreditSystem.id).where(CreditSystem.key == key)) is not None:
         raise Conflict(f"A credit system with key {key!r} already exists.", field="key")
     system = CreditSystem(key=key, **fields)
@@ -258,6 +286,16 @@ def _credit_system_fields(
     }
 
 
+def low_balance_threshold_micros(value: object) -> int | None:
+    """A low-balance threshold: a decimal ≥ 0 with at most 6 places; None or "" for none."""
+    if value is None or value == "":
+        return None
+    micros = parse_micros(value, field="low_balance_threshold")
+    if micros < 0:
+        raise ValidationError("The threshold may not be negative.", field="low_balance_threshold")
+    return micros
+
+
 @transactional
 def update_feature(actor: Actor, key: object, *, name: object) -> Feature:
     """Rename a feature; its key, type and event name stay (events and entitlements name them)."""
@@ -276,12 +314,16 @@ def update_credit_system(
     name: object,
     unit_singular: object = None,
     unit_plural: object = None,
+    low_balance_threshold: object = _UNSET,
 ) -> CreditSystem:
-    """Rename a credit system and its units; its key stays (wallets and the ledger name it)."""
+    """Rename a credit system and its units, and set the default low-balance threshold of its
+    wallets (left as it is when not given); its key stays (wallets and the ledger name it)."""
     require(actor, ADMIN)
     system = get_credit_system(key, field="key")
     for attr, value in _credit_system_fields(name, unit_singular, unit_plural).items():
         setattr(system, attr, value)
+    if low_balance_threshold is not _UNSET:
+        system.low_balance_threshold_micros = low_balance_threshold_micros(low_balance_threshold)
     audit.record(actor, "credit_system.updated", target=f"credit_system:{system.key}")
     return system
 
@@ -487,6 +529,25 @@ def _set_entitlement(
     if isinstance(decision, plans.Blocker):
         raise_blocked(decision)
         raise AssertionError("unreachable")
+    old_allowance = None if entitlement is None else entitlement.allowance_micros
+    new_allowance = decision.spec.allowance
+    if feature.type != "boolean" and new_allowance and new_allowance != old_allowance:
+        # An allowance lowered past what the period used reaches its percentages now
+        # (docs/domain.md, "Alerts"); the counter's lock orders this with usage writes.
+        start = period_start(now, decision.spec.reset_period)
+        outbox.emit_many(
+            db.session.connection(),
+            alerts.allowance_events(
+                customer_key=customer.key,
+                feature_key=feature.key,
+                used=_used(customer.id, feature.id, start, lock=True),
+                old_allowance=old_allowance,
+                new_allowance=new_allowance,
+                period_start=start,
+                at=now,
+                shares=alerts.percentages(),
+            ),
+        )
     if entitlement is None:
         entitlement = Entitlement(customer_id=customer.id, feature_id=feature.id)
         db.session.add(entitlement)
@@ -564,14 +625,10 @@ def _existing_entitlement(customer: Customer, feature: Feature) -> Entitlement:
     return entitlement
 
 
-def _used(customer_id: int, feature_id: int, start: Any) -> int:
-    return (
-        db.session.scalar(
-            select(UsageCounter.used_micros).where(
-                UsageCounter.customer_id == customer_id,
-                UsageCounter.feature_id == feature_id,
-                UsageCounter.period_start == start,
-            )
-        )
-        or 0
+def _used(customer_id: int, feature_id: int, start: Any, *, lock: bool = False) -> int:
+    stmt = select(UsageCounter.used_micros).where(
+        UsageCounter.customer_id == customer_id,
+        UsageCounter.feature_id == feature_id,
+        UsageCounter.period_start == start,
     )
+    return db.session.scalar(stmt.with_for_update() if lock else stmt) or 0

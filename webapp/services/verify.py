@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, literal, or_, select, union_all
+from sqlalchemy import Select, String, and_, case, cast, func, literal, or_, select, union_all
 
 from ..extensions import db
 from ..models import (
@@ -20,6 +20,7 @@ from ..models import (
     Entitlement,
     Feature,
     LedgerEntry,
+    OutboxEvent,
     UsageCorrection,
     UsageCounter,
     UsageDaily,
@@ -84,6 +85,8 @@ def verify_ledger() -> Report:
         _corrections_have_their_entries(),
         _event_credits_follow_effective_amounts(),
         _refunds_within_what_was_drawn(),
+        _outbox_rows_in_log_order(),
+        _grant_events_match_grants(),
     ]
     return Report(checks)
 
@@ -864,4 +867,38 @@ def _refunds_within_what_was_drawn() -> Check:
             f"usage event {event}: grant {gid} got back {format_micros(-int(n))} more than the "
             "event drew from it"
         ),
+    )
+
+
+def _outbox_rows_in_log_order() -> Check:
+    """On PostgreSQL every outbox row carries the id of the transaction that wrote it (what the
+    event log orders and holds back by): rows are written through outbox.emit / emit_many only.
+    On SQLite (writers serialized, ids in commit order) it is 0."""
+    o = OutboxEvent
+    bad = (
+        o.tx_order <= 0 if db.session.connection().dialect.name == "postgresql" else o.tx_order != 0
+    )
+    return _run(
+        "outbox rows carry their transaction's order (written through outbox.emit)",
+        select(func.count()).select_from(o),
+        select(o.id, o.type).where(bad),
+        lambda oid, type: f"outbox event {oid} ({type}) was not written through outbox.emit",
+    )
+
+
+def _grant_events_match_grants() -> Check:
+    """Each credits.expired / grant.voided event names a grant whose expiry / void is booked,
+    of the amount the event says (the dedupe key names the grant: one event per grant)."""
+    o, g = OutboxEvent, CreditGrant
+    types = ("credits.expired", "grant.voided")
+    expired = o.type == "credits.expired"
+    key = o.type + literal(":grant:") + cast(g.id, String)
+    booked = case((expired, g.expired_micros), else_=g.voided_micros)
+    return _run(
+        "every credits.expired and grant.voided event names a grant with that booking",
+        select(func.count()).select_from(o).where(o.type.in_(types)),
+        select(o.id, o.type)
+        .outerjoin(g, key == o.dedupe_key)
+        .where(o.type.in_(types), or_(g.id.is_(None), booked <= 0)),
+        lambda oid, type: f"outbox event {oid} ({type}) names no grant with that booking",
     )

@@ -30,7 +30,7 @@ from ..models import (
     Wallet,
     utcnow,
 )
-from . import audit, credits, validation
+from . import alerts, audit, credits, outbox, validation
 from .actors import MANAGE_WALLETS, Actor, require
 from .catalog import get_credit_system, get_customer
 from .credits.reads import grant_id_of
@@ -245,7 +245,9 @@ def topup_wallet(
         return LedgerResult(True, previous, customer.key, system.key)
     wallet = credits.locked_wallet(customer, system, create=True)
     assert wallet is not None
-    credits.book_expiries(wallet, credits.live_grants(wallet.id), now)
+    grants = credits.live_grants(wallet.id)
+    before = alerts.spendable(grants, now)
+    credits.book_expiries(wallet, grants, now)
     grant = _issue_grant(
         actor,
         wallet,
@@ -287,6 +289,26 @@ def topup_wallet(
             "expires_at": None if expires is None else expires.isoformat(),
         },
     )
+    purchased = outbox.event_row(
+        "credit.purchased",
+        {
+            "customer_key": customer.key,
+            "credit_system": system.key,
+            "grant_id": grant.id,
+            "amount": format_micros(amount_micros),
+            "kind": kind_value,
+            "reference": ref,
+            "priority": priority_value,
+            "effective_at": alerts.iso(effective),
+            "expires_at": None if expires is None else alerts.iso(expires),
+            "unit_price": price,
+            "currency": currency_code,
+            "balance": format_micros(alerts.spendable([*grants, grant], now)),
+        },
+        customer_key=customer.key,
+        at=now,
+    )
+    alerts.wallet_written(wallet, before, [*grants, grant], now, cause="topup", extra=[purchased])
     return LedgerResult(False, entry, customer.key, system.key)
 
 
@@ -328,6 +350,7 @@ def adjust_wallet(
             wallet_balance="0",
         )
     grants = credits.live_grants(wallet.id)
+    before = alerts.spendable(grants, now)
     credits.book_expiries(wallet, grants, now)
 
     def entry(grant_id: int | None = None) -> LedgerEntry:
@@ -360,6 +383,7 @@ def adjust_wallet(
             currency=None,
             now=now,
         )
+        grants.append(grant)
         posted = entry(grant.id)
     else:
         posted = credits.deduct(
@@ -386,6 +410,7 @@ def adjust_wallet(
             "reason": reason_text,
         },
     )
+    alerts.wallet_written(wallet, before, grants, now, cause="adjustment")
     return LedgerResult(False, posted, customer.key, system.key)
 
 
@@ -433,6 +458,7 @@ def void_grant(
     wallet = credits.locked_wallet(customer, system, create=False)
     assert wallet is not None
     grants = credits.live_grants(wallet.id)
+    before = alerts.spendable(grants, now)
     credits.book_expiries(wallet, grants, now)
     db.session.refresh(grant)
     if grant.remaining_micros == 0:
@@ -469,6 +495,22 @@ def void_grant(
             "reason": reason_text,
         },
     )
+    voided = outbox.event_row(
+        "grant.voided",
+        {
+            "customer_key": customer.key,
+            "credit_system": system.key,
+            "grant_id": grant.id,
+            "amount": format_micros(left),
+            "reason": reason_text,
+            "reference": ref,
+            "voided_at": alerts.iso(now),
+        },
+        customer_key=customer.key,
+        dedupe_key=f"grant.voided:grant:{grant.id}",
+        at=now,
+    )
+    alerts.wallet_written(wallet, before, grants, now, cause="void", extra=[voided])
     return VoidResult(False, entry, grant, customer.key, system.key)
 
 
@@ -487,7 +529,21 @@ def set_low_balance_threshold(
     wallet = credits.locked_wallet(customer, system, create=False)
     if wallet is None:
         raise ValidationError("This customer has no wallet in this credit system yet.")
+    # A threshold raised past the balance makes the wallet low now: that is a crossing too
+    # (docs/domain.md, "Alerts"), under the wallet's lock like every other one.
+    now = utcnow()
+    value = alerts.spendable(credits.live_grants(wallet.id), now)
+    default = system.low_balance_threshold_micros
+    old = (
+        default
+        if wallet.low_balance_threshold_micros is None
+        else wallet.low_balance_threshold_micros
+    )
+    new = default if micros is None else micros
     wallet.low_balance_threshold_micros = micros
+    if new is not None and value <= new and (old is None or value > old):
+        low = alerts.low_event(customer.key, system.key, new, value, value, now, "threshold")
+        outbox.emit_many(db.session.connection(), [low])
     audit.record(
         actor,
         "wallet.threshold_set",

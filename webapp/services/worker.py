@@ -52,6 +52,12 @@ def _expire_credits(now: datetime) -> object:
     return f"{done.grants} grants expired in {done.wallets} wallets"
 
 
+def _scan_expiring(now: datetime) -> object:
+    from . import alerts
+
+    return f"{alerts.scan_expiring(now)} grants expiring soon"
+
+
 def _plans_tick(now: datetime) -> object:
     from . import plans
 
@@ -69,6 +75,8 @@ def jobs(config: Any) -> list[PeriodicJob]:
         PeriodicJob("credits.expire", timedelta(minutes=1), _expire_credits),
         # Scheduled plan changes and reset periods, unfinished plan edits, included credits.
         PeriodicJob("plans.tick", timedelta(minutes=1), _plans_tick),
+        # credits.expiring_soon, once per grant (docs/domain.md, "Alerts").
+        PeriodicJob("alerts.scan_expiring", timedelta(minutes=1), _scan_expiring),
         PeriodicJob(
             "outbox.prune",
             timedelta(hours=1),

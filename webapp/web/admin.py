@@ -415,6 +415,7 @@ def credit_systems():
             name=form.name.data,
             unit_singular=blank(form.unit_singular.data),
             unit_plural=blank(form.unit_plural.data),
+            low_balance_threshold=blank(form.low_balance_threshold.data),
         )
         return f"Created credit system {system.key}."
 
@@ -458,6 +459,8 @@ def edit_credit_system(system_key: str):
     key = system_key
     system = catalog.get_credit_system(key, field="key")
     form = CreditSystemEditForm(obj=system)
+    if not form.is_submitted():
+        form.low_balance_threshold.data = _threshold_text(system)
 
     def call() -> str:
         catalog.update_credit_system(
@@ -466,6 +469,7 @@ def edit_credit_system(system_key: str):
             name=form.name.data,
             unit_singular=blank(form.unit_singular.data),
             unit_plural=blank(form.unit_plural.data),
+            low_balance_threshold=blank(form.low_balance_threshold.data),
         )
         return f"Credit system {key} saved."
 
@@ -506,6 +510,7 @@ def credit_system_archived(system_key: str):
 
     system = catalog.get_credit_system(key, field="key")
     edit = CreditSystemEditForm(formdata=None, obj=system)
+    edit.low_balance_threshold.data = _threshold_text(system)
     return _submit(form, call, url_for("admin.credit_systems")) or (
         _edit_page("credit_system", system, edit, form),
         422,
@@ -922,3 +927,8 @@ def customer_plan(key: str):
         return done
     page = EntitlementForm(formdata=None)
     return _entitlements_page(key, page, 422, plan_form=form)
+
+
+def _threshold_text(system: CreditSystem) -> str:
+    micros = system.low_balance_threshold_micros
+    return "" if micros is None else format_micros(micros)

@@ -220,6 +220,9 @@ class CreditSystemForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=200)])
     unit_singular = StringField("Unit (singular)", validators=[Optional()])
     unit_plural = StringField("Unit (plural)", validators=[Optional()])
+    low_balance_threshold = StringField(
+        "Default low-balance threshold (empty: none)", validators=[Optional()]
+    )
 
 
 class FeatureEditForm(FlaskForm):
@@ -229,6 +232,9 @@ class FeatureEditForm(FlaskForm):
 class CreditSystemEditForm(FeatureEditForm):
     unit_singular = StringField("Unit (singular)", validators=[Optional()])
     unit_plural = StringField("Unit (plural)", validators=[Optional()])
+    low_balance_threshold = StringField(
+        "Default low-balance threshold (empty: none)", validators=[Optional()]
+    )
 
 
 class CreditCostForm(FlaskForm):

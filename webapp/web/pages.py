@@ -59,6 +59,7 @@ def overview():
         charts=[bar_chart(s) for s in dashboard.daily_usage(actor, days=days) if s.total_micros],
         wallets=dashboard.lowest_wallets(actor, per_page=5),
         audit=dashboard.audit_log(actor, per_page=8),
+        alerts=dashboard.in_app_alerts(actor),
     )
 
 

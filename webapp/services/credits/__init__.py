@@ -26,6 +26,7 @@ from ...models import (
     Wallet,
     utcnow,
 )
+from .. import alerts, outbox
 from ..money import check_total, format_micros
 from ..tx import transactional
 from . import burn
@@ -141,8 +142,25 @@ def post(
 def book_expiries(wallet: Wallet, grants: Sequence[CreditGrant], now: datetime) -> None:
     """Book the expiry of every grant whose time has come with credits left: one `expiry` entry
     each, taking its remaining out of the wallet. Done under the wallet's lock, before the
-    write's own decision; a grant is emptied by it, so it is never booked twice."""
-    for grant in due(grants, now):
+    write's own decision; a grant is emptied by it, so it is never booked twice. Each booking
+    with credits left writes credits.expired to the outbox (docs/domain.md, "Alerts")."""
+    booked = due(grants, now)
+    if booked:
+        customer_key, system_key, _ = alerts.wallet_context(wallet)
+        outbox.emit_many(
+            db.session.connection(),
+            [
+                alerts.expired_event(
+                    customer_key=customer_key,
+                    credit_system=system_key,
+                    grant_id=g.id,
+                    amount=g.remaining_micros,
+                    at=now,
+                )
+                for g in sorted(booked, key=lambda g: g.id)
+            ],
+        )
+    for grant in booked:
         left = grant.remaining_micros
         grant.remaining_micros = 0
         grant.expired_micros = left
@@ -235,7 +253,9 @@ def _expire_wallets(wallet_ids: list[int], now: datetime) -> int:
         wallet = lock_wallet(wallet_id)
         grants = live_grants(wallet_id)
         before = sum(1 for g in grants if g.remaining_micros > 0)
+        value = alerts.spendable(grants, now)
         book_expiries(wallet, grants, now)
+        alerts.wallet_written(wallet, value, grants, now, cause="expiry")
         booked += before - sum(1 for g in grants if g.remaining_micros > 0)
     return booked
 

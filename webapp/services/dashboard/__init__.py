@@ -2,6 +2,7 @@
 wallets, features and the audit log. Every function runs a constant number of queries whatever
 the page or history size; "usage this period" is defined once (current.current_usage)."""
 
+from .alerts import InAppAlerts, in_app_alerts
 from .audit import AuditPage, audit_log
 from .current import MAX_PER_PAGE
 from .customers import (
@@ -26,6 +27,8 @@ from .overview import CreditTotal, DailySeries, FeatureTotal, Overview, daily_us
 from .wallets import WalletList, WalletRow, lowest_wallets
 
 __all__ = [
+    "InAppAlerts",
+    "in_app_alerts",
     "CUSTOMER_SORTS",
     "MAX_PER_PAGE",
     "AuditPage",

@@ -26,9 +26,16 @@ class WalletRow:
     credit_system: str
     credit_system_name: str
     balance_micros: int
-    low_balance_threshold_micros: int | None
+    low_balance_threshold_micros: int | None  # the wallet's own
     updated_at: datetime
     runway: Runway | None = None
+    default_threshold_micros: int | None = None  # its credit system's, for wallets without one
+
+    @property
+    def threshold_micros(self) -> int | None:
+        """The threshold in force: the wallet's own, else its credit system's."""
+        own = self.low_balance_threshold_micros
+        return self.default_threshold_micros if own is None else own
 
 
 # "runway": who runs out first (balance ÷ burn ascending; wallets that burn nothing last, lowest
@@ -123,6 +130,7 @@ def lowest_wallets(
                 grants=grants[wallet.id],
                 now=now,
             ),
+            system.low_balance_threshold_micros,
         )
         for wallet, customer, system, balance, _ in found
     ]

@@ -20,6 +20,7 @@ from typing import Any
 from ...errors import DomainError, IdempotencyConflict, InvalidAmount, ValidationError
 from ...models import utcnow
 from ..actors import RECORD_USAGE, VIEW, Actor, require
+from ..alerts import BLOCKING_CODES
 from ..money import format_micros, parse_micros
 from ..periods import next_reset
 from ..tx import transactional
@@ -232,6 +233,7 @@ def _parse_all(raws: Sequence[object]) -> list[Parsed | DomainError]:
 def _record(actor: Actor, parsed: list[Parsed | DomainError]) -> list[UsageResult | DomainError]:
     now = utcnow()
     state = load_state([p for p in parsed if isinstance(p, Parsed)], now, lock=True)
+    state.watch(now)  # the values alerts compare with (domain.md, "Alerts")
     state.book_expiries(now)  # before any decision (domain.md, "Expiry")
     pending: list[Pending] = []
     results: list[UsageResult | DomainError] = []
@@ -243,11 +245,15 @@ def _record(actor: Actor, parsed: list[Parsed | DomainError]) -> list[UsageResul
             result, rows = _judge(state, p, actor, now)
         except DomainError as exc:
             results.append(exc)
+            if exc.code in BLOCKING_CODES:
+                # A refusal commits with this transaction (it writes nothing else), so its
+                # usage.blocked goes in the outbox here, in the call's one outbox statement.
+                state.block(p.customer_key, state.feature(p).key, exc, p.amount_micros, now)
             continue
         results.append(result)
         if rows is not None:
             pending.append(rows)
-    write(state, pending, actor)
+    write(state, pending, actor, state.alert_rows(now, writes=bool(pending)))
     return results
 
 

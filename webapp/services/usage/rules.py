@@ -59,6 +59,8 @@ class WalletRef:
     id: int
     balance_micros: int
     grants: list[GrantRef] = field(default_factory=list)
+    # The low-balance threshold alerts compare with: the wallet's own, else its credit system's.
+    threshold_micros: int | None = None
 
     def available(self, at: datetime) -> int:
         """The credits a deduction at ``at`` may use (domain.md, "Spending order")."""

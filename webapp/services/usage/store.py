@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    func,
     insert,
     or_,
     select,
@@ -26,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import Insert
 
-from ...errors import CustomerNotFound, FeatureNotFound
+from ...errors import CustomerNotFound, DomainError, FeatureNotFound
 from ...extensions import db
 from ...models import (
     DAILY_BASE,
@@ -46,6 +47,7 @@ from ...models import (
     Wallet,
     utcnow,
 )
+from .. import alerts, outbox
 from ..actors import Actor
 from ..audit import audit_row
 from ..bulk import bulk_insert, pipelined, use_copy
@@ -125,6 +127,12 @@ class State:
     expiries: list[dict[str, Any]] = field(default_factory=list)  # ledger rows booked
     expired_grants: list[dict[str, Any]] = field(default_factory=list)  # their grant updates
     events: dict[tuple[int, str], StoredEvent] = field(default_factory=dict)
+    # Alerts (docs/domain.md, "Alerts"): the values before the call, the highest each counter
+    # reached during it, and the refusals that raise usage.blocked.
+    wallet_before: dict[int, int] = field(default_factory=dict)  # by wallet id
+    counter_before: dict[CounterKey, int] = field(default_factory=dict)
+    counter_peak: dict[CounterKey, int] = field(default_factory=dict)
+    blocked: list[dict[str, Any]] = field(default_factory=list)
 
     def customer(self, key: str) -> CustomerRef:
         found = self.customers.get(key)
@@ -159,6 +167,90 @@ class State:
             self.new_counters.add(key)
         self.counters[key] = used
         self.dirty_counters.add(key)
+        if used > self.counter_peak.get(key, used - 1):
+            self.counter_peak[key] = used
+
+    def watch(self, now: datetime) -> None:
+        """Note the values the alerts compare with, as loaded under the locks (before any
+        expiry is booked): each wallet's spendable credits, each counter's used."""
+        self.wallet_before = {w.id: alerts.spendable(w.grants, now) for w in self.wallets.values()}
+        self.counter_before = dict(self.counters)
+
+    def block(
+        self, customer_key: str, feature_key: str, exc: DomainError, amount: int, at: datetime
+    ) -> None:
+        """A refusal that raises usage.blocked (limit_exceeded, insufficient_credits)."""
+        self.blocked.append(
+            alerts.blocked_event(
+                customer_key=customer_key,
+                feature_key=feature_key,
+                reason=exc.code,
+                amount=amount,
+                details={k: v for k, v in exc.details.items() if k != "field"},
+                at=at,
+            )
+        )
+
+    def alert_rows(self, now: datetime, *, writes: bool) -> list[dict[str, Any]]:
+        """The outbox rows of this call: the credits it expired, the thresholds its writes
+        crossed (each counter and wallet from its value before the call to each value after),
+        its usage.blocked. In memory: nothing to write, no statement. A call that writes
+        nothing (every event refused) books no expiry either: only its usage.blocked."""
+        blocked = list({row["dedupe_key"]: row for row in self.blocked}.values())
+        rows: list[dict[str, Any]] = []
+        if not writes or not (self.expiries or self.dirty_wallets or self.dirty_counters):
+            return blocked
+        customer_keys = {c.id: c.key for c in self.customers.values()}
+        system_keys = {c.credit_system_id: c.credit_system_key for c in self.costs.values()}
+        wallets = {w.id: (cid, sid, w) for (cid, sid), w in self.wallets.items()}
+        for e in self.expiries:
+            cid, sid, _ = wallets[e["wallet_id"]]
+            rows.append(
+                alerts.expired_event(
+                    customer_key=customer_keys[cid],
+                    credit_system=system_keys[sid],
+                    grant_id=e["grant_id"],
+                    amount=-e["amount_micros"],
+                    at=now,
+                )
+            )
+        for wid in sorted(self.dirty_wallets):
+            cid, sid, wallet = wallets[wid]
+            before = self.wallet_before.get(wid, 0)
+            after = alerts.spendable(wallet.grants, now)
+            if after < before:
+                rows += alerts.wallet_events(
+                    customer_key=customer_keys[cid],
+                    credit_system=system_keys[sid],
+                    threshold=wallet.threshold_micros,
+                    before=before,
+                    after=after,
+                    at=now,
+                    cause="usage" if self.dirty_grants else "expiry",
+                )
+        shares: tuple[int, ...] | None = None
+        for key in sorted(self.dirty_counters):
+            before, peak = self.counter_before.get(key, 0), self.counter_peak.get(key, 0)
+            if peak <= before:
+                continue
+            cid, fid, start = key
+            ent = self.entitlements.get((cid, fid))
+            if ent is None or ent.allowance_micros is None:
+                continue
+            if shares is None:
+                shares = alerts.percentages()
+                feature_keys = {f.id: f.key for f in self.features.values()}
+            rows += alerts.usage_events(
+                customer_key=customer_keys[cid],
+                feature_key=feature_keys[fid],
+                allowance=ent.allowance_micros,
+                before=before,
+                after=peak,
+                period_start=start,
+                at=now,
+                shares=shares,
+            )
+        return rows + blocked
 
     def debit(self, wallet: WalletRef, credits: int, at: datetime) -> list[tuple[int, int]]:
         """Take ``credits`` from the grants eligible at ``at`` in spending order: the parts
@@ -288,6 +380,13 @@ _GRANT_FIELDS = (
 _SNAPSHOT_VERSION = (
     select(_wallet_then.version).where(_wallet_then.id == Wallet.id).scalar_subquery()
 )
+# The low-balance threshold: the wallet's own, else its credit system's default.
+_THRESHOLD = func.coalesce(
+    Wallet.low_balance_threshold_micros,
+    select(CreditSystem.low_balance_threshold_micros)
+    .where(CreditSystem.id == Wallet.credit_system_id)
+    .scalar_subquery(),
+)
 _WALLETS = (
     select(
         Wallet.customer_id,
@@ -296,6 +395,7 @@ _WALLETS = (
         Wallet.balance_micros,
         Wallet.version,
         _SNAPSHOT_VERSION,
+        _THRESHOLD,
         *_GRANT_FIELDS,
     )
     .outerjoin(
@@ -373,12 +473,12 @@ def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
             state.counters[(cid, fid, start)] = used
     if wallet_keys:
         changed: dict[int, WalletRef] = {}
-        for cid, sid, wid, balance, version, seen, *grant in conn.execute(
+        for cid, sid, wid, balance, version, seen, threshold, *grant in conn.execute(
             wallets, {"wkeys": sorted(wallet_keys)}
         ):
             wallet = state.wallets.get((cid, sid))
             if wallet is None:
-                wallet = state.wallets[(cid, sid)] = WalletRef(wid, balance)
+                wallet = state.wallets[(cid, sid)] = WalletRef(wid, balance, [], threshold)
                 if version != seen:
                     changed[wid] = wallet
             if grant[0] is not None:
@@ -502,13 +602,17 @@ def add_to_daily(conn: Connection, events: Iterable[Mapping[str, Any]]) -> None:
         )
 
 
-def write(state: State, pending: list[Pending], actor: Actor) -> None:
+def write(
+    state: State, pending: list[Pending], actor: Actor, events: Sequence[dict[str, Any]] = ()
+) -> None:
     """Insert the accepted events, then (in one round trip where the driver allows) their
-    ledger entries, the counters and wallets they moved, the daily rollups (usage, wallet burn)
-    and the audit rows."""
-    if not pending:
-        return
+    ledger entries, the counters and wallets they moved, the daily rollups (usage, wallet burn),
+    the audit rows and, last and only when there are any, the call's outbox rows in one
+    statement."""
     conn = db.session.connection()
+    if not pending:
+        outbox.emit_many(conn, events)
+        return
     rows = [p.event for p in pending]
     copy = use_copy(conn, len(rows))
     if copy or (len(rows) > 1 and conn.dialect.name == "sqlite"):
@@ -556,6 +660,7 @@ def write(state: State, pending: list[Pending], actor: Actor) -> None:
             ),
         )
         bulk_insert(conn, _audit_table, _audit_rows(actor, pending))
+        outbox.emit_many(conn, events)
 
 
 def _take_event_ids(conn: Connection, n: int, copy: bool) -> list[int]:
