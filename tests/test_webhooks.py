@@ -207,7 +207,7 @@ def test_events_reach_the_endpoints_that_want_them_signed(hooks_app, receiver):
     try:
         endpoint(receiver)
         endpoint(other, event_types=["wallet.depleted"])
-        emit(("wallet.depleted", {"customer": "c1"}), ("credits.expired", {"customer": "c2"}))
+        emit(("wallet.depleted", {"customer": "c1"}), ("customer.updated", {"customer": "c2"}))
         ids = [f"evt_{i}" for i in db.session.scalars(select(OutboxEvent.id).order_by("id"))]
         Worker(hooks_app.config, rng=random.Random(1)).run(until_idle=True)
         assert sorted(receiver.ids()) == sorted(ids)
