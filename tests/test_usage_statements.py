@@ -100,6 +100,6 @@ def test_a_batch_adds_to_the_monthly_rollup_once_per_rollup_row(catalog, app):
     statements = traced_statements(lambda: usage.record_usage_batch(SYSTEM, events))
 
     upserts = [s for s in statements if re.match(r"\s*INSERT INTO credit_monthly", s, re.I)]
-    # 150 credits consumed: from the granted grant (priority 100), the EUR grant (150), then the
+    # 3 credits consumed: from the granted grant (priority 100), the EUR grant (150), then the
     # catalog's purchased grant without a price (200)
     assert len(upserts) == 3, upserts

@@ -198,6 +198,7 @@ def _document() -> dict[str, Any]:
             },
             {"name": "Customers", "description": "Customers, their usage and their ledger."},
             {"name": "Configuration", "description": "Features, credit systems, entitlements."},
+            {"name": "Reports", "description": "The finance roll-forward of credits."},
             {"name": "Meta", "description": "This document."},
         ],
         "paths": api.paths,

@@ -15,7 +15,7 @@ from .. import jsondoor
 from ..errors import DomainError, PayloadTooLarge
 from ..jsondoor import json_body, query
 from ..models import utcnow
-from ..services import catalog, reads, usage, wallets
+from ..services import catalog, reads, reports, usage, wallets
 from ..services.actors import Actor
 from ..services.credits import reads as grants
 from ..services.usage import MAX_BATCH
@@ -524,6 +524,34 @@ def set_credit_cost(feature_key: str):
 def create_credit_system():
     system = catalog.create_credit_system(actor(), **schemas.CreditSystemCreate.parse(json_body()))
     return respond(schemas.CreditSystem.model_validate(system), 201)
+
+
+# ---------------------------------------------------------------- reports
+
+
+@api.get(
+    "/reports/credits",
+    "getCreditReport",
+    "The finance roll-forward of credits, per credit system and month (finance, admin, "
+    "account managers)",
+    tag="Reports",
+    params=[
+        param("from", "query", "First UTC month, `YYYY-MM` (default: 11 months before `to`)."),
+        param("to", "query", "Last UTC month, `YYYY-MM` (default: this month); at most 120."),
+        param("credit_system", "query", "One credit system's key (default: all)."),
+    ],
+    ok={200: ("CreditReport", "Each credit system's months and their total.")},
+    errors=(e.Forbidden, e.NotFound),
+)
+def credit_report():
+    args = query(("from", "to", "credit_system"))
+    report = reports.credit_report(
+        actor(),
+        month_from=args["from"],
+        month_to=args["to"],
+        credit_system=args["credit_system"],
+    )
+    return respond(schemas.CreditReport.model_validate(report))
 
 
 # ---------------------------------------------------------------- the contract itself

@@ -500,9 +500,10 @@ def _ordinals(n: int) -> list[Any]:
 
 def _month(column: Any) -> Any:
     """SQL: the UTC month of a (naive UTC) time, as YYYY-MM text."""
+    # The format is a literal, not a parameter: PostgreSQL matches GROUP BY expressions as text.
     if db.engine.dialect.name == "sqlite":
-        return func.strftime("%Y-%m", column)
-    return func.to_char(column, "YYYY-MM")
+        return func.strftime(literal_column("'%Y-%m'"), column)
+    return func.to_char(column, literal_column("'YYYY-MM'"))
 
 
 def _rollup_stored() -> dict[RollupKey, int]:
@@ -633,7 +634,7 @@ def _roll_forward_identity() -> Check:
                 exact_sum(LedgerEntry.amount_micros),
             )
             .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
-            .group_by(Wallet.credit_system_id, _month(LedgerEntry.created_at))
+            .group_by(*_ordinals(2))
         )
     }
     closing: dict[int, int] = {}
