@@ -26,7 +26,15 @@ from webapp import create_app
 from webapp.extensions import db
 from webapp.models import ApiKey
 from webapp.services import auth
-from webapp.services.actors import ADMIN, MANAGE_WALLETS, PERMISSIONS, RECORD_USAGE, SYSTEM, VIEW
+from webapp.services.actors import (
+    ADMIN,
+    MANAGE_WALLETS,
+    PERMISSIONS,
+    RECORD_USAGE,
+    SYSTEM,
+    VIEW,
+    VIEW_LEDGER,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = "public"
@@ -55,6 +63,7 @@ EXPECTED: dict[str, str] = {
     "api.create_feature": ADMIN,
     "api.set_credit_cost": ADMIN,
     "api.create_credit_system": ADMIN,
+    "api.credit_report": VIEW_LEDGER,
     "metrifox_meter.record_usage": RECORD_USAGE,
     "metrifox_meter.check_access": VIEW,
     "metrifox_meter.list_events": VIEW,

@@ -70,6 +70,8 @@ EXPECTED: dict[str, str] = {
     "admin.feature_archived": ADMIN,
     "admin.edit_credit_system": ADMIN,
     "admin.credit_system_archived": ADMIN,
+    "pages.credit_report": VIEW_LEDGER,
+    "pages.export_credit_report": VIEW_LEDGER,
 }
 # Routes that end the session they are called with: called last.
 ENDS_SESSION = ("auth.logout_everywhere", "auth.logout")
