@@ -81,6 +81,13 @@ class Period:
     def expired(self) -> int:
         return self.expired_purchased + self.expired_granted
 
+    @property
+    def moved(self) -> bool:
+        """Anything happened in the period (else opening = closing)."""
+        return any((self.issued, self.consumed, self.expired, self.voided, self.adjusted)) or bool(
+            self.corrected
+        )
+
 
 @dataclass
 class SystemReport:
