@@ -597,3 +597,104 @@ def test_the_report_matches_a_model_of_a_random_history(app, clock, history):
             FINANCE, month_from=middle, month_to=last, credit_system=system
         ).systems[0]
         assert actual_months(later) == expected_months(model, labels[len(labels) // 2 :])
+
+
+# ---------------------------------------------------------------- the migration's backfill
+
+
+def test_the_migration_backfills_the_rollup_from_the_ledger(backend, database_url, tmp_path):
+    """A history written at head (usage over two months, an expiry, a void, adjustments both
+    ways, two currencies); the table dropped (downgrade) and made again (upgrade): the backfill
+    gives the rows the writes gave, and `ledger verify` holds."""
+    from tests.conftest import TEST_CONFIG, migrate_to_head
+    from tests.factories import add_customer, make_catalog
+    from tests.test_schema_and_cli import _flask, _fresh_database
+    from webapp import create_app
+    from webapp.models import set_clock
+
+    url = _fresh_database(backend, database_url, tmp_path, "backfill")
+    migrate_to_head(url)
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": url})
+    start = datetime(2031, 1, 5, tzinfo=UTC)
+    moments = iter(start + timedelta(days=d) for d in (0, 1, 20, 33, 34, 35, 36))
+    with app.app_context():
+        try:
+            set_clock(lambda: now)
+            now = next(moments)
+            make_catalog(api_allowance=None)
+            add_customer("cust-two", topup=None, api_allowance=None)
+            for key, price, currency in ((C_MAIN, "0.5", "EUR"), ("cust-two", "0.25", "USD")):
+                wallets.topup_wallet(
+                    SYSTEM,
+                    customer_key=key,
+                    credit_system="credits",
+                    amount="20",
+                    unit_price=price,
+                    currency=currency,
+                    priority=10,
+                    expires_at=(start + timedelta(days=30)).isoformat(),
+                )
+            now = next(moments)
+            usage.record_usage(SYSTEM, customer_key=C_MAIN, feature_key="api_calls", amount=700)
+            now = next(moments)
+            wallets.adjust_wallet(
+                SYSTEM, customer_key="cust-two", credit_system="credits", amount="5", reason="+"
+            )
+            now = next(moments)  # February: the EUR grant's expiry is due
+            credits.expire_due()
+            now = next(moments)
+            wallets.adjust_wallet(
+                SYSTEM, customer_key=C_MAIN, credit_system="credits", amount="-3", reason="-"
+            )
+            now = next(moments)
+            usage.record_usage(SYSTEM, customer_key="cust-two", feature_key="api_calls", amount=9)
+            now = next(moments)
+            two = reports_grants("cust-two")[-1]  # the positive adjustment's grant
+            wallets.void_grant(SYSTEM, grant_id=two.id, reason="void")
+            written = _rollup_rows()
+            assert {row[2] for row in written} == {
+                "issued",
+                "consumed",
+                "expired",
+                "voided",
+                "adjusted",
+            }
+        finally:
+            set_clock(None)
+            db.session.remove()
+            db.engine.dispose()
+    down = _flask(url, "db", "downgrade", "a3c5e7f9b1d4")
+    assert down.returncode == 0, down.stderr
+    up = _flask(url, "db", "upgrade")
+    assert up.returncode == 0, up.stderr
+    verified = _flask(url, "ledger", "verify")
+    assert verified.returncode == 0, verified.stdout
+    with app.app_context():
+        try:
+            assert _rollup_rows() == written
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
+C_MAIN = "cust-6d11ca90"
+
+
+def _rollup_rows() -> list[tuple]:
+    m = CreditMonthly
+    return [
+        tuple(row)
+        for row in db.session.execute(
+            select(
+                m.credit_system_id,
+                m.month,
+                m.category,
+                m.kind,
+                m.currency,
+                m.unit_price,
+                m.shard,
+                m.amount_high,
+                m.amount_micros,
+            ).order_by(*m.__table__.primary_key.columns)
+        )
+    ]
