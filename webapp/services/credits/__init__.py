@@ -141,8 +141,8 @@ def post(
         grant = db.session.get(CreditGrant, grant_id)
         assert grant is not None
         name, sign = category
-        rollup.add(
-            db.session.connection(),
+        rollup.defer(
+            db.session(),
             [
                 rollup.grant_row(
                     wallet.credit_system_id,
@@ -220,7 +220,7 @@ def deduct(
             )
         )
     db.session.flush()
-    rollup.add(db.session.connection(), rows)
+    rollup.defer(db.session(), rows)
     return entry
 
 

@@ -9,10 +9,17 @@ the transaction of every ledger write:
 - ``corrected``: minus the allocations of a `correction` entry (a refund's allocations are
   negative, so it adds back; an extra charge's are positive and take away), each to its grant.
 
-Every writer calls :func:`add` with :class:`Row`\\ s (the ORM writes through
-:func:`entry_rows` / :func:`allocation_rows`; the usage hot path builds its rows in memory and
-adds them with one statement per batch). The month is the UTC month of the entry's booking
-(``created_at``), so the closing balance of a month is what the ledger held at its end.
+Two ways in, both in the transaction of the ledger write:
+
+- :func:`defer` (the wallet services: topups, adjustments, voids, expiries, the sweep): the rows
+  are kept on the session and added with one statement just before it commits, in key order,
+  after every wallet lock the transaction takes (so that two writers never hold rollup rows
+  while waiting for a wallet, nor take two rollup rows in opposite orders);
+- :func:`add` (the usage hot path, which has locked everything it writes when it gets there, and
+  the demo seed): one statement now.
+
+The month is the UTC month of the entry's booking (``created_at``), so the closing balance of a
+month is what the ledger held at its end.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.dml import Insert
 
 from ...models import CREDIT_BASE, CREDIT_SHARDS, CreditGrant, CreditMonthly
@@ -153,3 +161,25 @@ def entry_category(type_: str, amount: int) -> tuple[str, int] | None:
     if type_ == "adjustment" and amount > 0:
         return POSITIVE_ADJUSTMENT
     return ENTRY_CATEGORY.get(type_)
+
+
+_PENDING = "credit_rollup_rows"
+
+
+def defer(session: Session, rows: Iterable[Row]) -> None:
+    """Add ``rows`` to the rollup when ``session`` commits (one statement for the transaction);
+    a rollback forgets them."""
+    session.info.setdefault(_PENDING, []).extend(rows)
+
+
+@event.listens_for(Session, "before_commit")
+def _add_deferred(session: Session) -> None:
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        add(session.connection(), rows)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost: committed (added above) or rolled back
+        session.info.pop(_PENDING, None)
