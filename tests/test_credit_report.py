@@ -48,6 +48,8 @@ def month(at: datetime) -> str:
         ("2026-03", "2026-02", "from"),  # after `to`
         ("2016-01", "2026-01", "from"),  # 121 months
         (7, "2026-01", "from"),
+        ("\u0662\u0660\u0662\u0666-01", "2026-02", "from"),  # Arabic-Indic digits
+        ("2026-01", "2026-02\x00", "to"),
     ],
 )
 def test_a_bad_month_range_is_refused_naming_the_field(app, month_from, month_to, field):

@@ -25,7 +25,7 @@ from .money import parse_micros
 
 MAX_MONTHS = 120
 DEFAULT_MONTHS = 12
-MONTH_RE = re.compile(r"(\d{4})-(\d{2})")
+MONTH_RE = re.compile(r"([0-9]{4})-([0-9]{2})")  # ASCII digits only
 # How each category moves the balance: opening + issued - consumed - expired - voided + adjusted
 # + corrected = closing.
 SIGN = {"issued": 1, "consumed": -1, "expired": -1, "voided": -1, "adjusted": 1, "corrected": 1}
