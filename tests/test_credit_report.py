@@ -700,3 +700,31 @@ def _rollup_rows() -> list[tuple]:
             ).order_by(*m.__table__.primary_key.columns)
         )
     ]
+
+
+def test_a_refused_write_adds_nothing_to_the_rollup(catalog, clock):
+    """A negative adjustment refused after booking a due expiry rolls both back: no `expired`
+    row is left behind by the rows kept for the commit."""
+    wallets.topup_wallet(
+        SYSTEM,
+        customer_key=catalog.customer,
+        credit_system="credits",
+        amount="5",
+        kind="granted",
+        expires_at=(clock.now + timedelta(days=1)).isoformat(),
+    )
+    before = _rollup_rows()
+    clock.advance(days=2)
+    with pytest.raises(DomainError):
+        wallets.adjust_wallet(
+            SYSTEM,
+            customer_key=catalog.customer,
+            credit_system="credits",
+            amount="-50",
+            reason="too much",
+        )
+    assert _rollup_rows() == before
+    wallets.adjust_wallet(
+        SYSTEM, customer_key=catalog.customer, credit_system="credits", amount="-1", reason="ok"
+    )
+    assert {row[2] for row in _rollup_rows()} == {"issued", "expired", "adjusted"}
