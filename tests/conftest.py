@@ -126,6 +126,7 @@ TABLES = [
     "usage_counters",
     "usage_events",
     "usage_daily",
+    "credit_monthly",
     "wallets",
     "entitlements",
     "credit_costs",

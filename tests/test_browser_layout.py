@@ -95,12 +95,13 @@ EVERYONE = [
     "/account",
 ]
 PAGES = {
-    "account_manager": [*EVERYONE, "/ledger"],
+    "account_manager": [*EVERYONE, "/ledger", "/reports/credits"],
     "support": EVERYONE,
-    "finance": [*EVERYONE, "/ledger"],
+    "finance": [*EVERYONE, "/ledger", "/reports/credits"],
     "admin": [
         *EVERYONE,
         "/ledger",
+        "/reports/credits",
         "/admin/users",
         "/admin/api-keys",
         "/admin/features",

@@ -93,6 +93,16 @@ def test_a_waiting_writer_sees_the_grants_its_lock_holder_left(catalog, database
         "WHERE id = %s",
         (M, wallet_id),
     )
+    holder.execute(  # and the monthly credit rollup (services/credits/rollup.py), as it would
+        "INSERT INTO credit_monthly (credit_system_id, month, category, kind, currency, "
+        "unit_price, shard, amount_micros, amount_high) SELECT w.credit_system_id, "
+        "date_trunc('month', now()::timestamp)::date, 'voided', g.kind, "
+        "coalesce(g.currency, ''), coalesce(g.unit_price, ''), w.customer_id %% 16, %s, 0 "
+        "FROM wallets w JOIN credit_grants g ON g.id = %s WHERE w.id = %s "
+        "ON CONFLICT (credit_system_id, month, category, kind, currency, unit_price, shard) "
+        "DO UPDATE SET amount_micros = credit_monthly.amount_micros + excluded.amount_micros",
+        (M, first_id, wallet_id),
+    )
     holder.commit()
     writer.join(timeout=60)
     holder.close()

@@ -26,7 +26,15 @@ from webapp import create_app
 from webapp.extensions import db
 from webapp.models import ApiKey
 from webapp.services import auth
-from webapp.services.actors import ADMIN, MANAGE_WALLETS, PERMISSIONS, RECORD_USAGE, SYSTEM, VIEW
+from webapp.services.actors import (
+    ADMIN,
+    MANAGE_WALLETS,
+    PERMISSIONS,
+    RECORD_USAGE,
+    SYSTEM,
+    VIEW,
+    VIEW_LEDGER,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = "public"
@@ -72,6 +80,7 @@ EXPECTED: dict[str, str] = {
     "api.update_plan": ADMIN,
     "api.preview_plan": ADMIN,
     "api.set_customer_plan": ADMIN,
+    "api.credit_report": VIEW_LEDGER,
     "metrifox_meter.record_usage": RECORD_USAGE,
     "metrifox_meter.adjust_usage": RECORD_USAGE,
     "metrifox_meter.check_access": VIEW,

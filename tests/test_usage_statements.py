@@ -39,10 +39,11 @@ def traced_statements(record) -> list[str]:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_single_event_covered_by_one_grant_writes_nine_statements(catalog, app):
+def test_a_single_event_covered_by_one_grant_writes_ten_statements(catalog, app):
     """Six writes before credit grants (event, ledger entry, counter, wallet, daily rollup,
-    audit), exactly two more with them (the grant's remaining and the allocation) and one with
-    runway (the wallet's daily burn upsert)."""
+    audit), exactly two more with them (the grant's remaining and the allocation), one with
+    runway (the wallet's daily burn upsert) and one with the finance roll-forward (the monthly
+    credit rollup)."""
     usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")  # the counter exists
 
     statements = traced_statements(
@@ -63,6 +64,7 @@ def test_a_single_event_covered_by_one_grant_writes_nine_statements(catalog, app
         ("UPDATE", "wallets"): 1,
         ("INSERT INTO", "usage_daily"): 1,
         ("INSERT INTO", "wallet_burn_daily"): 1,
+        ("INSERT INTO", "credit_monthly"): 1,
         ("INSERT INTO", "audit_log"): 1,
     }
     reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
@@ -98,7 +100,7 @@ def test_alerts_add_one_statement_only_to_a_call_that_crosses(app):
         lambda: usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")
     )  # 19.98 -> 19.96: above 4.5
     assert ("INSERT INTO", "outbox_events") not in _writes(quiet)
-    assert len(quiet) == 13, quiet  # 4 reads, 9 writes (8 + the burn rollup of runway)
+    assert len(quiet) == 14, quiet  # 4 reads, 10 writes (8 + runway's burn + the monthly rollup)
 
     crossing = traced_statements(  # 19.96 -> 3.96 (low), 802 of 1000 calls: 80 %
         lambda: usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=800)
@@ -107,3 +109,37 @@ def test_alerts_add_one_statement_only_to_a_call_that_crosses(app):
     assert len(crossing) == len(quiet) + 1
     types = db.session.scalars(select(OutboxEvent.type).order_by(OutboxEvent.id)).all()
     assert types[-2:] == ["wallet.balance_low", "usage.threshold_reached"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_batch_adds_to_the_monthly_rollup_once_per_rollup_row(catalog, app):
+    """A batch whose events draw from several grants of different kinds and prices: one upsert
+    of credit_monthly (an executemany; SQLite's trace shows each of its parameter sets), one
+    parameter set per rollup row (category, kind, currency, price), not per event."""
+    from datetime import timedelta
+
+    from webapp.models import utcnow
+    from webapp.services import wallets
+
+    now = utcnow()
+    wallets.topup_wallet(
+        SYSTEM, customer_key=C, credit_system="credits", amount="0.05", kind="granted"
+    )
+    wallets.topup_wallet(
+        SYSTEM,
+        customer_key=C,
+        credit_system="credits",
+        amount="1",
+        unit_price="0.5",
+        currency="EUR",
+        priority=150,
+        effective_at=(now - timedelta(days=1)).isoformat(),
+    )
+    events = [{"customer_key": C, "feature_key": "api_calls", "amount": "3"} for _ in range(50)]
+
+    statements = traced_statements(lambda: usage.record_usage_batch(SYSTEM, events))
+
+    upserts = [s for s in statements if re.match(r"\s*INSERT INTO credit_monthly", s, re.I)]
+    # 3 credits consumed: from the granted grant (priority 100), the EUR grant (150), then the
+    # catalog's purchased grant without a price (200)
+    assert len(upserts) == 3, upserts

@@ -88,6 +88,7 @@ def test_list_pages_run_a_constant_number_of_queries(client, shop):
     urls = ["/", "/customers", "/customers?near=1", f"/customers/{C}", "/wallets", "/features"]
     urls += ["/customers?col=change:api_calls"]
     urls += ["/audit", "/ledger"]
+    urls += ["/reports/credits", "/reports/credits?from=2017-01&to=2026-12"]
 
     def counts() -> list[int]:
         out = []

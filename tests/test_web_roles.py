@@ -84,6 +84,8 @@ EXPECTED: dict[str, str] = {
     "admin.plan_status": ADMIN,
     "admin.customer_plan": ADMIN,
     "admin.customer_plan_preview": ADMIN,
+    "pages.credit_report": VIEW_LEDGER,
+    "pages.export_credit_report": VIEW_LEDGER,
 }
 # Routes that end the session they are called with: called last.
 ENDS_SESSION = ("auth.logout_everywhere", "auth.logout")

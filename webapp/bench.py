@@ -3,10 +3,11 @@
 - ``GET /bench/noop``: API-key auth and a small JSON answer, nothing else (the HTTP floor).
 - ``POST /bench/raw``: the writes of one RecordUsage covered by one grant (insert event, move
   counter, deduct wallet, insert ledger entry, deduct the grant, insert its allocation, add to
-  the daily rollup) in one transaction straight through the DB driver: no ORM, no parsing, no
-  rules, no idempotency, no audit row. The writes stay consistent with each other
-  (balance_after and used_after are the values just written; the grant loses what the wallet
-  loses and the allocation says so), so ``flask ledger verify`` still holds afterwards.
+  the daily rollup and the monthly credit rollup) in one transaction straight through the DB
+  driver: no ORM, no parsing, no rules, no idempotency, no audit row. The writes stay
+  consistent with each other (balance_after and used_after are the values just written; the
+  grant loses what the wallet loses and the allocation says so), so ``flask ledger verify``
+  still holds afterwards.
 
 Both authenticate with an API key exactly like /api/v1, so that the floors pay what the API pays.
 """
@@ -22,7 +23,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from .extensions import db
-from .models import DAILY_SHARDS
+from .models import CREDIT_SHARDS, DAILY_SHARDS
 
 bp = Blueprint("bench", __name__, url_prefix="/bench")
 
@@ -77,7 +78,7 @@ def _load_targets(cur: Any) -> dict[str, Any]:
     if not _targets:
         cur.execute(
             _sql(
-                "SELECT c.id, f.id, w.id, u.period_start FROM customers c "
+                "SELECT c.id, f.id, w.id, u.period_start, s.id FROM customers c "
                 "JOIN features f ON f.key = %s "
                 "JOIN credit_systems s ON s.key = %s "
                 "JOIN wallets w ON w.customer_id = c.id AND w.credit_system_id = s.id "
@@ -91,7 +92,8 @@ def _load_targets(cur: Any) -> dict[str, Any]:
             raise RuntimeError("bench data missing: run bench/run.py's setup first")
         cur.execute(
             _sql(
-                "SELECT id FROM credit_grants WHERE wallet_id = %s AND remaining_micros > 0 "
+                "SELECT id, kind, coalesce(currency, ''), coalesce(unit_price, '') "
+                "FROM credit_grants WHERE wallet_id = %s AND remaining_micros > 0 "
                 "AND expires_at IS NULL ORDER BY id LIMIT 1"
             ),
             (row[2],),
@@ -100,7 +102,13 @@ def _load_targets(cur: Any) -> dict[str, Any]:
         if grant is None:
             raise RuntimeError("bench data missing: the bench wallet has no grant to spend")
         _targets.update(
-            customer=row[0], feature=row[1], wallet=row[2], period=row[3], grant=grant[0]
+            customer=row[0],
+            feature=row[1],
+            wallet=row[2],
+            period=row[3],
+            system=row[4],
+            grant=grant[0],
+            terms=tuple(grant[1:]),
         )
     return _targets
 
@@ -213,6 +221,26 @@ def raw() -> Response:
                 "(wallet_burn_daily.consumed_micros + excluded.consumed_micros) / 1099511627776"
             ),
             (t["wallet"], now.astimezone(UTC).date().isoformat(), RAW_COST_MICROS),
+        )
+        cur.execute(
+            _sql(
+                # The monthly credit rollup (services/credits/rollup.py), the same carry.
+                "INSERT INTO credit_monthly (credit_system_id, month, category, kind, currency, "
+                "unit_price, shard, amount_micros, amount_high) "
+                "VALUES (%s, %s, 'consumed', %s, %s, %s, %s, %s, 0) ON CONFLICT "
+                "(credit_system_id, month, category, kind, currency, unit_price, shard) "
+                "DO UPDATE SET amount_micros = (credit_monthly.amount_micros + "
+                "excluded.amount_micros) %% 1099511627776, amount_high = "
+                "credit_monthly.amount_high + (credit_monthly.amount_micros + "
+                "excluded.amount_micros) / 1099511627776"
+            ),
+            (
+                t["system"],
+                now.date().replace(day=1).isoformat(),
+                *t["terms"],
+                t["customer"] % CREDIT_SHARDS,
+                RAW_COST_MICROS,
+            ),
         )
         cur.close()
         conn.commit()

@@ -483,6 +483,47 @@ class CreditAllocation(Model):
     amount_micros: Mapped[int] = mapped_column(BigInteger)
 
 
+# The monthly credit rollup (domain.md, "Finance roll-forward"): what the ledger moved per credit
+# system, UTC month, category and grant terms. Categories as they enter the identity
+#   opening + issued - consumed - expired - voided + adjusted + corrected = closing
+# (issued, consumed, expired, voided are >= 0; adjusted and corrected are signed).
+ROLLUP_CATEGORIES = ("issued", "consumed", "expired", "voided", "adjusted", "corrected")
+# Rows per key and month: customer_id % CREDIT_SHARDS, so that writers for different customers
+# rarely wait on the same row (as usage_daily).
+CREDIT_SHARDS = 16
+# Like usage_daily, a row holds amount_high * CREDIT_BASE + amount_micros, 0 <= amount_micros <
+# CREDIT_BASE: any sum of any number of customers' entries, exactly.
+CREDIT_BASE = 2**40
+
+
+class CreditMonthly(Model):
+    """The ledger summed per credit system, UTC month (of the entry's booking), category, grant
+    kind, currency and unit price, split by shard. Written in the transaction of every ledger
+    write (services/credits/rollup.py), so that the roll-forward reads a number of rows that grows
+    with months, never with events. ``currency`` and ``unit_price`` are '' when the grant has none
+    (a NULL would never match in the upsert's unique key); reads give None."""
+
+    __tablename__ = "credit_monthly"
+    __table_args__ = (
+        CheckConstraint(_in("category", ROLLUP_CATEGORIES), name="category"),
+        CheckConstraint(_in("kind", TOPUP_KINDS), name="kind"),
+    )
+
+    credit_system_id: Mapped[int] = mapped_column(ForeignKey("credit_systems.id"), primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)  # its first day
+    category: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    unit_price: Mapped[str] = mapped_column(String(40), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    amount_micros: Mapped[int] = mapped_column(BigInteger, default=0)  # the low part
+    amount_high: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    @property
+    def total_micros(self) -> int:
+        return self.amount_high * CREDIT_BASE + self.amount_micros
+
+
 class AuditLog(Model):
     __tablename__ = "audit_log"
     __table_args__ = (

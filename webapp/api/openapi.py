@@ -210,6 +210,7 @@ def _document() -> dict[str, Any]:
             {"name": "Customers", "description": "Customers, their usage and their ledger."},
             {"name": "Configuration", "description": "Features, credit systems, entitlements."},
             {"name": "Plans", "description": "Plans, customers' plans and overrides."},
+            {"name": "Reports", "description": "The finance roll-forward of credits."},
             {"name": "Meta", "description": "This document."},
             {"name": "Webhooks", "description": "Webhook endpoints and their deliveries."},
         ],

@@ -15,7 +15,17 @@ from .. import jsondoor
 from ..errors import DomainError, PayloadTooLarge
 from ..jsondoor import json_body, query
 from ..models import utcnow
-from ..services import catalog, corrections, events, plans, reads, usage, wallets, webhooks
+from ..services import (
+    catalog,
+    corrections,
+    events,
+    plans,
+    reads,
+    reports,
+    usage,
+    wallets,
+    webhooks,
+)
 from ..services.actors import Actor
 from ..services.credits import reads as grants
 from ..services.usage import MAX_BATCH
@@ -990,6 +1000,34 @@ def list_outbox_events():
             has_more=page.has_more,
         )
     )
+
+
+# ---------------------------------------------------------------- reports
+
+
+@api.get(
+    "/reports/credits",
+    "getCreditReport",
+    "The finance roll-forward of credits, per credit system and month (finance, admin, "
+    "account managers)",
+    tag="Reports",
+    params=[
+        param("from", "query", "First UTC month, `YYYY-MM` (default: 11 months before `to`)."),
+        param("to", "query", "Last UTC month, `YYYY-MM` (default: this month); at most 120."),
+        param("credit_system", "query", "One credit system's key (default: all)."),
+    ],
+    ok={200: ("CreditReport", "Each credit system's months and their total.")},
+    errors=(e.Forbidden, e.NotFound),
+)
+def credit_report():
+    args = query(("from", "to", "credit_system"))
+    report = reports.credit_report(
+        actor(),
+        month_from=args["from"],
+        month_to=args["to"],
+        credit_system=args["credit_system"],
+    )
+    return respond(schemas.CreditReport.model_validate(report))
 
 
 # ---------------------------------------------------------------- the contract itself

@@ -38,7 +38,7 @@ from ..models import (
     RESET_PERIODS,
     TOPUP_KINDS,
 )
-from ..services import reads, wallets
+from ..services import reads, reports, wallets
 from ..services.credits.reads import AllocationView, GrantView
 from ..services.money import format_micros, quantity_json
 from ..services.usage import MAX_BATCH
@@ -945,6 +945,72 @@ class CustomerPlanResult(Response):
     included_credits_issued: int
 
 
+# ---------------------------------------------------------------- the finance roll-forward
+
+MONEY = {
+    "type": "string",
+    "pattern": r"^-?[0-9]+\.[0-9]{2,}$",
+    "description": "Money as an exact decimal string (credits × unit price), at least two places, "
+    'never rounded, e.g. `"12.50"`.',
+    "examples": ["12.50"],
+}
+MoneyText = Annotated[
+    str,
+    BeforeValidator(lambda v: reports.money_text(v) if isinstance(v, Decimal) else v),
+    _doc(MONEY),
+]
+
+
+class ReportMoney(Response):
+    """The money value of one currency's purchased credits with a unit price."""
+
+    currency: str
+    opening: MoneyText = Field(description="Deferred (unconsumed) value at the start.")
+    issued: MoneyText = Field(description="Value of the credits sold.")
+    consumed: MoneyText = Field(description="Recognised revenue: value of the credits consumed.")
+    expired: MoneyText = Field(description="Breakage: value of the credits that expired.")
+    voided: MoneyText = Field(description="Refunded: value of the credits voided.")
+    adjusted: MoneyText = Field(description="Signed: value moved by adjustments.")
+    corrected: MoneyText = Field(description="Signed: value moved by usage corrections.")
+    closing: MoneyText = Field(description="Deferred (unconsumed) value at the end.")
+
+
+class ReportPeriod(Response):
+    """One month (or the whole range) of one credit system:
+    opening + issued − consumed − expired − voided + adjusted + corrected = closing."""
+
+    month: str = Field(description="`YYYY-MM`, or `YYYY-MM..YYYY-MM` for the range's total.")
+    opening: Credits
+    issued: Credits
+    issued_purchased: Credits
+    issued_granted: Credits
+    consumed: Credits
+    consumed_purchased: Credits
+    consumed_granted: Credits
+    expired: Credits
+    expired_purchased: Credits
+    expired_granted: Credits
+    voided: Credits
+    adjusted: Credits = Field(description="Signed.")
+    corrected: Credits = Field(description="Signed.")
+    closing: Credits
+    money: list[ReportMoney]
+
+
+class ReportSystem(Response):
+    credit_system: str
+    name: str
+    unit_plural: str
+    months: list[ReportPeriod]
+    total: ReportPeriod
+
+
+class CreditReport(Response):
+    month_from: str = Field(description="The first month, `YYYY-MM` (UTC).")
+    month_to: str = Field(description="The last month, `YYYY-MM` (UTC).")
+    systems: list[ReportSystem]
+
+
 def _page_of(name: str, item: type[Response]) -> type[Response]:
     """``{"data": [item, ...], "next_cursor": ...}``, read from a ``paging.Page``."""
     return create_model(
@@ -1087,4 +1153,5 @@ RESPONSES: tuple[type[Response], ...] = (
     PlanPreview,
     CustomerPlanResult,
     EventLogPage,
+    CreditReport,
 )

@@ -53,7 +53,7 @@ from ..models import (
 from . import audit, credits, outbox, validation
 from .actors import RECORD_USAGE, VIEW, Actor, require
 from .catalog import get_customer
-from .credits import burn
+from .credits import burn, rollup
 from .credits.rules import GrantRef, allocate, eligible_balance, spending_key
 from .money import MICROS, format_micros, parse_micros
 from .tx import transactional
@@ -589,6 +589,21 @@ def _write_correction_entries(
         grant.remaining_micros += back
         db.session.add(
             CreditAllocation(ledger_entry_id=entry.id, grant_id=grant.id, amount_micros=-back)
+        )
+        # The finance roll-forward: a refund is `corrected` (+) by the grant's terms; a part
+        # booked straight out again is rolled up as expired / voided by credits.post below.
+        rollup.defer(
+            db.session(),
+            [
+                rollup.grant_row(
+                    wallet.credit_system_id,
+                    wallet.customer_id,
+                    entry.created_at,
+                    "corrected",
+                    grant,
+                    back,
+                )
+            ],
         )
         if part.fate == "returned":
             continue

@@ -31,7 +31,7 @@ from ..models import (
 )
 from . import catalog
 from .actors import SYSTEM, Actor
-from .credits import EXPIRY_ACTOR, burn
+from .credits import EXPIRY_ACTOR, burn, rollup
 from .credits.rules import GrantRef, allocate, due, eligible_balance
 from .money import MICROS, credit_cost_micros, parse_micros
 from .periods import effective_period, period_start
@@ -290,6 +290,7 @@ class _Buffers:
         self.counters: list[dict[str, Any]] = []
         self.grants: list[dict[str, Any]] = []
         self.allocations: list[dict[str, Any]] = []
+        self.rollup: list[rollup.Row] = []
 
     def size(self) -> int:
         return len(self.events) + len(self.ledger)
@@ -321,6 +322,8 @@ class _Buffers:
                         ),
                     )
                 rows.clear()
+        rollup.add(session.connection(), self.rollup)
+        self.rollup.clear()
         session.commit()
 
 
@@ -421,6 +424,15 @@ def _seed_customer(
             "voided_micros": 0,
         }
         post("topup", amount, at, kind=kind, grant=gid, **extra)
+        add_rollup(at, "issued", gid, amount)
+
+    def add_rollup(at: datetime, category: str, gid: int, amount: int) -> None:
+        row = grant_rows[gid]
+        buf.rollup.append(
+            rollup.Row(
+                cs_id, at, category, row["kind"], row["currency"], row["unit_price"], amount, cid
+            )
+        )
 
     def book_expiries(at: datetime) -> None:
         for due_grant in due(grants, at):
@@ -436,6 +448,7 @@ def _seed_customer(
                 actor=EXPIRY_ACTOR,
                 reference=f"grant:{due_grant.id}",
             )
+            add_rollup(at, "expired", due_grant.id, left)
 
     opening = (3000 if big else 800) * MICROS
     grant("granted", opening, start, None, reference="DEMO-OPENING", note="Opening grant")
@@ -506,6 +519,7 @@ def _seed_customer(
                 buf.allocations.append(
                     {"ledger_entry_id": entry_id, "grant_id": paid_by.id, "amount_micros": part}
                 )
+                add_rollup(at, "consumed", paid_by.id, part)
         buf.events.append(
             {
                 "id": event_pk,

@@ -8,14 +8,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, String, and_, case, cast, func, literal, or_, select, union_all
+from sqlalchemy import (
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
 
 from ..extensions import db
 from ..models import (
+    CREDIT_BASE,
     DAILY_BASE,
     DAILY_SHARDS,
     CreditAllocation,
     CreditGrant,
+    CreditMonthly,
     Customer,
     Entitlement,
     Feature,
@@ -87,6 +101,8 @@ def verify_ledger() -> Report:
         _refunds_within_what_was_drawn(),
         _outbox_rows_in_log_order(),
         _grant_events_match_grants(),
+        _rollup_matches_ledger(),
+        _roll_forward_identity(),
     ]
     return Report(checks)
 
@@ -902,3 +918,211 @@ def _grant_events_match_grants() -> Check:
         .where(o.type.in_(types), or_(g.id.is_(None), booked <= 0)),
         lambda oid, type: f"outbox event {oid} ({type}) names no grant with that booking",
     )
+
+
+# ---------------------------------------------------------------- the finance roll-forward
+
+RollupKey = tuple[int, str, str, str, str, str]  # system, month (YYYY-MM), category, terms
+
+
+def _ordinals(n: int) -> list[Any]:
+    """GROUP BY 1, ..., n: the first n columns of the select (both databases)."""
+    return [literal_column(str(i)) for i in range(1, n + 1)]
+
+
+def _month(column: Any) -> Any:
+    """SQL: the UTC month of a (naive UTC) time, as YYYY-MM text."""
+    # The format is a literal, not a parameter: PostgreSQL matches GROUP BY expressions as text.
+    if db.engine.dialect.name == "sqlite":
+        return func.strftime(literal_column("'%Y-%m'"), column)
+    return func.to_char(column, literal_column("'YYYY-MM'"))
+
+
+def _rollup_stored() -> dict[RollupKey, int]:
+    """credit_monthly summed over its shards (rows grow with months, never with events)."""
+    m = CreditMonthly
+    stored: dict[RollupKey, int] = {}
+    rows = db.session.execute(
+        select(
+            m.credit_system_id,
+            m.month,
+            m.category,
+            m.kind,
+            m.currency,
+            m.unit_price,
+            m.amount_high,
+            m.amount_micros,
+        )
+    )
+    for sid, month, category, kind, currency, price, high, low in rows:
+        key = (sid, f"{month:%Y-%m}", category, kind, currency, price)
+        stored[key] = stored.get(key, 0) + high * CREDIT_BASE + low
+    return stored
+
+
+def _rollup_implied() -> dict[RollupKey, int]:
+    """What the ledger implies for credit_monthly (services/credits/rollup.py): entries naming
+    their grant with their own amount, the others through their allocations."""
+    e, g, a, w = LedgerEntry, CreditGrant, CreditAllocation, Wallet
+    terms = (g.kind, func.coalesce(g.currency, ""), func.coalesce(g.unit_price, ""))
+    own = (
+        select(
+            w.credit_system_id,
+            _month(e.created_at),
+            case(
+                (e.type == "topup", "issued"),
+                (e.type == "expiry", "expired"),
+                (e.type == "void", "voided"),
+                else_="adjusted",
+            ),
+            *terms,
+            exact_sum(
+                case((e.type.in_(("expiry", "void")), -e.amount_micros), else_=e.amount_micros)
+            ),
+        )
+        .join(w, w.id == e.wallet_id)
+        .join(g, g.id == e.grant_id)
+        .where(
+            or_(
+                e.type.in_(("topup", "expiry", "void")),
+                and_(e.type == "adjustment", e.amount_micros > 0),
+            )
+        )
+        .group_by(*_ordinals(6))
+    )
+    allocated = (
+        select(
+            w.credit_system_id,
+            _month(e.created_at),
+            case(
+                (e.type == "usage", "consumed"),
+                (e.type == "adjustment", "adjusted"),
+                else_="corrected",
+            ),
+            *terms,
+            exact_sum(case((e.type == "usage", a.amount_micros), else_=-a.amount_micros)),
+        )
+        .join(e, e.id == a.ledger_entry_id)
+        .join(w, w.id == e.wallet_id)
+        .join(g, g.id == a.grant_id)
+        .group_by(*_ordinals(6))
+    )
+    implied: dict[RollupKey, int] = {}
+    for stmt in (own, allocated):
+        for sid, month, category, kind, currency, price, total in db.session.execute(stmt):
+            key = (sid, month, category, kind, currency, price)
+            implied[key] = implied.get(key, 0) + int(total)
+    return {k: v for k, v in implied.items() if v}
+
+
+def _rollup_matches_ledger() -> Check:
+    """credit_monthly = what the ledger implies, for every credit system, month, category, kind,
+    currency and unit price (compared here: the rows grow with months, not events)."""
+    check = Check("monthly credit rollup = what the ledger implies")
+    stored = {k: v for k, v in _rollup_stored().items() if v}
+    implied = _rollup_implied()
+    for key in sorted(stored.keys() | implied.keys()):
+        check.checked += 1
+        have, want = stored.get(key, 0), implied.get(key, 0)
+        if have != want:
+            sid, month, category, kind, currency, price = key
+            check.violations.append(
+                f"credit_monthly system {sid} {month} {category} {kind} {currency or '-'} "
+                f"{price or '-'}: {format_micros(have)} but the ledger implies "
+                f"{format_micros(want)}"
+            )
+    del check.violations[MAX_REPORTED:]
+    return check
+
+
+_SIGN = {"issued": 1, "consumed": -1, "expired": -1, "voided": -1, "adjusted": 1, "corrected": 1}
+
+
+def _roll_forward_identity() -> Check:
+    """Every month of every credit system: opening + issued - consumed - expired - voided +
+    adjusted + corrected = closing, where the closing is what the ledger held at the month's end
+    (the system's entries booked until then); the last closing is the Σ of its wallets' balances,
+    and for each grant kind, currency and price it is what those grants hold (never negative)."""
+    check = Check("roll-forward: opening + movements = closing = ledger balance, every month")
+    flows: dict[tuple[int, str], int] = {}  # (system, month) -> net movement
+    by_terms: dict[tuple[int, str, str, str], int] = {}
+    low_point: dict[tuple[int, str, str, str], tuple[str, int]] = {}
+    stored = sorted(_rollup_stored().items(), key=lambda kv: (kv[0][1], kv[0]))
+    for i, ((sid, month, category, kind, currency, price), amount) in enumerate(stored):
+        flows[(sid, month)] = flows.get((sid, month), 0) + _SIGN[category] * amount
+        terms = (sid, kind, currency, price)
+        by_terms[terms] = by_terms.get(terms, 0) + _SIGN[category] * amount
+        month_ends = i + 1 == len(stored) or stored[i + 1][0][1] != month
+        if month_ends:
+            for seen, total in by_terms.items():
+                if total < 0 and seen not in low_point:
+                    low_point[seen] = (month, total)
+    ledger = {
+        (sid, month): int(total)
+        for sid, month, total in db.session.execute(
+            select(
+                Wallet.credit_system_id,
+                _month(LedgerEntry.created_at),
+                exact_sum(LedgerEntry.amount_micros),
+            )
+            .join(Wallet, Wallet.id == LedgerEntry.wallet_id)
+            .group_by(*_ordinals(2))
+        )
+    }
+    closing: dict[int, int] = {}
+    ledger_closing: dict[int, int] = {}
+    for sid, month in sorted(flows.keys() | ledger.keys(), key=lambda k: (k[1], k[0])):
+        check.checked += 1
+        opening = closing.get(sid, 0)
+        closing[sid] = opening + flows.get((sid, month), 0)
+        ledger_closing[sid] = ledger_closing.get(sid, 0) + ledger.get((sid, month), 0)
+        if closing[sid] != ledger_closing[sid]:
+            check.violations.append(
+                f"credit system {sid} {month}: opening {format_micros(opening)} plus the month's "
+                f"movements is {format_micros(closing[sid])}, but the ledger held "
+                f"{format_micros(ledger_closing[sid])} at its end"
+            )
+    wallets = {
+        sid: int(total)
+        for sid, total in db.session.execute(
+            select(Wallet.credit_system_id, exact_sum(Wallet.balance_micros)).group_by(
+                Wallet.credit_system_id
+            )
+        )
+    }
+    for sid in sorted(wallets.keys() | closing.keys()):
+        if closing.get(sid, 0) != wallets.get(sid, 0):
+            check.violations.append(
+                f"credit system {sid}: the last closing is {format_micros(closing.get(sid, 0))} "
+                f"but its wallets hold {format_micros(wallets.get(sid, 0))}"
+            )
+    g = CreditGrant
+    held = {
+        (sid, kind, currency, price): int(total)
+        for sid, kind, currency, price, total in db.session.execute(
+            select(
+                Wallet.credit_system_id,
+                g.kind,
+                func.coalesce(g.currency, ""),
+                func.coalesce(g.unit_price, ""),
+                exact_sum(g.remaining_micros),
+            )
+            .join(Wallet, Wallet.id == g.wallet_id)
+            .group_by(*_ordinals(4))
+        )
+    }
+    for terms in sorted(held.keys() | by_terms.keys()):
+        if held.get(terms, 0) != by_terms.get(terms, 0):
+            sid, kind, currency, price = terms
+            check.violations.append(
+                f"credit system {sid} {kind} {currency or '-'} {price or '-'}: the rollup closes "
+                f"at {format_micros(by_terms.get(terms, 0))} but those grants hold "
+                f"{format_micros(held.get(terms, 0))}"
+            )
+    for (sid, kind, currency, price), (month, amount) in sorted(low_point.items()):
+        check.violations.append(
+            f"credit system {sid} {kind} {currency or '-'} {price or '-'}: the rollup closes "
+            f"{month} at {format_micros(amount)}, below zero"
+        )
+    del check.violations[MAX_REPORTED:]
+    return check

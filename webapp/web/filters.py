@@ -9,6 +9,7 @@ from flask import Flask
 
 from ..models import utcnow
 from ..services.money import MICROS, format_micros
+from ..services.reports import money_text
 
 
 def credits(micros: int | None, places: int = 2) -> str:
@@ -175,3 +176,4 @@ def register(app: Flask) -> None:
     ):
         app.add_template_filter(fn)
     app.add_template_filter(format_micros, "plain")  # as typed into a box: 1234.5
+    app.add_template_filter(money_text, "money")  # an exact Decimal: 12.50

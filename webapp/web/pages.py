@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
 
-from ..errors import ValidationError
+from ..errors import NotFound, ValidationError
 from ..models import LEDGER_TYPES
-from ..services import catalog, dashboard, reads
+from ..services import catalog, dashboard, reads, reports
 from ..services.actors import MANAGE_WALLETS, VIEW, VIEW_LEDGER
 from ..services.credits import reads as credit_reads
 from ..services.dashboard.customers import NEAR_LIMIT_PERCENT, STATUS_FILTERS
@@ -592,3 +592,109 @@ def audit():
     )
     next_url = url_for("pages.audit", **args, before=page.next_before) if page.next_before else None
     return render_template("audit.html", page=page, args=args, next_url=next_url)
+
+
+# ---------------------------------------------------------------- the finance roll-forward
+
+REPORT_COLUMNS = (
+    "opening",
+    "issued",
+    "issued_purchased",
+    "issued_granted",
+    "consumed",
+    "consumed_purchased",
+    "consumed_granted",
+    "expired",
+    "expired_purchased",
+    "expired_granted",
+    "voided",
+    "adjusted",
+    "corrected",
+    "closing",
+)
+MONEY_COLUMNS = (
+    "opening",
+    "issued",
+    "consumed",
+    "expired",
+    "voided",
+    "adjusted",
+    "corrected",
+    "closing",
+)
+
+
+def _report_args() -> dict[str, str]:
+    return {name: request.args.get(name, "").strip() for name in ("from", "to", "system")}
+
+
+def _credit_report(args: dict[str, str]) -> reports.CreditReport:
+    return reports.credit_report(
+        current_actor(),
+        month_from=args["from"] or None,
+        month_to=args["to"] or None,
+        credit_system=args["system"] or None,
+    )
+
+
+@bp.get("/reports/credits")
+@requires(VIEW_LEDGER)
+def credit_report():
+    """The roll-forward per credit system and month; a bad month or system is named next to its
+    box (422), with nothing else read."""
+    args = _report_args()
+    systems = catalog.list_credit_systems(current_actor())
+    errors: dict[str, str] = {}
+    report = None
+    try:
+        report = _credit_report(args)
+    except (ValidationError, NotFound) as exc:
+        field = {"credit_system": "system"}.get(exc.field or "", exc.field or "from")
+        errors[field] = exc.message
+    if report is not None and not args["from"]:
+        args = {**args, "from": report.month_from, "to": report.month_to}
+    return (
+        render_template(
+            "reports/credits.html",
+            report=report,
+            args=args,
+            errors=errors,
+            systems=systems,
+            csv_url=url_for("pages.export_credit_report", **args),
+        ),
+        422 if errors else 200,
+    )
+
+
+@bp.get("/reports/credits.csv")
+@requires(VIEW_LEDGER)
+def export_credit_report():
+    """One row per credit system, month (and the range's total) and unit: `credits`, then one
+    per currency for the money value of priced purchased credits (whose split columns stay
+    empty)."""
+    args = _report_args()
+    report = _credit_report(args)
+    header = ["credit_system", "month", "unit", *REPORT_COLUMNS]
+    rows: list[list[Any]] = []
+    for system in report.systems:
+        for period in [*system.months, system.total]:
+            rows.append(
+                [
+                    system.credit_system,
+                    period.month,
+                    "credits",
+                    *(format_micros(getattr(period, c)) for c in REPORT_COLUMNS),
+                ]
+            )
+            for money in period.money:
+                values = {c: reports.money_text(getattr(money, c)) for c in MONEY_COLUMNS}
+                rows.append(
+                    [
+                        system.credit_system,
+                        period.month,
+                        money.currency,
+                        *(values.get(c, "") for c in REPORT_COLUMNS),
+                    ]
+                )
+    name = f"credits-{report.month_from}-{report.month_to}.csv"
+    return _csv_response(_csv_stream(header, iter([rows])), name)

@@ -29,7 +29,7 @@ from ...models import (
 from .. import alerts, outbox
 from ..money import check_total, format_micros
 from ..tx import transactional
-from . import burn
+from . import burn, rollup
 from .rules import GrantRef, allocate, due, eligible, eligible_balance, spending_key
 
 __all__ = [
@@ -136,6 +136,26 @@ def post(
     )
     db.session.add(entry)
     db.session.flush()
+    category = rollup.entry_category(type, amount_micros)
+    if category is not None and grant_id is not None:
+        # The entry's grant is in the session (just issued, or loaded under the wallet's lock):
+        # no query. Entries paid by allocations are rolled up where those are made (deduct).
+        grant = db.session.get(CreditGrant, grant_id)
+        assert grant is not None
+        name, sign = category
+        rollup.defer(
+            db.session(),
+            [
+                rollup.grant_row(
+                    wallet.credit_system_id,
+                    wallet.customer_id,
+                    now,
+                    name,
+                    grant,
+                    sign * amount_micros,
+                )
+            ],
+        )
     return entry
 
 
@@ -201,12 +221,25 @@ def deduct(
         )
     entry = entry_for()
     by_id = {g.id: g for g in grants}
+    name, sign = rollup.ALLOCATION_CATEGORY[entry.type]
+    rows = []
     for ref, part in allocate(list(refs.values()), amount, at):
         by_id[ref.id].remaining_micros = ref.remaining_micros
         db.session.add(
             CreditAllocation(ledger_entry_id=entry.id, grant_id=ref.id, amount_micros=part)
         )
+        rows.append(
+            rollup.grant_row(
+                wallet.credit_system_id,
+                wallet.customer_id,
+                entry.created_at,
+                name,
+                by_id[ref.id],
+                sign * part,
+            )
+        )
     db.session.flush()
+    rollup.defer(db.session(), rows)
     return entry
 
 

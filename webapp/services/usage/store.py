@@ -51,7 +51,7 @@ from .. import alerts, outbox
 from ..actors import Actor
 from ..audit import audit_row
 from ..bulk import bulk_insert, pipelined, use_copy
-from ..credits import EXPIRY_ACTOR, burn
+from ..credits import EXPIRY_ACTOR, burn, rollup
 from ..credits.rules import GrantRef, allocate, due
 from ..periods import period_start
 from .rules import (
@@ -133,6 +133,9 @@ class State:
     counter_before: dict[CounterKey, int] = field(default_factory=dict)
     counter_peak: dict[CounterKey, int] = field(default_factory=dict)
     blocked: list[dict[str, Any]] = field(default_factory=list)
+    # The terms the monthly rollup keys a loaded grant by: kind, currency, unit price.
+    terms: dict[int, tuple[str, str | None, str | None]] = field(default_factory=dict)
+    systems: dict[int, int] = field(default_factory=dict)  # wallet id -> credit system id
 
     def customer(self, key: str) -> CustomerRef:
         found = self.customers.get(key)
@@ -251,6 +254,51 @@ class State:
                 shares=shares,
             )
         return rows + blocked
+
+    def add_grant(self, wallet: WalletRef, row: Sequence[Any]) -> None:
+        """A loaded grant row: _GRANT_FIELDS, then _GRANT_TERMS."""
+        grant = GrantRef(*row[: len(_GRANT_FIELDS)])
+        wallet.grants.append(grant)
+        currency, price = row[len(_GRANT_FIELDS) :]
+        self.terms[grant.id] = (grant.kind, currency, price)
+
+    def rollup_rows(self, pending: Iterable[Pending]) -> list[rollup.Row]:
+        """What the booked expiries and the accepted events' allocations add to the monthly
+        rollup (each at its ledger entry's time)."""
+        rows = []
+        for e in self.expiries:
+            kind, currency, price = self.terms[e["grant_id"]]
+            rows.append(
+                rollup.Row(
+                    self.systems[e["wallet_id"]],
+                    e["created_at"],
+                    "expired",
+                    kind,
+                    currency,
+                    price,
+                    -e["amount_micros"],
+                    e["customer_id"],
+                )
+            )
+        for p in pending:
+            if p.ledger is None:
+                continue
+            sid = self.systems[p.ledger["wallet_id"]]
+            for gid, amount in p.allocations:
+                kind, currency, price = self.terms[gid]
+                rows.append(
+                    rollup.Row(
+                        sid,
+                        p.ledger["created_at"],
+                        "consumed",
+                        kind,
+                        currency,
+                        price,
+                        amount,
+                        p.ledger["customer_id"],
+                    )
+                )
+        return rows
 
     def debit(self, wallet: WalletRef, credits: int, at: datetime) -> list[tuple[int, int]]:
         """Take ``credits`` from the grants eligible at ``at`` in spending order: the parts
@@ -377,6 +425,8 @@ _GRANT_FIELDS = (
     CreditGrant.expires_at,
     CreditGrant.remaining_micros,
 )
+# And what the monthly rollup keys it by (besides its kind): currency, unit price.
+_GRANT_TERMS = (CreditGrant.currency, CreditGrant.unit_price)
 _SNAPSHOT_VERSION = (
     select(_wallet_then.version).where(_wallet_then.id == Wallet.id).scalar_subquery()
 )
@@ -397,6 +447,7 @@ _WALLETS = (
         _SNAPSHOT_VERSION,
         _THRESHOLD,
         *_GRANT_FIELDS,
+        *_GRANT_TERMS,
     )
     .outerjoin(
         CreditGrant,
@@ -411,6 +462,7 @@ _LIVE_GRANTS = (
     select(
         CreditGrant.wallet_id,
         *_GRANT_FIELDS,
+        *_GRANT_TERMS,
     )
     .where(
         CreditGrant.wallet_id.in_(bindparam("wids", expanding=True)),
@@ -479,15 +531,16 @@ def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
             wallet = state.wallets.get((cid, sid))
             if wallet is None:
                 wallet = state.wallets[(cid, sid)] = WalletRef(wid, balance, [], threshold)
+                state.systems[wid] = sid
                 if version != seen:
                     changed[wid] = wallet
             if grant[0] is not None:
-                wallet.grants.append(GrantRef(*grant))
+                state.add_grant(wallet, grant)
         if changed:
             for wallet in changed.values():
                 wallet.grants.clear()
             for wid, *grant in conn.execute(_LIVE_GRANTS, {"wids": sorted(changed)}):
-                changed[wid].grants.append(GrantRef(*grant))
+                state.add_grant(changed[wid], grant)
     return state
 
 
@@ -659,6 +712,7 @@ def write(
                 if p.ledger is not None
             ),
         )
+        rollup.add(conn, state.rollup_rows(pending))
         bulk_insert(conn, _audit_table, _audit_rows(actor, pending))
         outbox.emit_many(conn, events)
 
