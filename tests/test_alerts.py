@@ -330,6 +330,32 @@ def test_blocked_at_most_once_per_customer_feature_and_hour(app, clock):
 # ---------------------------------------------------------------- customers
 
 
+def test_a_correction_that_charges_more_may_cross_a_wallet_and_a_usage_threshold(catalog, clock):
+    """A correction upwards is a wallet write and a counter write like usage: its crossings go to
+    the outbox in its transaction (a refund crosses nothing downwards)."""
+    from webapp.services import corrections
+
+    topup("100")  # 110 credits
+    record(amount=100, event_id="e-fix")  # 110 -> 108; 100 of 1000 calls
+    set_threshold("95")
+    corrections.correct_usage(
+        SYSTEM, customer_key=C, event_id="e-fix", actual_amount="900", reason="typed 100"
+    )  # 800 more calls at 0.02: 108 -> 92 (under 95); 900 of 1000: 80 % reached
+    (low,) = data("wallet.balance_low")
+    assert (low["previous_balance"], low["balance"], low["cause"]) == ("108", "92", "correction")
+    reached = data("usage.threshold_reached")
+    assert [d["feature_key"] for d in reached] == ["api_calls"]
+    corrections.correct_usage(
+        SYSTEM, customer_key=C, event_id="e-fix", actual_amount="50", reason="it was 50"
+    )  # a refund: 92 -> 109, 50 calls
+    corrections.correct_usage(
+        SYSTEM, customer_key=C, event_id="e-fix", actual_amount="950", reason="no, 950"
+    )  # 109 -> 91 again: a second crossing of each (re-armed by the refund)
+    assert len(data("wallet.balance_low")) == 2
+    assert len(data("usage.threshold_reached")) == 2
+    assert len(data("usage.corrected")) == 3
+
+
 def test_customer_created_updated_deleted(app, clock):
     cat.create_customer(SYSTEM, key="cust-a", name="A", email="a@example.com")
     cat.update_customer(SYSTEM, "cust-a", name="A2")

@@ -50,7 +50,7 @@ from ..models import (
     Wallet,
     utcnow,
 )
-from . import audit, credits, outbox, validation
+from . import alerts, audit, credits, outbox, validation
 from .actors import RECORD_USAGE, VIEW, Actor, require
 from .catalog import get_customer
 from .credits import burn, rollup
@@ -479,9 +479,36 @@ def correct_usage(
     effect = _plan(target, actual, counter.used_micros, now, wallet=wallet)
     entry = None
     if effect.credits_micros and wallet is not None:
+        before = alerts.spendable(credits.live_grants(wallet.id), now)
         entry = _write_correction_entries(actor, wallet, target, effect, reason_text, now)
         effect = replace(effect, balance_after_micros=wallet.balance_micros)
+        # An extra charge may cross the wallet's low-balance threshold (docs/domain.md, "Alerts").
+        alerts.wallet_written(
+            wallet, before, credits.live_grants(wallet.id), now, cause="correction"
+        )
+    used_before = counter.used_micros
     counter.used_micros = effect.used_after_micros
+    if effect.used_after_micros > used_before:
+        # More usage may reach the entitlement's percentages of the event's own period.
+        allowance = db.session.scalar(
+            select(Entitlement.allowance_micros).where(
+                Entitlement.customer_id == target.customer.id,
+                Entitlement.feature_id == target.feature.id,
+            )
+        )
+        outbox.emit_many(
+            db.session.connection(),
+            alerts.usage_events(
+                customer_key=target.customer.key,
+                feature_key=target.feature.key,
+                allowance=allowance,
+                before=used_before,
+                after=effect.used_after_micros,
+                period_start=target.event.period_start,
+                at=now,
+                shares=alerts.percentages(),
+            ),
+        )
     correction = UsageCorrection(
         usage_event_id=target.event.id,
         customer_id=target.customer.id,
