@@ -665,7 +665,7 @@ def test_the_migration_backfills_the_rollup_from_the_ledger(backend, database_ur
             set_clock(None)
             db.session.remove()
             db.engine.dispose()
-    down = _flask(url, "db", "downgrade", "a3c5e7f9b1d4")
+    down = _flask(url, "db", "downgrade", "c4e6a8b0d2f3")  # the revision before the rollup
     assert down.returncode == 0, down.stderr
     up = _flask(url, "db", "upgrade")
     assert up.returncode == 0, up.stderr

@@ -314,3 +314,34 @@ def test_the_migration_turns_legacy_wallets_into_grants(backend, database_url, t
         ("granted", 2 * m, 2 * m, 100, None),
     ]
     assert [tuple(a) for a in allocations] == [(3, 2, 3 * m), (4, 2, 2 * m), (4, 1, 2 * m)]
+
+
+def test_outbox_rows_written_before_the_event_log_order_pass_verify_after_upgrade(
+    backend, database_url, tmp_path
+):
+    """An outbox row that exists when the alerts revision adds `tx_order` is committed and older
+    than every transaction in flight: on PostgreSQL it gets the lowest order (1), not 0, which
+    `ledger verify` would take for a row written past outbox.emit."""
+    import sqlalchemy as sa
+
+    url = _fresh_database(backend, database_url, tmp_path, "outbox_order")
+    up = _flask(url, "db", "upgrade", "c8e2f4a6b0d1")  # the revision before alerts
+    assert up.returncode == 0, up.stderr
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO outbox_events (type, created_at, data) "
+                "VALUES ('customer.created', '2026-11-30 10:00:00', '{}')"
+            )
+        )
+    engine.dispose()
+    up = _flask(url, "db", "upgrade")
+    assert up.returncode == 0, up.stderr
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        order = conn.execute(sa.text("SELECT tx_order FROM outbox_events")).scalar_one()
+    engine.dispose()
+    assert order == (1 if backend == "postgresql" else 0)
+    verified = _flask(url, "ledger", "verify")
+    assert verified.returncode == 0, verified.stdout

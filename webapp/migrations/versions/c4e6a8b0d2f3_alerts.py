@@ -22,6 +22,10 @@ def upgrade():
             sa.Column('tx_order', sa.BigInteger(), server_default='0', nullable=False)
         )
         batch.create_index('ix_outbox_events_log', ['tx_order', 'id'], unique=False)
+    if op.get_bind().dialect.name == 'postgresql':
+        # Rows written before this revision are committed and older than any transaction still
+        # in flight: the lowest order a transaction id can have (the log shows them first).
+        op.execute("UPDATE outbox_events SET tx_order = 1 WHERE tx_order = 0")
 
 
 def downgrade():
