@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Protocol
 
 from ..money import format_micros
-from .rules import spending_key
+from .rules import Spendable, spending_key
 
 WINDOW_DAYS = 30
 DAY = timedelta(days=1)
@@ -21,20 +21,10 @@ _MICROSECONDS_A_DAY = 86_400_000_000
 _LATEST = datetime.max.replace(tzinfo=UTC)
 
 
-class LiveGrant(Protocol):
+class LiveGrant(Spendable, Protocol):
     """What the simulation looks at: a GrantRef or a GrantView (the spending order's fields and
     what the grant holds)."""
 
-    @property
-    def id(self) -> int: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def effective_at(self) -> datetime: ...
-    @property
-    def expires_at(self) -> datetime | None: ...
     @property
     def remaining_micros(self) -> int: ...
 
