@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -29,31 +29,18 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
 
 from ...models import DAILY_BASE, LedgerEntry, WalletBurnDaily
+from ..carry import carry_upserts
 
 WINDOW_DAYS = 30  # the burn rate is what the last 30 UTC days (today included) consumed, ÷ 30
 
 _table = cast(Table, WalletBurnDaily.__table__)
 
 
-def _upsert(dialect: Any) -> Insert:
-    # As usage_daily: both parts move in one statement; the two low parts are in [0, BASE), so
-    # their sum is too small to overflow and carries into the high part (floor division of a
-    # non-negative number, the same in SQL and in Python).
-    stmt = dialect.insert(_table)
-    low = _table.c.consumed_micros + stmt.excluded.consumed_micros
-    high = _table.c.consumed_high + stmt.excluded.consumed_high + low // DAILY_BASE
-    upsert: Insert = stmt.on_conflict_do_update(
-        index_elements=["wallet_id", "day"],
-        set_={"consumed_micros": low % DAILY_BASE, "consumed_high": high},
-    )
-    return upsert
-
-
-_UPSERT = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
+_UPSERT = carry_upserts(
+    _table, ["wallet_id", "day"], "consumed_micros", "consumed_high", DAILY_BASE
+)
 
 
 def day_of(at: datetime) -> date:

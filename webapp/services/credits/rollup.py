@@ -26,14 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import Connection, Table, event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.sql.dml import Insert
 
 from ...models import CREDIT_BASE, CREDIT_SHARDS, CreditGrant, CreditMonthly
+from ..carry import carry_upserts
 
 # Which category a ledger entry's own amount (entries naming one grant) or its allocations go to,
 # and with which sign: the row's amount is sign * the entry amount / the allocation amount.
@@ -72,28 +71,13 @@ def month_of(at: datetime) -> date:
 _table = cast(Table, CreditMonthly.__table__)
 
 
-def _upsert(dialect: Any) -> Insert:
-    # The low parts are both in [0, CREDIT_BASE): their sum is never negative, so SQL's integer
-    # division and remainder (which truncate) carry exactly, whatever the signs of the high parts.
-    stmt = dialect.insert(_table)
-    low = _table.c.amount_micros + stmt.excluded.amount_micros
-    high = _table.c.amount_high + stmt.excluded.amount_high + low // CREDIT_BASE
-    upsert: Insert = stmt.on_conflict_do_update(
-        index_elements=[
-            "credit_system_id",
-            "month",
-            "category",
-            "kind",
-            "currency",
-            "unit_price",
-            "shard",
-        ],
-        set_={"amount_micros": low % CREDIT_BASE, "amount_high": high},
-    )
-    return upsert
-
-
-_UPSERT = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
+_UPSERT = carry_upserts(
+    _table,
+    ["credit_system_id", "month", "category", "kind", "currency", "unit_price", "shard"],
+    "amount_micros",
+    "amount_high",
+    CREDIT_BASE,
+)
 
 
 def sums(rows: Iterable[Row]) -> dict[Key, int]:

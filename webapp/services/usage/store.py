@@ -23,9 +23,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
-from sqlalchemy.sql.dml import Insert
 
 from ...errors import CustomerNotFound, DomainError, FeatureNotFound
 from ...extensions import db
@@ -51,6 +49,7 @@ from .. import alerts, outbox
 from ..actors import Actor
 from ..audit import audit_row
 from ..bulk import bulk_insert, pipelined, use_copy
+from ..carry import carry_upserts
 from ..credits import EXPIRY_ACTOR, burn, rollup
 from ..credits.rules import GrantRef, allocate, due
 from ..periods import period_start
@@ -620,20 +619,9 @@ _UPDATE_WALLET = (
 )
 
 
-def _daily_upsert(dialect: Any) -> Insert:
-    # Both parts move in one statement: the low part stays in [0, DAILY_BASE) and carries into
-    # the high part, so that no sum of customers' usage overflows a 64-bit column.
-    stmt = dialect.insert(_daily_table)
-    low = _daily_table.c.amount_micros + stmt.excluded.amount_micros
-    high = _daily_table.c.amount_high + stmt.excluded.amount_high + low // DAILY_BASE
-    upsert: Insert = stmt.on_conflict_do_update(
-        index_elements=["feature_id", "day", "shard"],
-        set_={"amount_micros": low % DAILY_BASE, "amount_high": high},
-    )
-    return upsert
-
-
-_UPSERT_DAILY = {"sqlite": _daily_upsert(sqlite), "postgresql": _daily_upsert(postgresql)}
+_UPSERT_DAILY = carry_upserts(
+    _daily_table, ["feature_id", "day", "shard"], "amount_micros", "amount_high", DAILY_BASE
+)
 
 
 def add_to_daily(conn: Connection, events: Iterable[Mapping[str, Any]]) -> None:
