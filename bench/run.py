@@ -193,7 +193,7 @@ def seed_crossing(count):
                               f"(SELECT max(id) FROM {table}))"))
     db.session.commit()
     # Fresh statistics, and on PostgreSQL the vacuum that autovacuum would otherwise start on
-    # these bulk-loaded tables in the middle of the measurements (it did, in the batch runs).
+    # these bulk-loaded tables (insert-triggered) during the measurements.
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(text("VACUUM ANALYZE" if c.dialect.name == "postgresql" else "ANALYZE"))
 
