@@ -9,8 +9,10 @@ starts gunicorn with
 WEBAPP_BENCH_MODE=true (which adds the /bench floors) and runs, each with 16 connections:
 
   noop      GET /bench/noop: API-key auth and a JSON answer (HTTP floor)
-  raw       POST /bench/raw: RecordUsage's four writes through the raw driver (write floor)
+  raw       POST /bench/raw: RecordUsage's writes through the raw driver (write floor)
   single    POST /api/v1/usage, one event per request, over 100 customers
+  crossing  the same, each event for a new customer whose allowance it takes to 80 %: one
+            usage.threshold_reached row in the outbox per request (checked afterwards)
   batch     POST /api/v1/usage/batch, 1,000 events per request, over 100 customers
   hot       POST /api/v1/usage, all 16 connections on one customer's wallet
   spread    the same over 100 customers (== single, measured again next to hot)
@@ -118,6 +120,84 @@ from webapp import create_app
 from webapp.services import auth, catalog, usage, wallets
 from webapp.services.actors import SYSTEM
 
+
+
+def seed_crossing(count):
+    # Customers bench-x0 ... bench-x<count-1> for the crossing scenario, with bulk inserts
+    # (what the services would write, minus their audit and customer.created rows): an
+    # entitlement to bench_calls with an allowance of 1.25 a month, the month's usage counter
+    # at 0 (a first event moves it, as for the other bench customers), a wallet with one
+    # purchased grant of 1,000 credits, its topup entry and its line in the monthly credit
+    # rollup. A first event of 1 reaches 80 % of 1.25, not 100 %: one usage.threshold_reached
+    # row each.
+    from datetime import timedelta
+    from sqlalchemy import func, select, text
+    from webapp.extensions import db
+    from webapp.models import (CreditGrant, CreditSystem, Customer, Entitlement, Feature,
+                               LedgerEntry, UsageCounter, Wallet, utcnow)
+    from webapp.services.bulk import bulk_insert
+    from webapp.services.credits import rollup
+    from webapp.services.periods import period_start
+
+    now = utcnow()
+    at = now - timedelta(minutes=1)
+    credits = 1000 * 1_000_000
+    fid = db.session.scalar(select(Feature.id).where(Feature.key == "bench_calls"))
+    sid = db.session.scalar(select(CreditSystem.id).where(CreditSystem.key == "bench_credits"))
+    first = {m: (db.session.scalar(select(func.max(m.id))) or 0) + 1
+             for m in (Customer, Wallet, CreditGrant, LedgerEntry)}
+    conn = db.session.connection()
+    chunk = 20_000
+    for start in range(0, count, chunk):
+        n = range(start, min(start + chunk, count))
+        cid = [first[Customer] + i for i in n]
+        wid = [first[Wallet] + i for i in n]
+        gid = [first[CreditGrant] + i for i in n]
+        eid = [first[LedgerEntry] + i for i in n]
+        rows = {
+            Customer: [{"id": cid[j], "key": f"bench-x{i}", "name": f"bench-x{i}",
+                        "email": None, "status": "active", "metadata": {}, "created_at": at}
+                       for j, i in enumerate(n)],
+            Entitlement: [{"customer_id": c, "feature_id": fid,
+                           "allowance_micros": 1_250_000, "reset_period": "month",
+                           "overage": "block", "updated_at": at} for c in cid],
+            Wallet: [{"id": w, "customer_id": c, "credit_system_id": sid,
+                      "balance_micros": credits, "low_balance_threshold_micros": None,
+                      "created_at": at, "updated_at": at, "version": 1}
+                     for w, c in zip(wid, cid)],
+            CreditGrant: [{"id": g, "wallet_id": w, "customer_id": c, "kind": "purchased",
+                           "amount_micros": credits, "remaining_micros": credits,
+                           "priority": 200, "effective_at": at, "expires_at": None,
+                           "reference": None, "note": None, "unit_price": None,
+                           "currency": None, "actor": SYSTEM.label, "created_at": at,
+                           "expired_at": None, "expired_micros": 0, "voided_at": None,
+                           "voided_micros": 0} for g, w, c in zip(gid, wid, cid)],
+            LedgerEntry: [{"id": e, "wallet_id": w, "customer_id": c, "type": "topup",
+                           "kind": "purchased", "amount_micros": credits,
+                           "balance_after_micros": credits, "usage_event_id": None,
+                           "grant_id": g, "reference": None, "note": None,
+                           "idempotency_key": None, "fingerprint": None,
+                           "actor": SYSTEM.label, "created_at": at}
+                          for e, g, w, c in zip(eid, gid, wid, cid)],
+            UsageCounter: [{"customer_id": c, "feature_id": fid,
+                            "period_start": period_start(now, "month"), "used_micros": 0}
+                           for c in cid],
+        }
+        for model, values in rows.items():
+            bulk_insert(conn, model.__table__, values)
+        rollup.add(conn, [rollup.Row(sid, at, "issued", "purchased", None, None, credits, c)
+                          for c in cid])
+    if conn.dialect.name == "postgresql":
+        for table in ("customers", "wallets", "credit_grants", "ledger_entries"):
+            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                              f"(SELECT max(id) FROM {table}))"))
+    db.session.commit()
+    # Fresh statistics, and on PostgreSQL the vacuum that autovacuum would otherwise start on
+    # these bulk-loaded tables (insert-triggered) during the measurements.
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(text("VACUUM ANALYZE" if c.dialect.name == "postgresql" else "ANALYZE"))
+
+
 app = create_app()
 with app.app_context():
     upgrade()
@@ -132,13 +212,14 @@ with app.app_context():
         wallets.topup_wallet(SYSTEM, customer_key=key, credit_system="bench_credits",
                              amount="1000000000")
         usage.record_usage(SYSTEM, customer_key=key, feature_key="bench_calls", amount=1)
+    seed_crossing(int(sys.argv[2]))
     print(auth.create_api_key(SYSTEM, name="bench", role="admin").secret)
 """
 
 
-def setup_data(url: str, customers: int) -> str:
+def setup_data(url: str, customers: int, crossing: int) -> str:
     out = subprocess.run(
-        [sys.executable, "-c", SETUP_CODE, str(customers)],
+        [sys.executable, "-c", SETUP_CODE, str(customers), str(crossing)],
         env=app_env(url),
         cwd=ROOT,
         capture_output=True,
@@ -149,15 +230,41 @@ def setup_data(url: str, customers: int) -> str:
 
 
 def count_events(url: str) -> int:
+    return scalar(url, "SELECT count(*) FROM usage_events")
+
+
+def scalar(url: str, sql: str) -> int:
     if url.startswith("sqlite"):
         import sqlite3
 
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-            return conn.execute("SELECT count(*) FROM usage_events").fetchone()[0]
+            return conn.execute(sql).fetchone()[0]
     import psycopg
 
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
-        return conn.execute("SELECT count(*) FROM usage_events").fetchone()[0]
+        return conn.execute(sql).fetchone()[0]  # type: ignore[index]
+
+
+def crossing_check(url: str, accepted: int) -> dict[str, Any]:
+    """After the crossing runs: the events of the bench-x customers, the usage alerts in the
+    outbox, and customers with more than one event (a reused customer crosses nothing)."""
+    events = scalar(
+        url,
+        "SELECT count(*) FROM usage_events e JOIN customers c ON c.id = e.customer_id "
+        "WHERE c.key LIKE 'bench-x%'",
+    )
+    outbox = scalar(
+        url, "SELECT count(*) FROM outbox_events WHERE type = 'usage.threshold_reached'"
+    )
+    reused = scalar(
+        url,
+        "SELECT count(*) FROM (SELECT e.customer_id FROM usage_events e JOIN customers c "
+        "ON c.id = e.customer_id WHERE c.key LIKE 'bench-x%' GROUP BY e.customer_id "
+        "HAVING count(*) > 1) AS r",
+    )
+    # wrk counts the answers it read; requests in flight when it stops are still recorded.
+    ok = outbox == events and reused == 0 and events >= accepted
+    return {"events": events, "outbox": outbox, "reused": reused, "accepted": accepted, "ok": ok}
 
 
 # ---------------------------------------------------------------- server and load
@@ -326,13 +433,33 @@ def run_api(kind: str, args: argparse.Namespace, port: int) -> dict[str, Any]:
     secs = args.seconds
     res: dict[str, Any] = {"db": kind}
     with ThreadPoolExecutor(1) as pool:
-        data = pool.submit(setup_data, url, args.customers)  # while gunicorn starts
+        # while gunicorn starts
+        data = pool.submit(setup_data, url, args.customers, args.crossing)
         with Server(url, port, args.workers, args.threads) as server:
             key = data.result()
 
             def run(path: str, script: str, **env: Any) -> Callable[[float], dict[str, Any]]:
                 env.setdefault("BENCH_CUSTOMERS", str(args.customers))
                 return lambda s: wrk(server, path, script, s, key, **env)
+
+            # Each crossing run (round) gets its own range of never-used bench-x customers,
+            # split between wrk's two threads.
+            crossing_runs = 0
+            per_run = args.crossing // args.rounds
+
+            def crossing(s: float) -> dict[str, Any]:
+                nonlocal crossing_runs
+                first = crossing_runs * per_run
+                crossing_runs += 1
+                return wrk(
+                    server,
+                    "/api/v1/usage",
+                    "crossing.lua",
+                    s,
+                    key,
+                    BENCH_CROSS_FIRST=str(first),
+                    BENCH_CROSS_SPAN=str(per_run // 2),
+                )
 
             if not args.quick:  # a smoke test needs no warm-up
                 run("/bench/noop", "noop.lua")(1)  # warm-up: workers, pools, caches
@@ -344,9 +471,13 @@ def run_api(kind: str, args: argparse.Namespace, port: int) -> dict[str, Any]:
                     noop=run("/bench/noop", "noop.lua"),
                     raw=run("/bench/raw", "raw.lua"),
                     single=run("/api/v1/usage", "single.lua"),
+                    crossing=crossing,
                     seconds=secs,
                 )
             )
+            c = res["crossing"]
+            res["crossing_check"] = crossing_check(url, c["requests"] - c["non2xx"])
+            print(f"# {kind}: crossing outbox check: {res['crossing_check']}", file=sys.stderr)
             before = count_events(url)
             # A quick run sends one batch per worker at a time (16 queued batches of 1,000 events
             # would keep the workers busy for seconds after the run), for two seconds: on a busy
@@ -541,11 +672,22 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
                 ("noop", "floor: no-op JSON (`GET /bench/noop`)"),
                 ("raw", "floor: raw-driver writes (`POST /bench/raw`)"),
                 ("single", "1. single event `POST /api/v1/usage`"),
+                ("crossing", "1b. single event that crosses a threshold (+1 outbox row)"),
             ):
-                x = a[name]
+                x = a.get(name)
+                if x is None:
+                    continue
+                note = ""
+                if name == "crossing":
+                    k = a["crossing_check"]
+                    note = (
+                        f"; {k['events']:,} events recorded, {k['outbox']:,} outbox rows "
+                        f"(usage.threshold_reached), {k['reused']} customers reused: "
+                        f"{'one row per event' if k['ok'] else 'MISMATCH'}"
+                    )
                 rows.append(
                     f"| {d} | {label} | {served(x)} | "
-                    f"{x['requests']:,} requests, {x['non2xx']} non-2xx |"
+                    f"{x['requests']:,} requests, {x['non2xx']} non-2xx{note} |"
                 )
             b = a["batch"]
             rows.append(
@@ -565,7 +707,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
             target2 = 30000 if d == "sqlite" else 10000
             ratios += [
                 f"{d}: single/raw = {ratio(a['single'], a['raw'])} (≥ 0.75), "
-                f"single p99 = {a['single']['p99_us'] / 1000:.1f} ms (≤ 15)",
+                f"single p99 = {a['single']['p99_us'] / 1000:.1f} ms (≤ 15), "
+                f"single/noop = {ratio(a['single'], a['noop'])}, "
+                f"crossing/raw = {ratio(a['crossing'], a['raw'])}, crossing/single = "
+                f"{ratio(a['crossing'], a['single'])}, outbox rows = events: "
+                f"{a['crossing_check']['ok']}",
                 f"{d}: batch = {batches(b).split(' |')[0]} (≥ {target2:,} events/s)",
                 f"{d}: hot/spread = {ratio(a['hot'], a['spread'])} (≥ 0.5), "
                 f"verify {'clean' if a['verify_ok'] else 'FAILED'}, {non2xx} non-2xx (0)",
@@ -613,9 +759,12 @@ def main() -> None:
     if args.seconds is None:
         args.seconds = 1 if args.quick else 15
     args.customers = 20 if args.quick else CUSTOMERS
+    args.rounds = 1 if args.quick else 3
+    # Never-used customers for the crossing scenario: one per request, with room to spare
+    # (6,000 a second is more than twice the no-op floor's throughput here).
+    args.crossing = max(6000, round(args.seconds * 6000))
     if args.workers is None:
         args.workers = 2 if args.quick else 4  # each worker imports the app: seconds of CPU
-    args.rounds = 1 if args.quick else 3
     args.dash_customers = 200 if args.quick else 10000
     args.dash_small = 1_000 if args.quick else 10_000
     args.dash_large = 5_000 if args.quick else 1_000_000
@@ -649,8 +798,8 @@ def main() -> None:
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, "
         f"Python {m['python']}. gunicorn {args.workers} sync workers"
         f"{f' x {args.threads} threads' if args.threads > 1 else ''}, wrk 2 threads, "
-        f"{CONNECTIONS} connections, {args.seconds:g} s per scenario (noop/raw/single and "
-        f"hot/spread interleaved in {args.rounds} rounds each; batch in one run). "
+        f"{CONNECTIONS} connections, {args.seconds:g} s per scenario (noop/raw/single/crossing "
+        f"and hot/spread interleaved in {args.rounds} rounds each; batch in one run). "
         f"SQLite synchronous={os.environ.get('WEBAPP_SQLITE_SYNCHRONOUS', 'FULL')}."
     )
     if "sqlite" in args.db.split(","):
@@ -668,7 +817,7 @@ def main() -> None:
     # A smoke test fails on what is wrong whatever the machine's load: a ledger violation or an
     # answer other than 2xx. Slow numbers are reported, never a failure.
     apis = [r["api"] for r in results if "api" in r]
-    broken = any(not a["verify_ok"] for a in apis) or any(
+    broken = any(not (a["verify_ok"] and a["crossing_check"]["ok"]) for a in apis) or any(
         x.get("non2xx") for a in apis for x in a.values() if isinstance(x, dict)
     )
     sys.exit(1 if broken else 0)
