@@ -264,6 +264,34 @@ def test_an_allowance_lowered_past_the_usage_reaches_its_percentages(catalog, cl
     assert [d["cause"] for d in data("usage.threshold_reached")][-1] == "usage"
 
 
+def test_a_plan_edit_that_lowers_an_allowance_past_the_usage_reaches_its_percentages(
+    catalog, clock
+):
+    """A plan edit writes every customer's entitlement like a single edit does: an allowance
+    lowered past what the period used is a crossing, in the transaction of that customer's batch."""
+    from webapp.services import plans
+
+    def edit(allowance: str) -> None:
+        spec = {"feature_key": "api_calls", "reset_period": "month", "overage": "allow"}
+        plans.update_plan(SYSTEM, "pro", entitlements=[{**spec, "allowance": allowance}])
+
+    plans.create_plan(SYSTEM, key="pro", name="Pro")
+    edit("2000")
+    plans.change_customer_plan(SYSTEM, C, "pro")
+    topup("100")
+    record(amount=900)  # 45 % of 2000
+    edit("1000")  # 90 %: 80 % reached
+    edit("1000")  # unchanged: nothing
+    edit("5000")  # 18 %: re-armed
+    edit("900")  # 100 %: both
+    reached = data("usage.threshold_reached")
+    assert [(d["percentage"], d["allowance"], d["cause"]) for d in reached] == [
+        (80, 1000, "allowance"),
+        (80, 900, "allowance"),
+        (100, 900, "allowance"),
+    ]
+
+
 def test_a_threshold_raised_past_the_balance_is_a_crossing(catalog, clock):
     set_threshold("10")  # 10 <= 10: low now
     set_threshold("12")  # still low: nothing

@@ -33,7 +33,7 @@ from ...models import (
     UsageCounter,
     utcnow,
 )
-from .. import audit, credits, validation
+from .. import alerts, audit, credits, outbox, validation
 from ..actors import ADMIN, VIEW, Actor, require
 from ..money import format_micros, parse_micros
 from ..periods import effective_period, next_reset, period_start
@@ -461,6 +461,7 @@ def _write(
     """Write the decided rows, delete those no longer granted; the feature keys that changed."""
     rows = ctx.rows[customer.id]
     changed: list[str] = []
+    crossings: list[dict[str, Any]] = []
     for fid, decision in decisions.items():
         eff = target[fid]
         row = rows.get(fid)
@@ -468,6 +469,21 @@ def _write(
             row = Entitlement(customer_id=customer.id, feature_id=fid)
             db.session.add(row)
             rows[fid] = row
+        feature, new_allowance = ctx.features[fid], decision.spec.allowance
+        if feature.type != "boolean" and new_allowance and new_allowance != row.allowance_micros:
+            # As a single entitlement edit (catalog): an allowance lowered past what the period
+            # used reaches its percentages now (docs/domain.md, "Alerts").
+            period = effective_period(feature.type, decision.spec.reset_period)
+            crossings += alerts.allowance_events(
+                customer_key=customer.key,
+                feature_key=feature.key,
+                used=ctx.used_now(customer.id, fid, decision.spec.reset_period),
+                old_allowance=row.allowance_micros,
+                new_allowance=new_allowance,
+                period_start=period_start(ctx.now, period),
+                at=ctx.now,
+                shares=alerts.percentages(),
+            )
         values = (
             decision.spec.allowance,
             decision.spec.reset_period,
@@ -501,6 +517,7 @@ def _write(
     for fid in [f for f in rows if f not in target]:
         db.session.delete(rows.pop(fid))
         changed.append(ctx.features[fid].key)
+    outbox.emit_many(db.session.connection(), crossings)
     return changed
 
 
