@@ -154,7 +154,7 @@ def test_both_secrets_sign_during_a_rotation():
 
 
 def test_retry_delay_grows_with_jitter_and_is_capped():
-    s = delivery.Settings(retry_base_s=5, retry_max_s=3600)
+    s = delivery.Settings(retry_base=timedelta(seconds=5), retry_max=timedelta(hours=1))
     assert delivery.retry_delay(1, s, 0.0) == timedelta(seconds=2.5)
     assert delivery.retry_delay(1, s, 0.999999) < timedelta(seconds=5)
     assert delivery.retry_delay(4, s, 0.0) == timedelta(seconds=20)
@@ -270,7 +270,7 @@ def test_a_delivery_fails_after_three_days(hooks_app, receiver, clock):
 def test_a_claim_whose_worker_died_is_retried_after_the_lease(hooks_app, receiver, clock):
     endpoint(receiver)
     emit(("wallet.depleted", {"customer": "c1"}))
-    settings = delivery.Settings(lease_s=60)
+    settings = delivery.Settings(lease=timedelta(seconds=60))
     delivery.fan_out(settings)
     first = delivery.claim("dead-worker", settings)
     assert [c.number for c in first] == [1]

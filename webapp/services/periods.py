@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the one period of `never` and of persistent features
 
@@ -39,3 +40,9 @@ def next_reset(at: datetime, reset_period: str) -> datetime | None:
 
 def effective_period(feature_type: str, reset_period: str) -> str:
     return reset_period if feature_type == "consumable" else "never"
+
+
+def duration(value: object, *, unit: timedelta = timedelta(seconds=1)) -> timedelta:
+    """A setting counted in ``unit`` (seconds by default), such as 5, "0.2" or 1.5, as an exact
+    timedelta: read as a decimal to the microsecond, never through a float."""
+    return timedelta(microseconds=int(Decimal(str(value)) * (unit // timedelta(microseconds=1))))

@@ -2,7 +2,7 @@
 
 Each round: run the periodic jobs that are due, fan new outbox events out to deliveries, then
 claim a batch of due deliveries, send them (``concurrency`` at a time, no transaction open) and
-record the results. When a round finds nothing to do the worker naps ``poll_s``.
+record the results. When a round finds nothing to do the worker naps ``poll``.
 
 Periodic jobs are ``JOBS`` below: a name, an interval and a function of ``now``. Whichever worker
 claims the job's ``worker_jobs`` row when it is due runs it (FOR UPDATE SKIP LOCKED), so a job
@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..extensions import db
 from ..models import WorkerJob, utcnow
+from .periods import duration
 from .tx import write_transaction
 from .webhooks import delivery, sender
 
@@ -67,7 +68,7 @@ def _plans_tick(now: datetime) -> object:
 def jobs(config: Any) -> list[PeriodicJob]:
     """The periodic jobs. One line each; the function takes ``now`` and may return a summary
     for the log."""
-    retention = float(config.get("OUTBOX_RETENTION_DAYS", 30))
+    retention = config.get("OUTBOX_RETENTION_DAYS", 30)  # days, read exactly by prune
     # Another job is one more line, e.g.
     #   PeriodicJob("alerts.scan_expiring", timedelta(hours=1), alerts.scan_expiring),
     # with its module imported here (inside the function: no import cycle).
@@ -147,14 +148,14 @@ def run_due_jobs(
 
 @dataclass
 class WorkerSettings:
-    poll_s: float = 1.0
+    poll: timedelta = timedelta(seconds=1)
     batch: int = 50
     concurrency: int = 8
 
     @classmethod
     def of(cls, config: Any) -> WorkerSettings:
         return cls(
-            poll_s=float(config.get("WORKER_POLL_SECONDS", 1.0)),
+            poll=duration(config.get("WORKER_POLL_SECONDS", 1)),
             batch=int(config.get("WORKER_BATCH", 50)),
             concurrency=int(config.get("WORKER_CONCURRENCY", 8)),
         )
@@ -206,7 +207,8 @@ class Worker:
         """At most as many deliveries as can all be sent well within their lease, even if
         every call takes its full 10 s: otherwise a slow endpoint's batch could outlive the
         lease and be claimed (and sent) again by another worker."""
-        rounds = max(1, int((self.delivery.lease_s - sender.TIMEOUT_S) // sender.TIMEOUT_S))
+        timeout = timedelta(seconds=sender.TIMEOUT_S)
+        rounds = max(1, (self.delivery.lease - timeout) // timeout)
         return max(1, min(self.settings.batch, self.settings.concurrency * rounds))
 
     def deliver_due(self) -> int:
@@ -258,16 +260,16 @@ class Worker:
                     # (doubling up to a minute); claims left behind are retried after their lease.
                     db.session.remove()
                     failures += 1
-                    pause = min(60.0, self.settings.poll_s * 2**failures)
-                    log.exception("round failed; trying again in %.1f s", pause)
+                    pause = min(timedelta(minutes=1), self.settings.poll * 2**failures)
+                    log.exception("round failed; trying again in %s", pause)
                     if until_idle:
                         raise
-                    self.stop.wait(pause)
+                    self.stop.wait(pause.total_seconds())
                     continue
                 if work == 0:
                     if until_idle:
                         break
-                    self.stop.wait(self.settings.poll_s)
+                    self.stop.wait(self.settings.poll.total_seconds())
         finally:
             self.close()
             log.info("worker %s stopped", self.name)

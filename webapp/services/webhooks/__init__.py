@@ -33,7 +33,10 @@ def allow_private() -> bool:
 
 
 def give_up_after() -> timedelta:
-    return timedelta(seconds=float(current_app.config.get("WEBHOOK_GIVE_UP_SECONDS", 259200)))
+    """How long a delivery is retried: the worker's own setting (delivery.Settings)."""
+    from .delivery import Settings
+
+    return Settings.of(current_app.config).give_up
 
 
 def new_secret() -> str:

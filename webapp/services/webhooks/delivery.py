@@ -34,6 +34,7 @@ from sqlalchemy import (
 from ...extensions import db
 from ...models import OutboxEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from ..outbox import envelope
+from ..periods import duration
 from ..tx import write_transaction
 from . import signing_secrets
 from .sender import Result
@@ -44,27 +45,33 @@ _A = cast(Table, WebhookAttempt.__table__)
 
 @dataclass(frozen=True)
 class Settings:
-    retry_base_s: float = 5.0
-    retry_max_s: float = 6 * 3600.0
-    give_up_s: float = 3 * 86400.0
-    lease_s: float = 60.0
+    retry_base: timedelta = timedelta(seconds=5)
+    retry_max: timedelta = timedelta(hours=6)
+    give_up: timedelta = timedelta(days=3)
+    lease: timedelta = timedelta(seconds=60)
 
     @classmethod
     def of(cls, config: Any) -> Settings:
-        return cls(
-            retry_base_s=float(config.get("WEBHOOK_RETRY_BASE_SECONDS", cls.retry_base_s)),
-            retry_max_s=float(config.get("WEBHOOK_RETRY_MAX_SECONDS", cls.retry_max_s)),
-            give_up_s=float(config.get("WEBHOOK_GIVE_UP_SECONDS", cls.give_up_s)),
-            lease_s=float(config.get("WEBHOOK_LEASE_SECONDS", cls.lease_s)),
-        )
+        """From the WEBHOOK_*_SECONDS settings (exact: periods.duration)."""
+        given = {
+            field: config.get(f"WEBHOOK_{name}_SECONDS")
+            for field, name in (
+                ("retry_base", "RETRY_BASE"),
+                ("retry_max", "RETRY_MAX"),
+                ("give_up", "GIVE_UP"),
+                ("lease", "LEASE"),
+            )
+        }
+        return cls(**{k: duration(v) for k, v in given.items() if v is not None})
 
 
 def retry_delay(number: int, settings: Settings, rand: float) -> timedelta:
     """After failed attempt ``number`` (1, 2, ...): exponential, capped, with "equal jitter":
     half the step fixed, half random (``rand`` in [0, 1)), so retries of many deliveries that
     failed together spread out."""
-    step = min(settings.retry_max_s, settings.retry_base_s * 2 ** min(number - 1, 40))
-    return timedelta(seconds=step / 2 + step / 2 * rand)
+    step: timedelta = min(settings.retry_max, settings.retry_base * 2 ** min(number - 1, 40))
+    half = step / 2
+    return half + half * rand
 
 
 # ---------------------------------------------------------------- fan-out
@@ -93,7 +100,7 @@ def fan_out(settings: Settings, *, limit: int = 500, now: datetime | None = None
                 WebhookEndpoint.enabled.is_(True)
             )
         ).all()
-        give_up = now + timedelta(seconds=settings.give_up_s)
+        give_up = now + settings.give_up
         rows = [
             {
                 "endpoint_id": endpoint_id,
@@ -190,7 +197,7 @@ def claim(
             .where(WebhookDelivery.id.in_([d.id for d in live]))
             .values(
                 attempts=WebhookDelivery.attempts + 1,
-                lease_until=now + timedelta(seconds=settings.lease_s),
+                lease_until=now + settings.lease,
                 leased_by=worker,
             )
             .execution_options(synchronize_session=False)
@@ -410,11 +417,11 @@ def queue_status(now: datetime | None = None) -> QueueStatus:
     )
 
 
-def prune(now: datetime | None = None, *, retention_days: float = 30, batch: int = 2000) -> int:
+def prune(now: datetime | None = None, *, retention_days: object = 30, batch: int = 2000) -> int:
     """Delete outbox events older than the retention that are dispatched and no longer owed
     to anyone (no pending delivery), with their deliveries and attempts. Returns the count."""
     now = now or utcnow()
-    cutoff = now - timedelta(days=retention_days)
+    cutoff = now - duration(retention_days, unit=timedelta(days=1))
     total = 0
     while True:
         with write_transaction():

@@ -30,7 +30,7 @@ from standardwebhooks import Webhook
 
 from ...errors import ValidationError
 
-TIMEOUT_S = 10.0  # a 2xx within this is delivered
+TIMEOUT_S = 10  # a 2xx within this is delivered
 BODY_KEPT = 1024  # bytes of the response body kept with the attempt
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
