@@ -187,6 +187,42 @@ def test_the_sweep_books_expired_credits_and_their_crossing(catalog, clock):
     assert len(data("credits.expired")) == 2
 
 
+def test_a_correction_sees_the_crossing_of_the_expiries_it_books(catalog, clock):
+    """A correction locks the wallet and books its due expiries first, like every wallet write:
+    the value before is read before that booking, so the crossing it makes is not lost."""
+    from webapp.services import corrections
+
+    topup("20", expires_at=(clock.now + timedelta(hours=1)).isoformat())  # spent first
+    record(amount=50, event_id="e-exp")  # 1 credit from the expiring grant: 30 -> 29
+    set_threshold("15")
+    clock.advance(hours=2)  # 19 credits of it are past their expiry, not booked yet
+    corrections.correct_usage(
+        SYSTEM, customer_key=C, event_id="e-exp", actual_amount="40", reason="it was 40"
+    )  # the 0.2 refunded goes back to the expired grant and out again at once
+    (low,) = data("wallet.balance_low")
+    assert (low["previous_balance"], low["balance"], low["cause"]) == ("29", "10", "correction")
+
+
+def test_a_batch_labels_each_wallets_crossing_by_what_moved_that_wallet(catalog, clock):
+    """In one call, wallet A pays for usage while wallet B only has an expiry booked (its own
+    event is refused): B's crossing says `expiry`, not `usage`."""
+    from tests.factories import add_customer
+
+    add_customer("cust-b", topup="1")
+    topup("10", customer="cust-b", expires_at=(clock.now + timedelta(hours=1)).isoformat())
+    set_threshold("5", customer="cust-b")
+    clock.advance(hours=2)  # B: 11 -> 1 once the expiry is booked
+    usage.record_usage_batch(
+        SYSTEM,
+        [
+            {"customer_key": C, "feature_key": "api_calls", "amount": 1},
+            {"customer_key": "cust-b", "feature_key": "api_calls", "amount": 100},  # 2 > 1
+        ],
+    )
+    (low,) = data("wallet.balance_low")
+    assert (low["customer_key"], low["cause"]) == ("cust-b", "expiry")
+
+
 # ---------------------------------------------------------------- usage thresholds
 
 

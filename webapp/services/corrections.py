@@ -472,17 +472,21 @@ def correct_usage(
     if actual == target.effective:
         effect = _plan(target, actual, counter.used_micros, now, wallet=None)
         return CorrectionResult(False, False, None, effect, reason_text, actor.label, now)
-    wallet = None
+    wallet, before = None, 0
     if target.usage_entry is not None:
         wallet = credits.lock_wallet(target.usage_entry.wallet_id)
-        credits.book_expiries(wallet, credits.live_grants(wallet.id), now)
+        grants = credits.live_grants(wallet.id)
+        # Like every wallet write: the value the alerts watch is read before the due expiries
+        # are booked, so that a crossing by the booking itself is seen (docs/domain.md, "Alerts").
+        before = alerts.spendable(grants, now)
+        credits.book_expiries(wallet, grants, now)
     effect = _plan(target, actual, counter.used_micros, now, wallet=wallet)
     entry = None
     if effect.credits_micros and wallet is not None:
-        before = alerts.spendable(credits.live_grants(wallet.id), now)
         entry = _write_correction_entries(actor, wallet, target, effect, reason_text, now)
         effect = replace(effect, balance_after_micros=wallet.balance_micros)
-        # An extra charge may cross the wallet's low-balance threshold (docs/domain.md, "Alerts").
+    if wallet is not None:
+        # An extra charge, or the expiries booked above, may cross the low-balance threshold.
         alerts.wallet_written(
             wallet, before, credits.live_grants(wallet.id), now, cause="correction"
         )

@@ -228,7 +228,10 @@ class State:
                     before=before,
                     after=after,
                     at=now,
-                    cause="usage" if self.dirty_grants else "expiry",
+                    # this wallet's grants paid for usage in this call, or only expiries moved it
+                    cause="usage"
+                    if any(g.id in self.dirty_grants for g in wallet.grants)
+                    else "expiry",
                 )
         shares: tuple[int, ...] | None = None
         for key in sorted(self.dirty_counters):
