@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask, request
 
+from ..models import OVERAGE_POLICIES, PLAN_CREDIT_PERIODS, RESET_PERIODS
 from . import filters
 from .session import current_actor, init_login
 
@@ -36,6 +37,12 @@ def register(app: Flask) -> None:
     app.register_blueprint(actions_bp)
     app.register_blueprint(admin_bp)
     app.context_processor(lambda: {"actor": current_actor()})
+    # The domain's choices, for forms that list them (one source: the models).
+    app.jinja_env.globals.update(
+        RESET_PERIODS=RESET_PERIODS,
+        OVERAGE_POLICIES=OVERAGE_POLICIES,
+        PLAN_CREDIT_PERIODS=PLAN_CREDIT_PERIODS,
+    )
     app.after_request(security_headers)
 
 

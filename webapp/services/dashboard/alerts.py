@@ -73,6 +73,7 @@ class InAppAlerts:
     expiring: list[Expiring] = field(default_factory=list)
     expiring_total: int = 0
     expiring_days: int = 7
+    near_limit_percent: int = NEAR_LIMIT_PERCENT
 
     @property
     def any(self) -> bool:
