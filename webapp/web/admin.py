@@ -570,14 +570,19 @@ def remove_credit_cost(feature_key: str):
 # ---------------------------------------------------------------- webhooks
 
 
-def _webhooks_page(form: WebhookEndpointForm, status: int, new_secret: dict | None = None):
+def _webhooks_page(
+    form: WebhookEndpointForm,
+    status: int,
+    new_secret: dict | None = None,
+    action_form: FlaskForm | None = None,
+):
     return render_template(
         "admin/webhooks.html",
         endpoints=webhooks.list_endpoints(current_actor()),
         queue=delivery.queue_status(),
         form=form,
         new_secret=new_secret,
-        action_form=ActionForm(formdata=None),
+        action_form=action_form or ActionForm(formdata=None),
         known_types=webhooks.KNOWN_EVENT_TYPES,
     ), status
 
@@ -655,15 +660,8 @@ def _webhook_action(call: Callable[[], str]):
 
 
 def _webhook_action_page(form: FlaskForm):
-    return render_template(
-        "admin/webhooks.html",
-        endpoints=webhooks.list_endpoints(current_actor()),
-        queue=delivery.queue_status(),
-        form=WebhookEndpointForm(formdata=None),
-        new_secret=None,
-        action_form=form,
-        known_types=webhooks.KNOWN_EVENT_TYPES,
-    ), 422
+    """An endpoint action (test, enable, rotate) refused: the page again with its error."""
+    return _webhooks_page(WebhookEndpointForm(formdata=None), 422, action_form=form)
 
 
 def _deliveries_page(action_form: FlaskForm, status: int):
