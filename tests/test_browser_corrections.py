@@ -42,6 +42,9 @@ def test_support_corrects_an_event_after_seeing_its_credit_effect(page_for, widt
     page = page_for("support", width=width)
     page.get_by_label("Correct event evt-50").click()
     expect(page.locator("h1")).to_have_text("Correct a usage event")
+    # htmx binds the preview's trigger when the document is loaded: typing before that (a
+    # navigation only committed) sends no preview request, and the box stays empty.
+    page.wait_for_load_state("load")
     box = page.locator("#correction-preview")
     amount = page.locator("#actual_amount")
     expect(amount).to_have_value("50")
