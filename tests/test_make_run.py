@@ -26,7 +26,7 @@ def _alive(pid: int) -> bool:
 
 
 def _children(pgid: int) -> list[tuple[int, str]]:
-    out = subprocess.run(["ps", "-eo", "pid=,pgid=,args="], capture_output=True, text=True)
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,pgid=,args="], capture_output=True, text=True)
     rows = []
     for line in out.stdout.splitlines():
         pid, group, args = line.strip().split(None, 2)
