@@ -20,11 +20,18 @@ from pathlib import Path
 import psycopg
 import pytest
 from flask import Flask
+from hypothesis import Phase, settings
 from sqlalchemy import make_url
 
 from webapp import create_app
 from webapp.extensions import db
 from webapp.services.actors import SYSTEM, Actor
+
+# Hypothesis's explain phase replays a failing example many times to tell which of its parts
+# matter; against a database that can outlast the 300 s test timeout, and the failure then shows
+# as a timeout instead of the minimal example. Every other phase stays.
+settings.register_profile("project", phases=[p for p in Phase if p is not Phase.explain])
+settings.load_profile("project")
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ["sqlite", "postgresql"]
