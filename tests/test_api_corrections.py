@@ -36,6 +36,7 @@ def test_correct_an_event_then_read_it_back(client, catalog):
     events = api.get(f"/api/v1/customers/{C}/events").get_json()["data"]
     assert events[0]["amount"] == 50 and events[0]["effective_amount"] == 5
     assert events[0]["credits_deducted"] == "1"
+    assert events[0]["effective_credits"] == "0.1"  # 1 recorded - 0.9 returned
     [fix] = events[0]["corrections"]
     assert (fix["delta"], fix["effective_amount"], fix["credits"]) == (-45, 5, "0.9")
     assert fix["reason"] == "typed 50 for 5"
@@ -50,6 +51,8 @@ def test_correct_an_event_then_read_it_back(client, catalog):
     assert [e["type"] for e in ledger[:2]] == ["correction", "correction"]
     assert ledger[0]["amount"] == "-0.05" and ledger[1]["amount"] == "0.9"
     assert ledger[1]["allocations"][0]["amount"] == "-0.9"
+    [read] = api.get(f"/api/v1/customers/{C}/events").get_json()["data"]
+    assert (read["effective_amount"], read["effective_credits"]) == ("7.5", "0.15")
 
 
 def test_replays_conflicts_and_nothing_to_correct(client, catalog):

@@ -848,6 +848,7 @@ def test_adjusting_an_event_refunds_or_deducts_the_difference(catalog, client_sd
     events = client_sdk.usages.list_events(customer_key=C)["data"]
     assert events[0]["quantity"] == 5  # the event as recorded
     assert events[0]["effective_quantity"] == 0
+    assert events[0]["credit_used"] == 0.1 and events[0]["effective_credit_used"] == 0
 
 
 def test_adjustment_refusals_name_the_sdk_fields(catalog, client_sdk, server, api_key):

@@ -74,6 +74,8 @@ def test_correct_asks_to_confirm_the_effect_then_saves(app, client):
     events = client.get(done.headers["Location"]).get_data(as_text=True)
     assert "Corrected event e1: 50 → 5; refunds 0.90 credits" in events
     assert "<s" in events and "corrected" in events
+    # The credits column shows what the event costs now, the recorded charge struck through.
+    assert '<s class="muted hide-sm" title="recorded">1.00</s> 0.10' in events
     # The same form again (a double click): a replay, nothing written.
     again = client.post(URL, data={**form, "confirm": "5"})
     assert again.status_code == 303 and corrections() == 1
@@ -122,5 +124,6 @@ def test_the_events_csv_has_the_effective_amount(app, client):
 
     text = client.get(f"/customers/{C}/events.csv").get_data(as_text=True)
     header, row = list(csv.reader(text.splitlines()))[:2]
-    assert header[-1] == "effective_amount"
-    assert (row[5], row[-1]) == ("50", "4.5")
+    assert header[-2:] == ["effective_amount", "effective_credits"]
+    assert (row[5], row[7]) == ("50", "1")  # as recorded
+    assert row[-2:] == ["4.5", "0.09"]  # after the correction

@@ -732,6 +732,11 @@ class Event(Response):
     credits_deducted: OptCredits = _renamed(
         "credits_micros", description="As recorded; corrections move credits of their own."
     )
+    effective_credits: OptCredits = _renamed(
+        "effective_credits_micros",
+        description="What the event costs after its corrections (= `credits_deducted` when "
+        "none): recorded, minus credits returned, plus credits charged.",
+    )
     overage: Quantity
     actor: str
     recorded_at: Time

@@ -187,6 +187,8 @@ def event_json(event: EventView) -> dict[str, Any]:
         "effective_quantity": num(event.effective_amount_micros),
         "timestamp": millis(event.timestamp),
         "credit_used": num(event.credits_micros),
+        # Ours: the credits it costs after its adjustments.
+        "effective_credit_used": num(event.effective_credits_micros),
         "metadata": event.metadata or {},
         "recorded_at": event.recorded_at,
     }

@@ -272,6 +272,9 @@ class EventView:
     recorded_at: datetime
     # domain.md, "Usage corrections": the amount after its corrections (oldest first).
     effective_amount_micros: int = 0
+    # The credits it costs after its corrections: recorded - returned + charged; None when the
+    # event charges no credits and no correction did either.
+    effective_credits_micros: int | None = None
     corrections: tuple[CorrectionView, ...] = ()
 
     @classmethod
@@ -290,9 +293,19 @@ class EventView:
             "metadata": event.extra,
             "effective_amount_micros": event.amount_micros
             + sum(c.delta_micros for c in corrections),
+            "effective_credits_micros": net_credits(event.credits_micros, corrections),
             "corrections": tuple(corrections),
         }
         return cls(**given, **_rest(cls, event, given))
+
+
+def net_credits(recorded: int | None, corrections: Sequence[CorrectionView]) -> int | None:
+    """What an event costs after its corrections (a correction's credits are + returned,
+    - charged); None when neither the event nor a correction moved credits."""
+    moved = [c.credits_micros for c in corrections if c.credits_micros is not None]
+    if recorded is None and not moved:
+        return None
+    return (recorded or 0) - sum(moved)
 
 
 def _rest(view: type, row: Any, given: dict[str, Any]) -> dict[str, Any]:

@@ -413,6 +413,9 @@ def export_events(key: str):
                     e.recorded_at.isoformat(),
                     json.dumps(e.metadata, sort_keys=True) if e.metadata else "",
                     format_micros(e.effective_amount_micros),  # after its corrections
+                    ""
+                    if e.effective_credits_micros is None
+                    else format_micros(e.effective_credits_micros),
                 ]
                 for e in page.items
             ]
@@ -434,6 +437,7 @@ def export_events(key: str):
         "recorded_at",
         "metadata",
         "effective_amount",
+        "effective_credits",
     ]
     return _csv_response(_csv_stream(header, pages()), f"{customer.key}-events.csv")
 
