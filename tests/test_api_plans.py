@@ -128,3 +128,17 @@ def test_a_scheduled_plan_change_and_leaving_a_plan(api):
     assert api.get(f"/api/v1/customers/{C}").get_json()["plan"] is None
     assert api.put(f"/api/v1/customers/{C}/plan", {"when": "now"}).status_code == 422
     assert api.put(f"/api/v1/customers/{C}/plan", {"plan": "nope"}).status_code == 404
+
+
+@pytest.mark.parametrize("role", ["support", "finance", "account_manager"])
+def test_removing_an_entitlement_without_the_role_is_403_whether_or_not_the_customer_exists(
+    client, catalog, role
+):
+    """The role is checked before anything is looked up: a 404 for an unknown customer would
+    tell a key without the role which customers exist."""
+    other = api_as(client, role)
+    before = row_counts()
+    for key in (C, "no-such-customer"):
+        response = other.delete(f"/api/v1/customers/{key}/entitlements/api_calls")
+        assert (response.status_code, error_code(response)) == (403, "forbidden"), key
+    assert row_counts() == before

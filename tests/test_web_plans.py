@@ -93,3 +93,19 @@ def test_customers_page_filters_by_plan_within_its_query_budget(client, app):
     assert len(queries) <= 20
     none = client.get("/customers?plan=none").get_data(as_text=True)
     assert "cust-more-0" in none and "cust-more-1" not in none
+
+
+def test_removing_says_whether_an_override_or_an_entitlement_went(client, app):
+    from webapp.services import catalog
+
+    _plan_with_customer(client)
+    plans.change_customer_plan(SYSTEM, C, "team")
+    other = add_customer("no-plan")
+    catalog.set_entitlement(SYSTEM, C, "api_calls", allowance=900)  # an override on the plan
+    db.session.remove()
+    url = f"/admin/customers/{C}/entitlements/api_calls/remove"
+    gone = client.post(url, follow_redirects=True).get_data(as_text=True)
+    assert "Override of api_calls removed: the plan&#39;s value applies again." in gone
+    url = f"/admin/customers/{other}/entitlements/api_calls/remove"
+    gone = client.post(url, follow_redirects=True).get_data(as_text=True)
+    assert "Entitlement to api_calls removed." in gone

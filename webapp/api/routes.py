@@ -543,14 +543,13 @@ def _entitlement_body(key: str, feature_key: str, entitlement: Any) -> schemas.E
 )
 def remove_entitlement(key: str, feature_key: str):
     query(())
-    on_plan = catalog.get_customer(key).plan_id is not None
-    catalog.remove_entitlement(actor(), key, feature_key)
+    removed = catalog.remove_entitlement(actor(), key, feature_key)
     now = catalog.entitlement_of(key, feature_key)
     return respond(
         schemas.EntitlementRemoved(
             customer_key=key,
             feature_key=feature_key,
-            removed="override" if on_plan else "entitlement",
+            removed=removed,
             entitlement=None if now is None else _entitlement_body(key, feature_key, now),
         )
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from sqlalchemy import delete, func, or_, select
 
@@ -588,19 +588,24 @@ def raise_blocked(blocker: Any) -> NoReturn:
 
 
 @transactional
-def remove_entitlement(actor: Actor, customer_key: object, feature_key: object) -> None:
+def remove_entitlement(
+    actor: Actor, customer_key: object, feature_key: object
+) -> Literal["override", "entitlement"]:
+    """What was removed: a customer on a plan loses its override (the plan's value is back),
+    one without a plan its entitlement. Decided in the same transaction as the removal."""
     require(actor, ADMIN)
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key)
-    if customer.plan_id is not None:  # on a plan: the override goes, the plan's value is back
+    if customer.plan_id is not None:
         from . import plans
 
         plans.remove_override(actor, customer, feature)
-        return
+        return "override"
     db.session.delete(_existing_entitlement(customer, feature))
     audit.record(
         actor, "entitlement.removed", customer_key=customer.key, target=f"feature:{feature.key}"
     )
+    return "entitlement"
 
 
 def entitlement_of(customer_key: object, feature_key: object) -> Entitlement | None:

@@ -365,7 +365,8 @@ def remove_entitlement(key: str, feature_key: str):
     form = ActionForm()
 
     def call() -> str:
-        catalog.remove_entitlement(current_actor(), key, feature_key)
+        if catalog.remove_entitlement(current_actor(), key, feature_key) == "override":
+            return f"Override of {feature_key} removed: the plan's value applies again."
         return f"Entitlement to {feature_key} removed."
 
     back = url_for("admin.entitlements", key=key)
