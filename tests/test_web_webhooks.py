@@ -187,6 +187,12 @@ def test_attempts_are_for_admins_only_and_an_unknown_delivery_is_404(app, client
     for missing in (99, 2**63):
         response = client.get(f"/admin/webhooks/deliveries/{missing}")
         assert response.status_code == 404 and "No such delivery" in response.data.decode()
+    fresh = _failing_deliveries(1, 0)[0]  # not tried yet: nothing to expand, a page all the same
+    assert (
+        f'hx-get="/admin/webhooks/deliveries/{fresh}"'
+        not in client.get("/admin/webhooks/deliveries").data.decode()
+    )
+    assert "Not tried yet" in client.get(f"/admin/webhooks/deliveries/{fresh}").data.decode()
 
 
 def test_deliveries_and_attempts_read_a_constant_number_of_queries(app, client):
