@@ -72,6 +72,7 @@ EXPECTED: dict[str, str] = {
     "api.rotate_webhook_secret": ADMIN,
     "api.send_webhook_test_event": ADMIN,
     "api.list_webhook_deliveries": ADMIN,
+    "api.get_webhook_delivery": ADMIN,
     "api.resend_webhook_delivery": ADMIN,
     "api.remove_entitlement": ADMIN,
     "api.list_plans": VIEW,

@@ -8,7 +8,7 @@ from flask import Flask
 
 from tests.factories import make_catalog
 from tests.web import ROLES, make_user, signed_in
-from webapp.services import auth, plans, usage
+from webapp.services import auth, plans, usage, webhooks
 from webapp.services.actors import (
     ADMIN,
     MANAGE_WALLETS,
@@ -77,6 +77,7 @@ EXPECTED: dict[str, str] = {
     "admin.webhook_enabled": ADMIN,
     "admin.webhook_rotate": ADMIN,
     "admin.webhook_deliveries": ADMIN,
+    "admin.webhook_delivery": ADMIN,
     "admin.webhook_resend": ADMIN,
     "admin.plans_index": ADMIN,
     "admin.plan_edit": ADMIN,
@@ -135,6 +136,8 @@ def test_role_route_matrix(app, client, role):
     )
     victim = make_user("account_manager", "victim@example.com")
     key = auth.create_api_key(SYSTEM, name="matrix").key
+    hook = webhooks.create_endpoint(SYSTEM, url="https://hooks.example.com/matrix").endpoint
+    delivery = webhooks.send_test_event(SYSTEM, hook.id)  # a delivery whose page exists
     ids = {
         "plan_key": "starter",
         "key": "cust-6d11ca90",
@@ -145,8 +148,8 @@ def test_role_route_matrix(app, client, role):
         "filename": "css/app.css",
         "grant_id": 1,  # make_catalog's topup
         "entry_id": 1,  # its ledger entry
-        "endpoint_id": 1,
-        "delivery_id": 1,
+        "endpoint_id": hook.id,
+        "delivery_id": delivery.id,
         "event_id": "e-matrix",
     }
     if role != "anonymous":

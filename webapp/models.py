@@ -591,6 +591,7 @@ class WalletBurnDaily(Model):
 
 
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
+ATTEMPT_OUTCOMES = ("in_flight", "delivered", "failed", "lease_expired")
 
 
 class WebhookEndpoint(Model):

@@ -953,6 +953,26 @@ def list_webhook_deliveries():
     )
 
 
+@api.get(
+    "/webhooks/deliveries/<int:delivery_id>",
+    "getWebhookDelivery",
+    "One webhook delivery with its attempts, newest first (admin)",
+    tag="Webhooks",
+    params=[DELIVERY_ID_PATH, CURSOR, LIMIT],
+    ok={200: ("WebhookDeliveryDetail", "The delivery and a page of its attempts.")},
+    errors=(e.Forbidden, e.NotFound),
+    description="Each attempt: when it started and finished, how long it took, the answer's "
+    "status code or the error (timeout, refused connection, an address refused by the SSRF "
+    "guard, ...), the first KiB of the answer and the worker that made it. The backoff makes at "
+    "most 36 attempts in a delivery's 3 days with the default settings; resends and stopped "
+    "workers add more, so the attempts come a page at a time.",
+)
+def get_webhook_delivery(delivery_id: int):
+    args = query(("cursor", "limit"))
+    found = webhooks.delivery_attempts(actor(), delivery_id, **args)
+    return respond(schemas.WebhookDeliveryDetail.of(found))
+
+
 @api.post(
     "/webhooks/deliveries/<int:delivery_id>/resend",
     "resendWebhookDelivery",

@@ -31,6 +31,7 @@ from .. import models as db
 from ..errors import ValidationError
 from ..jsondoor import iso, safe
 from ..models import (
+    ATTEMPT_OUTCOMES,
     FEATURE_TYPES,
     GRANT_STATUSES,
     LEDGER_TYPES,
@@ -1103,6 +1104,42 @@ class WebhookDelivery(Response):
     last_body: str | None = Field(description="The first KiB of the last answer's body.")
 
 
+class WebhookAttempt(Response):
+    """One try of a delivery, as the worker recorded it."""
+
+    number: int = Field(description="1 for the first try; retries and resends count on.")
+    outcome: _enum(ATTEMPT_OUTCOMES) = Field(
+        description="`in_flight` while the worker waits for the answer; `lease_expired` when "
+        "that worker stopped before recording it (the next try is another attempt)."
+    )
+    started_at: Time
+    finished_at: OptTime
+    duration_ms: int | None
+    status_code: int | None = Field(description="The answer's HTTP status; null without one.")
+    error: str | None = Field(
+        description="Why there was no usable answer: a timeout, a refused connection, an "
+        "address refused by the SSRF guard (`refused: ...`), a late answer; null otherwise."
+    )
+    body: str | None = Field(description="The first KiB of the answer's body.")
+    worker: str = Field(description="The worker that made the attempt (`host:pid`).")
+
+
+class WebhookDeliveryDetail(WebhookDelivery):
+    attempt_history: list[WebhookAttempt] = Field(
+        description="A page of the delivery's attempts, newest first."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page of (older) attempts; null on the last page."
+    )
+
+    @classmethod
+    def of(cls, found: Any) -> WebhookDeliveryDetail:
+        fields = WebhookDelivery.model_validate(found.delivery).model_dump()
+        return cls.model_validate(
+            {**fields, "attempt_history": found.attempts, "next_cursor": found.next_cursor}
+        )
+
+
 WebhookEndpointPage = _page_of("WebhookEndpointPage", WebhookEndpoint)
 WebhookDeliveryPage = _page_of("WebhookDeliveryPage", WebhookDelivery)
 
@@ -1151,6 +1188,7 @@ RESPONSES: tuple[type[Response], ...] = (
     WebhookEndpointPage,
     WebhookDelivery,
     WebhookDeliveryPage,
+    WebhookDeliveryDetail,
     EntitlementRemoved,
     Plan,
     PlanPage,

@@ -40,6 +40,7 @@ from .forms import (
     choices,
     show_error,
 )
+from .htmx import is_htmx
 from .session import current_actor, requires
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -688,6 +689,19 @@ def _deliveries_page(action_form: FlaskForm, status: int):
 @requires(ADMIN)
 def webhook_deliveries():
     return _deliveries_page(ActionForm(formdata=None), 200)
+
+
+@bp.get("/webhooks/deliveries/<int:delivery_id>")
+@requires(ADMIN)
+def webhook_delivery(delivery_id: int):
+    """One delivery with its attempts, newest first: for HTMX its row of the deliveries table
+    expanded in place, without JS a page (older attempts a page at a time)."""
+    cursor = request.args.get("cursor") or None
+    found = webhooks.delivery_attempts(current_actor(), delivery_id, cursor=cursor, limit=50)
+    fields = {"d": found.delivery, "found": found, "cursor": cursor}
+    if is_htmx():
+        return render_template("admin/_webhook_delivery.html", **fields)
+    return render_template("admin/webhook_delivery.html", **fields)
 
 
 @bp.post("/webhooks/deliveries/<int:delivery_id>/resend")

@@ -46,6 +46,20 @@ def when(value: datetime | None) -> str:
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def when_s(value: datetime | None) -> str:
+    """To the second (a retry may follow its attempt by 2.5 s)."""
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def took(ms: int | None) -> str:
+    """A duration in milliseconds: "120 ms" under a second, "1.2 s" (tenths, cut) above."""
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms} ms"
+    return f"{ms // 1000}.{ms % 1000 // 100} s"
+
+
 def expires_in(value: datetime | None) -> str:
     """A grant's expiry from now, in the largest whole unit rounded up: "expires in 30 days",
     "expires in 3 hours", "expired 2 days ago"; "no expiry" without one."""
@@ -165,6 +179,8 @@ def register(app: Flask) -> None:
         qty,
         signed_qty,
         when,
+        when_s,
+        took,
         expires_in,
         day,
         percent,

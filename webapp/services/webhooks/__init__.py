@@ -18,6 +18,7 @@ from ...extensions import db
 from ...models import OutboxEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from .. import alerts, audit, outbox, validation
 from ..actors import ADMIN, Actor, require
+from ..paging import keyset_page
 from ..tx import transactional
 from . import sender
 
@@ -353,14 +354,54 @@ def list_deliveries(
     ]
 
 
-def delivery_attempts(actor: Actor, delivery_id: int) -> list[WebhookAttempt]:
-    require(actor, ADMIN)
-    if not _fits(delivery_id):
-        return []
-    return list(
-        db.session.scalars(
-            select(WebhookAttempt)
-            .where(WebhookAttempt.delivery_id == delivery_id)
-            .order_by(WebhookAttempt.number)
-        )
+@dataclass(frozen=True)
+class AttemptRow:
+    """One try of a delivery as the worker recorded it (``WebhookAttempt``)."""
+
+    number: int
+    outcome: str  # in_flight | delivered | failed | lease_expired
+    started_at: datetime
+    finished_at: datetime | None
+    duration_ms: int | None
+    status_code: int | None
+    error: str | None  # no answer (timeout, connection, refused by the SSRF guard, ...)
+    body: str | None  # the first KiB of the answer
+    worker: str  # the worker that made it: host:pid
+
+
+@dataclass(frozen=True)
+class DeliveryAttempts:
+    delivery: DeliveryRow
+    attempts: list[AttemptRow]  # newest first
+    next_cursor: str | None  # older attempts follow
+
+
+def delivery_attempts(
+    actor: Actor, delivery_id: int, *, cursor: object = None, limit: object = None
+) -> DeliveryAttempts:
+    """One delivery and a page of its attempts (``limit``, 50 by default, at most 200), newest
+    first, keyset on the attempt number (the unique (delivery, number) index serves it);
+    `not_found` for an unknown delivery. Paged because the count has no fixed bound: the
+    default backoff makes at most 36 attempts in a delivery's 3 days (delivery.
+    max_attempts_per_window), but each resend opens another 3 days, a worker that dies leaves
+    one more per lease, and shorter WEBHOOK_RETRY_* settings make more. Three queries."""
+    row = get_delivery(actor, delivery_id)
+    stmt = select(
+        WebhookAttempt.number,
+        WebhookAttempt.outcome,
+        WebhookAttempt.started_at,
+        WebhookAttempt.finished_at,
+        WebhookAttempt.duration_ms,
+        WebhookAttempt.status_code,
+        WebhookAttempt.error,
+        WebhookAttempt.response_body,
+        WebhookAttempt.worker,
+    ).where(WebhookAttempt.delivery_id == row.id)
+    page = keyset_page(
+        stmt,
+        WebhookAttempt.number,
+        lambda attempt: attempt.number,
+        cursor=cursor,
+        limit=limit,
     )
+    return DeliveryAttempts(row, [AttemptRow(*a) for a in page.items], page.next_cursor)

@@ -74,6 +74,24 @@ def retry_delay(number: int, settings: Settings, rand: float) -> timedelta:
     return half + half * rand
 
 
+def max_attempts_per_window(settings: Settings) -> int | None:
+    """The most attempts the backoff makes in one give-up window: the first at once, each next
+    one at least the fixed half of its wait later (``rand`` 0), none after `give_up_at`. 36
+    with the defaults; None (no bound) if a wait can be 0. Resends (a new window) and expired
+    leases add to it."""
+    attempts, elapsed = 1, timedelta(0)
+    while True:
+        wait = retry_delay(attempts, settings, 0.0)
+        if wait <= timedelta(0):
+            return None
+        if wait == retry_delay(attempts + 1, settings, 0.0):  # capped: the rest are equal
+            return attempts + (settings.give_up - elapsed) // wait
+        elapsed += wait
+        if elapsed > settings.give_up:
+            return attempts
+        attempts += 1
+
+
 # ---------------------------------------------------------------- fan-out
 
 
