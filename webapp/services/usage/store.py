@@ -357,15 +357,17 @@ _CUSTOMERS = (
     .outerjoin(Entitlement, Entitlement.customer_id == Customer.id)
     .where(Customer.key.in_(bindparam("keys", expanding=True)))
 )
-# A write on PostgreSQL locks the entitlement rows it judges against before anything else, so
-# that an edit of an allowance and usage are ordered (docs/domain.md, "Concurrent edits and
-# usage"): every edit locks the same rows before it reads the usage it judges. Only the pairs
-# (customer, feature) of the call, in (customer, feature) order; the locking subquery returns
-# each row as its last writer committed it, even after waiting for that writer (READ COMMITTED
-# re-reads the rows a statement locks; a plain join would give the statement's snapshot, see
-# _WALLETS). FOR UPDATE cannot lock the nullable side of an outer join, hence the subquery,
-# which the outer join then hangs on the customers (a customer without the entitlement is
-# still found, and refused as not entitled). Same round trip as the unlocked statement.
+# A write on PostgreSQL locks the entitlement rows it judges against before anything else, so that
+# an edit of an allowance and usage are ordered (docs/domain.md, "Concurrent edits and usage"):
+# every edit locks the same rows before it reads the usage it judges. Only the call's customers'
+# entitlements to the call's features (exactly the call's pairs for one event, or a batch of one
+# customer or one feature; a tuple IN over exact pairs made PostgreSQL plan and test a long OR per
+# row), in (customer, feature) order; the locking subquery returns each row as its last writer
+# committed it, even after waiting for that writer (READ COMMITTED re-reads the rows a statement
+# locks; a plain join would give the statement's snapshot, see _WALLETS). FOR UPDATE cannot lock
+# the nullable side of an outer join, hence the subquery, which the outer join then hangs on the
+# customers (a customer without the entitlement is still found, and refused as not entitled). Same
+# round trip as the unlocked statement.
 _held_customer = aliased(Customer)
 _held = (
     select(
@@ -380,10 +382,8 @@ _held = (
     .where(
         _held_customer.key.in_(bindparam("keys", expanding=True)),
         or_(
-            tuple_(_held_customer.key, Feature.key).in_(bindparam("by_key", expanding=True)),
-            tuple_(_held_customer.key, Feature.event_name).in_(
-                bindparam("by_event", expanding=True)
-            ),
+            Feature.key.in_(bindparam("fkeys", expanding=True)),
+            Feature.event_name.in_(bindparam("enames", expanding=True)),
         ),
     )
     .order_by(Entitlement.customer_id, Entitlement.feature_id)
@@ -533,25 +533,19 @@ def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
     """Everything the events touch, in at most five queries."""
     conn = db.session.connection()
     state = State()
-    params: dict[str, list[Any]] = {"keys": sorted({p.customer_key for p in parsed})}
-    if lock and conn.dialect.name == "postgresql":
-        customers = _CUSTOMERS_LOCKED
-        params["by_key"] = sorted(
-            {(p.customer_key, p.feature_key) for p in parsed if p.feature_key is not None}
-        )
-        params["by_event"] = sorted(
-            {(p.customer_key, p.event_name) for p in parsed if p.event_name is not None}
-        )
-    else:
-        customers = _CUSTOMERS
-    for row in conn.execute(customers, params):
+    fkeys = sorted({p.feature_key for p in parsed if p.feature_key is not None})
+    enames = sorted({p.event_name for p in parsed if p.event_name is not None})
+    keys = sorted({p.customer_key for p in parsed})
+    locked = lock and conn.dialect.name == "postgresql"
+    for row in conn.execute(
+        _CUSTOMERS_LOCKED if locked else _CUSTOMERS,
+        {"keys": keys, "fkeys": fkeys, "enames": enames} if locked else {"keys": keys},
+    ):
         state.customers[row.key] = CustomerRef(row.id, row.key, row.status)
         if row.feature_id is not None:
             state.entitlements[(row.id, row.feature_id)] = EntitlementRef(
                 row.allowance_micros, row.reset_period, row.overage
             )
-    fkeys = sorted({p.feature_key for p in parsed if p.feature_key is not None})
-    enames = sorted({p.event_name for p in parsed if p.event_name is not None})
     for f in conn.execute(_FEATURES, {"fkeys": fkeys, "enames": enames}):
         state.features[("key", f.key)] = state.features[("event", f.event_name)] = FeatureRef(
             f.id, f.key, f.type, f.event_name, f.archived_at is not None
