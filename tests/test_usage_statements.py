@@ -143,3 +143,32 @@ def test_a_batch_adds_to_the_monthly_rollup_once_per_rollup_row(catalog, app):
     # 3 credits consumed: from the granted grant (priority 100), the EUR grant (150), then the
     # catalog's purchased grant without a price (200)
     assert len(upserts) == 3, upserts
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_on_postgresql_the_first_read_locks_the_entitlement_without_a_statement_more(catalog, app):
+    """The write path locks the entitlement rows it judges against (docs/domain.md, "Concurrent
+    edits and usage") in its first read, the one that finds the customer: still four reads, then
+    the counter and the wallet locked in that order (as SQLAlchemy sends them; the writes after
+    them go out pipelined)."""
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")  # the counter exists
+    db.session.remove()
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if s.upper().startswith("SELECT")]
+    assert len(reads) == 4, reads
+    assert [
+        s.startswith(("SELECT customers.", "SELECT usage_counters.", "SELECT wallets."))
+        for s in reads
+    ] == [True, False, True, True], reads
+    locks = [s[s.index("FOR UPDATE") :].split(")")[0] for s in reads if "FOR UPDATE" in s]
+    assert locks == ["FOR UPDATE OF entitlements", "FOR UPDATE", "FOR UPDATE OF wallets"], locks
+    assert len(statements) == 14, statements

@@ -41,11 +41,14 @@ from .tx import transactional
 
 def get_customer(key: object, *, lock: bool = False) -> Customer:
     """The customer with this key; ``lock`` (inside a write transaction) holds its row until
-    the commit, so a read-modify-write of it cannot lose a concurrent change."""
+    the commit, so a read-modify-write of it cannot lose a concurrent change. The lock is FOR NO
+    KEY UPDATE (the key is never changed): rows that merely reference the customer (usage
+    events, ledger entries) are still inserted meanwhile, so that a usage write holding its
+    entitlement's lock never waits for a plan change that waits for that entitlement."""
     key = validation.lookup_key(key, field="customer_key")
     stmt = select(Customer).where(Customer.key == key)
     if lock:
-        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        stmt = stmt.with_for_update(key_share=True).execution_options(populate_existing=True)
     customer = db.session.scalar(stmt)
     if customer is None:
         raise CustomerNotFound(f"No customer with key {key!r}.", field="customer_key")
@@ -442,7 +445,8 @@ def update_entitlement(
         raise ValidationError(f"`{unknown[0]}` is not a field of an entitlement.", field=unknown[0])
     customer = get_customer(customer_key)
     feature = get_feature(feature_key=feature_key)
-    current = _existing_entitlement(customer, feature)
+    # Locked: the fields not sent are kept as they are now, not as a concurrent edit left them.
+    current = _existing_entitlement(customer, feature, lock=customer.plan_id is None)
     if customer.plan_id is not None:  # on a plan: the fields sent become an override
         from . import plans
 
@@ -494,7 +498,10 @@ def _set_entitlement(
     refused (reclaim first), so that `used <= allowance` stays true; a new reset period while the
     current period already has usage waits for that period's end (scheduled: the counter never
     mixes two kinds of period), and is refused only for `never`, which has no end (plans.judge,
-    the rule of every door). A customer on a plan gets an override instead (plans.set_override)."""
+    the rule of every door). A customer on a plan gets an override instead (plans.set_override).
+
+    The entitlement's row is locked before `used` is read: RecordUsage and corrections lock it
+    before they judge, so usage that has not committed yet is waited for, never missed."""
     from . import plans
 
     require(actor, ADMIN)
@@ -509,11 +516,7 @@ def _set_entitlement(
             {"allowance": allowance, "reset_period": reset_period, "overage": overage},
             replace=True,
         )
-    entitlement = db.session.scalar(
-        select(Entitlement).where(
-            Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
-        )
-    )
+    entitlement = _entitlement(customer, feature, lock=True)
     now = utcnow()
     decision = plans.judge(None, spec, 0, now)
     if entitlement is not None:
@@ -533,7 +536,8 @@ def _set_entitlement(
     new_allowance = decision.spec.allowance
     if feature.type != "boolean" and new_allowance and new_allowance != old_allowance:
         # An allowance lowered past what the period used reaches its percentages now
-        # (docs/domain.md, "Alerts"); the counter's lock orders this with usage writes.
+        # (docs/domain.md, "Alerts"); the entitlement's lock orders this with usage writes
+        # (a new entitlement has none: no usage is recorded without one).
         start = period_start(now, decision.spec.reset_period)
         outbox.emit_many(
             db.session.connection(),
@@ -610,21 +614,24 @@ def remove_entitlement(
 
 def entitlement_of(customer_key: object, feature_key: object) -> Entitlement | None:
     """The customer's effective entitlement to the feature, or None (a read)."""
-    customer = get_customer(customer_key)
-    feature = get_feature(feature_key=feature_key)
-    return db.session.scalar(
-        select(Entitlement).where(
-            Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
-        )
-    )
+    return _entitlement(get_customer(customer_key), get_feature(feature_key=feature_key))
 
 
-def _existing_entitlement(customer: Customer, feature: Feature) -> Entitlement:
-    entitlement = db.session.scalar(
-        select(Entitlement).where(
-            Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
-        )
+def _entitlement(customer: Customer, feature: Feature, *, lock: bool = False) -> Entitlement | None:
+    """The entitlement row; ``lock`` (a write) holds it until the commit, as read after any
+    concurrent writer of it committed (domain.md, "Concurrent edits and usage")."""
+    stmt = select(Entitlement).where(
+        Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
     )
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return db.session.scalar(stmt)
+
+
+def _existing_entitlement(
+    customer: Customer, feature: Feature, *, lock: bool = False
+) -> Entitlement:
+    entitlement = _entitlement(customer, feature, lock=lock)
     if entitlement is None:
         raise NotFound("The customer has no entitlement to this feature.", field="feature_key")
     return entitlement

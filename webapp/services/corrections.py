@@ -216,6 +216,15 @@ def _counter(target: _Target, *, lock: bool) -> UsageCounter:
     return counter
 
 
+def _entitlement(target: _Target, *, lock: bool) -> Entitlement | None:
+    stmt = select(Entitlement).where(
+        Entitlement.customer_id == target.customer.id, Entitlement.feature_id == target.feature.id
+    )
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return db.session.scalar(stmt)
+
+
 def _judge_amount(target: _Target, used: int, delta: int, now: datetime) -> int:
     """The counter after the delta. More usage is judged like new usage at the event's time
     (entitlement, the allowance of its period); less may not take a count below zero."""
@@ -231,11 +240,7 @@ def _judge_amount(target: _Target, used: int, delta: int, now: datetime) -> int:
             field="actual_amount",
         )
     if delta > 0:
-        ent = db.session.scalar(
-            select(Entitlement).where(
-                Entitlement.customer_id == customer.id, Entitlement.feature_id == feature.id
-            )
-        )
+        ent = _entitlement(target, lock=False)  # a write locked it first (correct_usage)
         eref = (
             None
             if ent is None
@@ -451,8 +456,11 @@ def correct_usage(
         )
     )
     fingerprint = _fingerprint("correction", target.event.id, actual, reason_text)
-    # Lock order as RecordUsage: the counter, then the wallet. The key is looked up under the
-    # counter's lock: a concurrent correction of the same event under the same key is seen.
+    # Lock order as RecordUsage: the entitlement (more usage is judged against it: an edit of it
+    # waits for this correction, or this correction for the edit; docs/domain.md, "Concurrent
+    # edits and usage"), the counter, then the wallet. The key is looked up under the counter's
+    # lock: a concurrent correction of the same event under the same key is seen.
+    _entitlement(target, lock=True)
     counter = _counter(target, lock=True)
     if key is not None:
         previous = db.session.scalar(

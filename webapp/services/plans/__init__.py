@@ -386,7 +386,12 @@ class Blocked:
 
 class _Context:
     """What a batch of customers needs, read in a constant number of queries: features, current
-    entitlement rows, overrides and the counters of every period that can be current now."""
+    entitlement rows, overrides and the counters of every period that can be current now.
+
+    ``lock`` (a change): the entitlement rows are locked first, in (customer, feature) order,
+    then the counters: RecordUsage and corrections lock the entitlement rows before they judge
+    too, so the usage read here includes every write that judged against the old values, and
+    none can follow them (docs/domain.md, "Concurrent edits and usage")."""
 
     def __init__(self, customers: Sequence[Customer], now: datetime, *, lock: bool) -> None:
         self.now = now
@@ -397,11 +402,14 @@ class _Context:
         self.used: dict[tuple[int, int, datetime], int] = {}
         if not ids:
             return
-        for row in db.session.scalars(
+        rows = (
             select(Entitlement)
             .where(Entitlement.customer_id.in_(ids))
             .execution_options(populate_existing=True)
-        ):
+        )
+        if lock:
+            rows = rows.order_by(Entitlement.customer_id, Entitlement.feature_id).with_for_update()
+        for row in db.session.scalars(rows):
             self.rows[row.customer_id][row.feature_id] = row
         starts = {period_start(now, p) for p in RESET_PERIODS}
         stmt = select(UsageCounter).where(
@@ -1049,7 +1057,7 @@ def _catch_up_batch(
         .where(Customer.id > after)
         .order_by(Customer.id)
         .limit(batch)
-        .with_for_update(of=Customer)
+        .with_for_update(of=Customer, key_share=True)  # as catalog.get_customer(lock=True)
         .execution_options(populate_existing=True)
     )
     if plan_id is not None:
@@ -1132,6 +1140,7 @@ def apply_scheduled_resets(now: datetime | None = None) -> int:
         db.session.scalars(
             select(Entitlement)
             .where(Entitlement.pending_reset_at.is_not(None), Entitlement.pending_reset_at <= at)
+            .order_by(Entitlement.customer_id, Entitlement.feature_id)  # RecordUsage's lock order
             .with_for_update()
         )
     )
@@ -1176,7 +1185,7 @@ def _apply_scheduled_one(customer_id: int, now: datetime) -> bool:
     customer = db.session.scalar(
         select(Customer)
         .where(Customer.id == customer_id)
-        .with_for_update()
+        .with_for_update(key_share=True)  # as catalog.get_customer(lock=True)
         .execution_options(populate_existing=True)
     )
     if customer is None or customer.pending_plan_at is None or customer.pending_plan_at > now:

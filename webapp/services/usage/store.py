@@ -357,6 +357,52 @@ _CUSTOMERS = (
     .outerjoin(Entitlement, Entitlement.customer_id == Customer.id)
     .where(Customer.key.in_(bindparam("keys", expanding=True)))
 )
+# A write on PostgreSQL locks the entitlement rows it judges against before anything else, so that
+# an edit of an allowance and usage are ordered (docs/domain.md, "Concurrent edits and usage"):
+# every edit locks the same rows before it reads the usage it judges. Only the call's customers'
+# entitlements to the call's features (exactly the call's pairs for one event, or a batch of one
+# customer or one feature; a tuple IN over exact pairs made PostgreSQL plan and test a long OR per
+# row), in (customer, feature) order; the locking subquery returns each row as its last writer
+# committed it, even after waiting for that writer (READ COMMITTED re-reads the rows a statement
+# locks; a plain join would give the statement's snapshot, see _WALLETS). FOR UPDATE cannot lock
+# the nullable side of an outer join, hence the subquery, which the outer join then hangs on the
+# customers (a customer without the entitlement is still found, and refused as not entitled). Same
+# round trip as the unlocked statement.
+_held_customer = aliased(Customer)
+_held = (
+    select(
+        Entitlement.customer_id,
+        Entitlement.feature_id,
+        Entitlement.allowance_micros,
+        Entitlement.reset_period,
+        Entitlement.overage,
+    )
+    .join(_held_customer, _held_customer.id == Entitlement.customer_id)
+    .join(Feature, Feature.id == Entitlement.feature_id)
+    .where(
+        _held_customer.key.in_(bindparam("keys", expanding=True)),
+        or_(
+            Feature.key.in_(bindparam("fkeys", expanding=True)),
+            Feature.event_name.in_(bindparam("enames", expanding=True)),
+        ),
+    )
+    .order_by(Entitlement.customer_id, Entitlement.feature_id)
+    .with_for_update(of=Entitlement)
+    .subquery("held")
+)
+_CUSTOMERS_LOCKED = (
+    select(
+        Customer.id,
+        Customer.key,
+        Customer.status,
+        _held.c.feature_id,
+        _held.c.allowance_micros,
+        _held.c.reset_period,
+        _held.c.overage,
+    )
+    .outerjoin(_held, _held.c.customer_id == Customer.id)
+    .where(Customer.key.in_(bindparam("keys", expanding=True)))
+)
 _FEATURES = (
     select(
         Feature.id,
@@ -472,9 +518,11 @@ _LIVE_GRANTS = (
     )
     .order_by(CreditGrant.wallet_id, CreditGrant.id)
 )
-# A write locks the counters and wallets it moves, in key order (PostgreSQL; on SQLite, BEGIN
-# IMMEDIATE already holds the write lock). A wallet's grants change only under its wallet's
-# lock, so locking the wallet row locks them too. The entitlement check reads without a lock.
+# A write locks the counters and wallets it moves, in key order, after the entitlements
+# (_CUSTOMERS_LOCKED; PostgreSQL: on SQLite, BEGIN IMMEDIATE already holds the write lock). The
+# order everywhere: entitlements, counters, wallets. A wallet's grants change only under its
+# wallet's lock, so locking the wallet row locks them too. The entitlement check reads without
+# a lock.
 _LOCKED = {
     False: (_COUNTERS, _WALLETS),
     True: (_COUNTERS.with_for_update(), _WALLETS.with_for_update(of=Wallet)),
@@ -485,14 +533,19 @@ def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
     """Everything the events touch, in at most five queries."""
     conn = db.session.connection()
     state = State()
-    for row in conn.execute(_CUSTOMERS, {"keys": sorted({p.customer_key for p in parsed})}):
+    fkeys = sorted({p.feature_key for p in parsed if p.feature_key is not None})
+    enames = sorted({p.event_name for p in parsed if p.event_name is not None})
+    keys = sorted({p.customer_key for p in parsed})
+    locked = lock and conn.dialect.name == "postgresql"
+    for row in conn.execute(
+        _CUSTOMERS_LOCKED if locked else _CUSTOMERS,
+        {"keys": keys, "fkeys": fkeys, "enames": enames} if locked else {"keys": keys},
+    ):
         state.customers[row.key] = CustomerRef(row.id, row.key, row.status)
         if row.feature_id is not None:
             state.entitlements[(row.id, row.feature_id)] = EntitlementRef(
                 row.allowance_micros, row.reset_period, row.overage
             )
-    fkeys = sorted({p.feature_key for p in parsed if p.feature_key is not None})
-    enames = sorted({p.event_name for p in parsed if p.event_name is not None})
     for f in conn.execute(_FEATURES, {"fkeys": fkeys, "enames": enames}):
         state.features[("key", f.key)] = state.features[("event", f.event_name)] = FeatureRef(
             f.id, f.key, f.type, f.event_name, f.archived_at is not None
