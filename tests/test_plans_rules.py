@@ -111,3 +111,62 @@ def test_due_issue_is_the_current_period_only():
     assert part is not None and part.amount == 15 * M and part.effective_at == joined
     whole = due_issue(31 * M, "month", on_plan_since=joined, now=now, prorated=False)
     assert whole is not None and whole.amount == 31 * M
+
+
+def test_a_new_reset_period_starts_at_one_of_its_own_boundaries():
+    """A counter's key is its period's start, not its kind: a new reset period whose current
+    period began before the change would take over an older counter of the old kind (a Monday's
+    day counter read as the week's) or miss the usage the old kind counted since. So the change
+    waits for the first boundary of the new period at or after the time it could apply."""
+    wednesday = datetime(2026, 3, 11, 15, tzinfo=UTC)
+    daily = Spec(100 * M, "day", "block")
+    weekly = Spec(50 * M, "week", "block")
+    # Nothing used today, but the week began on Monday: from next Monday, new allowance now.
+    assert judge(daily, weekly, 0, wednesday) == Decision(
+        Spec(50 * M, "day", "block"), "week", datetime(2026, 3, 16, tzinfo=UTC)
+    )
+    # Used today: after today, at the first Monday.
+    assert judge(daily, weekly, 5 * M, wednesday).pending_at == datetime(2026, 3, 16, tzinfo=UTC)
+    # A month with usage to weeks: April 1 is a Wednesday, so the first Monday after it.
+    monthly = Spec(1000 * M, "month", "block")
+    later = judge(
+        monthly, Spec(1000 * M, "week", "block"), 5 * M, datetime(2026, 3, 16, tzinfo=UTC)
+    )
+    assert later.pending_at == datetime(2026, 4, 6, tzinfo=UTC)
+    # A finer period that begins inside the current, unused one applies at once.
+    assert judge(weekly, daily, 0, wednesday) == Decision(daily, None, None)
+    # `never` has one period, whose counter no other kind shares: at once when nothing is used.
+    assert judge(daily, Spec(None, "never", "block"), 0, wednesday).pending_at is None
+
+
+KINDS = ["day", "week", "month", "year", "never"]
+
+
+@given(
+    old=st.sampled_from(KINDS),
+    new=st.sampled_from(KINDS),
+    used=st.sampled_from([0, 1]),
+    now=st.datetimes(
+        min_value=datetime(2025, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)
+    ),
+)
+def test_a_new_reset_period_never_begins_before_it_applies(old, new, used, now):
+    from webapp.services.periods import next_reset, period_start
+
+    decision = judge(Spec(None, old, "allow"), Spec(None, new, "allow"), used, now)
+    if isinstance(decision, Blocker):
+        assert old == "never" and used and new != old
+        return
+    if old == new:
+        assert decision.pending_at is None
+        return
+    at = decision.pending_at or now
+    if decision.pending_at is None:
+        assert not used
+    else:
+        assert at >= (next_reset(now, old) if used else now)
+    if new != "never":
+        # The new kind's period in force when it applies started no earlier than the old
+        # kind's unused period (at once) or exactly then (scheduled): no older counter is its.
+        start = period_start(at, new)
+        assert start == at if decision.pending_at else start >= period_start(now, old)

@@ -149,7 +149,8 @@ def test_the_single_entitlement_edit_schedules_a_reset_change_too(app, clock):
         db.select(Entitlement).join(Feature).where(Feature.key == "api_calls")
     ).scalar_one()
     assert (row.reset_period, row.pending_reset_period) == ("month", "week")
-    assert row.pending_reset_at == datetime(2026, 4, 1, tzinfo=UTC)
+    # The month ends on Wednesday April 1; weeks start on Mondays: the first one after it.
+    assert row.pending_reset_at == datetime(2026, 4, 6, tzinfo=UTC)
     cat.set_entitlement(SYSTEM, C, "seats", allowance=10)
     with pytest.raises(ValidationError):
         cat.update_entitlement(SYSTEM, C, "api_calls", allowance="1")
@@ -200,3 +201,35 @@ def test_the_plans_commands(starter, runner, tmp_path):
     assert tick.exit_code == 0 and "issued 0 included credit grants" in tick.output
     scheduled = runner.invoke(args=["plans", "apply-scheduled"])
     assert scheduled.exit_code == 0 and "0 plan changes" in scheduled.output
+
+
+def test_a_coarser_reset_period_does_not_take_over_an_older_counter(app, clock):
+    """Found while fixing concurrent edits: a daily allowance with 90 used on Monday, changed on
+    Wednesday (nothing used yet that day) to 50 a week, applied at once; the week's counter is
+    keyed by Monday, so Monday's day counter became the week's (90 > 50: `ledger verify` failed)
+    and Tuesday's usage was not in it. The week now starts next Monday."""
+    clock.now = datetime(2026, 3, 9, 10, tzinfo=UTC)  # a Monday
+    make_catalog()
+    cat.update_entitlement(SYSTEM, C, "api_calls", allowance="100", reset_period="day")
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=90)
+    clock.now = datetime(2026, 3, 10, 10, tzinfo=UTC)
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=30)
+    clock.now = datetime(2026, 3, 11, 10, tzinfo=UTC)
+    cat.update_entitlement(SYSTEM, C, "api_calls", allowance="50", reset_period="week")
+    row = db.session.execute(
+        db.select(Entitlement).join(Feature).where(Feature.key == "api_calls")
+    ).scalar_one()
+    assert (row.allowance_micros, row.reset_period) == (50 * 10**6, "day")
+    assert (row.pending_reset_period, row.pending_reset_at) == (
+        "week",
+        datetime(2026, 3, 16, tzinfo=UTC),
+    )
+    report = verify_ledger()
+    assert report.ok, report.violations
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=50)  # today's
+    clock.now = datetime(2026, 3, 16, 0, 1, tzinfo=UTC)
+    assert plans.apply_scheduled_resets() == 1
+    assert _rows(C)["api_calls"][1] == "week"
+    usage.record_usage(SYSTEM, customer_key=C, feature_key="api_calls", amount=50)  # a new week
+    report = verify_ledger()
+    assert report.ok, report.violations

@@ -95,17 +95,36 @@ def judge(current: Spec | None, new: Spec, used: int, now: datetime) -> Decision
     period in force) has used.
 
     - a `block` allowance below ``used`` is refused (reclaim first), so used <= allowance holds;
-    - a new reset period applies at once while the current period has no usage; with usage it is
-      scheduled for the current period's end (the counter never mixes two kinds of period); a
-      `never` period has no end, so there the change is refused."""
+    - a new reset period never begins before it applies: a counter is keyed by its period's
+      start, not its kind, so a new period that began earlier would take over an older counter
+      of the old kind (a Monday's day counter read as the week's) or miss what the old kind
+      counted since. It applies at once while the current period has no usage and the new
+      kind's current period starts within it (or the new kind is `never`, whose one counter no
+      other kind shares); else it is scheduled for the first boundary of the new kind at or
+      after the current period's end (or now, when nothing is used); a `never` period with
+      usage has no end, so there the change is refused."""
     if new.overage == "block" and new.allowance is not None and used > new.allowance:
         return Blocker("allowance", used, new.allowance)
-    if current is None or current.reset_period == new.reset_period or not used:
+    if current is None or current.reset_period == new.reset_period:
         return Decision(new, None, None)
-    boundary = next_reset(now, current.reset_period)
-    if boundary is None:
+    old, kind = current.reset_period, new.reset_period
+    if not used and (kind == "never" or period_start(now, kind) >= period_start(now, old)):
+        return Decision(new, None, None)
+    earliest = next_reset(now, old) if used else now
+    if earliest is None:
         return Blocker("reset_period", used, new.allowance)
-    return Decision(new._replace(reset_period=current.reset_period), new.reset_period, boundary)
+    return Decision(new._replace(reset_period=old), kind, _boundary_from(earliest, kind))
+
+
+def _boundary_from(at: datetime, reset_period: str) -> datetime:
+    """The first start of a ``reset_period`` period at or after ``at`` (``at`` itself for
+    `never`, which has one period)."""
+    start = period_start(at, reset_period)
+    if start >= at or reset_period == "never":
+        return at
+    following = next_reset(at, reset_period)
+    assert following is not None
+    return following
 
 
 # ---------------------------------------------------------------- included credits
