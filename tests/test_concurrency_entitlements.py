@@ -224,15 +224,7 @@ def test_an_edit_that_waits_to_commit_is_seen_by_usage(app, database_url, deadlo
         lambda: not write.is_alive() or _waiting(watcher) >= 2,
         "the usage side to finish or to wait",
     )
-    holder.rollback()
-    edit.join(timeout=60)
-    write.join(timeout=60)
-    holder.close()
-    watcher.close()
-    assert not edit.is_alive() and not write.is_alive()
-    assert not outcome.errors, outcome.errors
-    assert set(outcome.codes.values()) <= REFUSALS | {"ok"}, outcome.codes
-    assert _violations() == [], outcome.codes
+    _release_and_settle(holder, watcher, outcome, edit, write)
     # The edit was first in the entitlement's queue: the usage side judged its new `block`.
     assert outcome.codes["write"] == "limit_exceeded", outcome.codes
     assert _policy() == "block", outcome.codes
@@ -260,20 +252,31 @@ def test_usage_that_waits_to_commit_is_seen_by_the_edit(app, database_url, deadl
     wait_until(
         lambda: not edit.is_alive() or _waiting(watcher) >= 2, "the edit to finish or to wait"
     )
-    holder.rollback()
-    edit.join(timeout=60)
-    write.join(timeout=60)
-    holder.close()
-    watcher.close()
-    assert not edit.is_alive() and not write.is_alive()
-    assert not outcome.errors, outcome.errors
-    assert set(outcome.codes.values()) <= REFUSALS | {"ok"}, outcome.codes
-    assert _violations() == [], outcome.codes
+    _release_and_settle(holder, watcher, outcome, edit, write)
     # The usage side went first; the edit saw 9 used and refused (a plan edit keeps the
     # customer's values as an override, a due scheduled change stays scheduled: no error).
     assert outcome.codes["write"] == "ok", outcome.codes
     assert _policy() == "allow", outcome.codes
     assert not deadlocks
+
+
+def _release_and_settle(
+    holder: psycopg.Connection,
+    watcher: psycopg.Connection,
+    outcome: Outcome,
+    *threads: threading.Thread,
+) -> None:
+    """Let the held row go, wait for both sides, and check what every interleaving must give:
+    no error, only the usual refusals, the invariant intact."""
+    holder.rollback()
+    for thread in threads:
+        thread.join(timeout=60)
+    holder.close()
+    watcher.close()
+    assert not any(thread.is_alive() for thread in threads)
+    assert not outcome.errors, outcome.errors
+    assert set(outcome.codes.values()) <= REFUSALS | {"ok"}, outcome.codes
+    assert _violations() == [], outcome.codes
 
 
 def _policy() -> str | None:
