@@ -537,10 +537,9 @@ def load_state(parsed: Sequence[Parsed], now: datetime, *, lock: bool) -> State:
     enames = sorted({p.event_name for p in parsed if p.event_name is not None})
     keys = sorted({p.customer_key for p in parsed})
     locked = lock and conn.dialect.name == "postgresql"
-    for row in conn.execute(
-        _CUSTOMERS_LOCKED if locked else _CUSTOMERS,
-        {"keys": keys, "fkeys": fkeys, "enames": enames} if locked else {"keys": keys},
-    ):
+    customers = _CUSTOMERS_LOCKED if locked else _CUSTOMERS  # statements, not strings
+    params = {"keys": keys, "fkeys": fkeys, "enames": enames} if locked else {"keys": keys}
+    for row in conn.execute(customers, params):
         state.customers[row.key] = CustomerRef(row.id, row.key, row.status)
         if row.feature_id is not None:
             state.entitlements[(row.id, row.feature_id)] = EntitlementRef(
