@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import requests
@@ -117,15 +118,24 @@ def prepare(url: str, *, roles: tuple[str, ...] = ("admin",)) -> dict[str, str]:
     return keys
 
 
+_CHECK_APPS: dict[str, Any] = {}
+
+
 def in_app(url: str):
-    """An app on ``url`` for checking what is stored (use as ``with in_app(url) as app:``)."""
+    """An app on ``url`` for checking what is stored (use as ``with in_app(url) as app:``).
+    One app per URL, made once: tests poll through this many times a second while their
+    receiver threads run, and building an app compiles every route with ``ast.parse``, which
+    CPython 3.11 does not make thread-safe ("AST constructor recursion depth mismatch", seen
+    once in a full run). Each use still ends its session and closes its connections."""
     from tests.conftest import TEST_CONFIG
     from webapp import create_app
     from webapp.extensions import db
 
     @contextlib.contextmanager
     def ctx():
-        app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": url})
+        app = _CHECK_APPS.get(url)
+        if app is None:
+            app = _CHECK_APPS[url] = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": url})
         with app.app_context():
             try:
                 yield app
