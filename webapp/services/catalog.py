@@ -516,7 +516,7 @@ def _set_entitlement(
             {"allowance": allowance, "reset_period": reset_period, "overage": overage},
             replace=True,
         )
-    entitlement = _entitlement(customer, feature, lock=True)
+    entitlement = entitlement_row(customer, feature, lock=True)
     now = utcnow()
     decision = plans.judge(None, spec, 0, now)
     if entitlement is not None:
@@ -614,10 +614,12 @@ def remove_entitlement(
 
 def entitlement_of(customer_key: object, feature_key: object) -> Entitlement | None:
     """The customer's effective entitlement to the feature, or None (a read)."""
-    return _entitlement(get_customer(customer_key), get_feature(feature_key=feature_key))
+    return entitlement_row(get_customer(customer_key), get_feature(feature_key=feature_key))
 
 
-def _entitlement(customer: Customer, feature: Feature, *, lock: bool = False) -> Entitlement | None:
+def entitlement_row(
+    customer: Customer, feature: Feature, *, lock: bool = False
+) -> Entitlement | None:
     """The entitlement row; ``lock`` (a write) holds it until the commit, as read after any
     concurrent writer of it committed (domain.md, "Concurrent edits and usage")."""
     stmt = select(Entitlement).where(
@@ -631,7 +633,7 @@ def _entitlement(customer: Customer, feature: Feature, *, lock: bool = False) ->
 def _existing_entitlement(
     customer: Customer, feature: Feature, *, lock: bool = False
 ) -> Entitlement:
-    entitlement = _entitlement(customer, feature, lock=lock)
+    entitlement = entitlement_row(customer, feature, lock=lock)
     if entitlement is None:
         raise NotFound("The customer has no entitlement to this feature.", field="feature_key")
     return entitlement

@@ -52,7 +52,7 @@ from ..models import (
 )
 from . import alerts, audit, credits, outbox, validation
 from .actors import RECORD_USAGE, VIEW, Actor, require
-from .catalog import get_customer
+from .catalog import entitlement_row, get_customer
 from .credits import burn, rollup
 from .credits.rules import GrantRef, allocate, eligible_balance, spending_key
 from .money import MICROS, format_micros, parse_micros
@@ -217,12 +217,7 @@ def _counter(target: _Target, *, lock: bool) -> UsageCounter:
 
 
 def _entitlement(target: _Target, *, lock: bool) -> Entitlement | None:
-    stmt = select(Entitlement).where(
-        Entitlement.customer_id == target.customer.id, Entitlement.feature_id == target.feature.id
-    )
-    if lock:
-        stmt = stmt.with_for_update().execution_options(populate_existing=True)
-    return db.session.scalar(stmt)
+    return entitlement_row(target.customer, target.feature, lock=lock)
 
 
 def _judge_amount(target: _Target, used: int, delta: int, now: datetime) -> int:
